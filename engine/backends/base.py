@@ -1,0 +1,40 @@
+"""The generator backend protocol; see ``engine.registry`` for how backends are called."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from ..records import Generated, ImageRequest
+from ..spec import ClassSpec, JobSpec
+
+__all__ = ["Backend", "StrictParams"]
+
+
+class StrictParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Backend:
+    Params: type[StrictParams] = StrictParams
+    batch_size: int | None = None  # images per generate() call; None means the whole unit
+
+    def __init__(self, *, params: StrictParams, classes: list[ClassSpec]):
+        self.params = params
+        self.classes = classes
+
+    @property
+    def model_name(self) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def check_spec(cls, spec: JobSpec) -> list[str]:
+        """Cross-field problems with this backend in this spec, one message each."""
+        return []
+
+    @classmethod
+    def max_instances_per_image(cls, params: StrictParams) -> int | None:
+        """An upper bound on instances per image, if the backend knows one (used to reject impossible bounds)."""
+        return None
+
+    def generate(self, requests: list[ImageRequest]) -> list[Generated]:
+        raise NotImplementedError

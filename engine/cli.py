@@ -1,0 +1,149 @@
+"""``dde``: run, resume, status, finalize, world export, schema.
+
+Heavy libraries (ray, torch, pyarrow) are imported inside the commands that need them,
+so ``dde schema`` and ``dde status`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import UserError
+
+__all__ = ["main"]
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster address; default: start a local Ray (or use RAY_ADDRESS)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (CI)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dde", description="dde, the diffusion data engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a job spec (continues it if the output already holds it)")
+    run.add_argument("spec", help="job spec, YAML or JSON")
+    run.add_argument("--output", help="override the spec's output URI")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec field by dotted path, e.g. budget.max_images=500")
+    run.add_argument("--max-images", type=int, help="override budget.max_images")
+    run.add_argument("--seed", type=int, help="override the job seed")
+    run.add_argument("--no-finalize", action="store_true", help="leave the output unfinalized")
+    _add_run_options(run)
+
+    resume = sub.add_parser("resume", help="continue a job from the markers under its output URI")
+    resume.add_argument("uri")
+    _add_run_options(resume)
+
+    status = sub.add_parser("status", help="progress of a job, read from its output")
+    status.add_argument("uri")
+    status.add_argument("--json", action="store_true")
+
+    fin = sub.add_parser("finalize", help="merge committed units into the final dataset")
+    fin.add_argument("uri")
+
+    world = sub.add_parser("world", help="the procedural shapes world")
+    world_sub = world.add_subparsers(dest="world_command", required=True)
+    export = world_sub.add_parser("export", help="write a COCO-format shapes dataset")
+    export.add_argument("--out", required=True)
+    export.add_argument("--images", type=int, required=True)
+    export.add_argument("--split", default="train", choices=["train", "val"])
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--size", type=int, default=64)
+    export.add_argument("--max-objects", type=int, default=4)
+
+    sub.add_parser("schema", help="print the job spec's JSON Schema")
+    return parser
+
+
+def _cmd_run(args) -> int:
+    from .runner import run_job
+    from .spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides, max_images=args.max_images, seed=args.seed, output=args.output)
+    return _report(run_job(spec, address=args.address, quiet=args.quiet, finalize=not args.no_finalize))
+
+
+def _recorded_spec(uri: str):
+    from .ledger import read_job_spec
+    from .storage import Store
+
+    recorded = read_job_spec(Store(uri))
+    if recorded is None:
+        raise UserError(f"URI: expected the output of a dde job (with _job/spec.json), got {uri!r}")
+    return recorded[0]
+
+
+def _cmd_resume(args) -> int:
+    from .runner import run_job
+
+    spec = _recorded_spec(args.uri)
+    return _report(run_job(spec, address=args.address, quiet=args.quiet))
+
+
+def _report(result) -> int:
+    print(f"{result.stop_reason}: {result.images} images, {result.instances} instances in {result.waves} wave(s)"
+          + (f"; stuck: {', '.join(result.stuck)}" if result.stuck else ""))
+    print(f"dataset: {result.output}/coco/instances.json, {result.output}/parquet/, card {result.output}/README.md")
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from .status import format_status, job_status
+    from .storage import Store
+
+    status = job_status(Store(args.uri))
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return 0
+
+
+def _cmd_finalize(args) -> int:
+    from .finalize import finalize_job
+    from .storage import Store
+
+    spec = _recorded_spec(args.uri)
+    job = finalize_job(Store(args.uri, spec.storage_options), spec)
+    print(f"finalized {args.uri}: {job['images']} images, {job['instances']} instances "
+          f"({job['orphans_removed']} orphan file(s) removed)")
+    return 0
+
+
+def _cmd_world(args) -> int:
+    from .world import WorldConfig, export_coco
+
+    try:
+        config = WorldConfig(size=args.size, max_objects=args.max_objects)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if args.images < 1:
+        raise UserError(f"--images: expected a positive number of images, got {args.images}")
+    path = export_coco(args.out, args.images, split=args.split, seed=args.seed, config=config)
+    print(f"wrote {args.images} {args.split} images: {path}")
+    return 0
+
+
+def _cmd_schema(args) -> int:
+    from .spec import json_schema
+
+    print(json.dumps(json_schema(), indent=1))
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "status": _cmd_status, "finalize": _cmd_finalize,
+            "world": _cmd_world, "schema": _cmd_schema}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

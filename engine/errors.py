@@ -1,0 +1,18 @@
+"""Errors a user can fix. The CLI prints them and exits with code 2."""
+
+__all__ = ["UserError", "SpecError"]
+
+
+class UserError(Exception):
+    """A mistake in the user's input: the message names the field, what was expected, what was given."""
+
+    exit_code = 2
+
+
+class SpecError(UserError):
+    """One or more problems in a job spec, one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid job spec ({len(self.problems)} problem(s)):\n{lines}")

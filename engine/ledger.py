@@ -1,0 +1,59 @@
+"""What is committed: read from the create-only markers, never from memory.
+
+Markers are immutable once written, so the ledger caches their small summaries; the
+listing of ``_commits/`` is always fresh.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from .layout import COMMITS_DIR, SPEC_FILE
+from .spec import JobSpec, parse_spec
+from .storage import Store
+
+__all__ = ["Ledger", "read_job_spec"]
+
+_SUMMARY_KEYS = ("unit_id", "index", "wave", "images", "instances", "counts", "rejects",
+                 "backend_seconds", "seconds", "committed_at")
+
+
+def read_job_spec(store: Store) -> tuple[JobSpec, str] | None:
+    """The resolved spec and fingerprint recorded when the job first started, if any."""
+    if not store.exists(SPEC_FILE):
+        return None
+    data = json.loads(store.read_bytes(SPEC_FILE))
+    return parse_spec(data["spec"]), data["fingerprint"]
+
+
+class Ledger:
+    def __init__(self, store: Store):
+        self.store = store
+        self.units: dict[str, dict] = {}
+
+    def refresh(self) -> dict[str, dict]:
+        names = [n for n in self.store.list_names(COMMITS_DIR) if n.endswith(".json")]
+        new = [f"{COMMITS_DIR}/{n}" for n in names if n[:-5] not in self.units]
+        if new:
+            # one batched read: s3fs fetches the markers concurrently
+            blobs = self.store.fs.cat([self.store.path(p) for p in new])
+            for blob in blobs.values():
+                marker = json.loads(blob)
+                self.units[marker["unit_id"]] = {k: marker[k] for k in _SUMMARY_KEYS}
+        return self.units
+
+    def counts(self, before_wave: int | None = None) -> dict[str, int]:
+        total: Counter = Counter()
+        for unit in self.units.values():
+            if before_wave is None or unit["wave"] < before_wave:
+                total.update(unit["counts"])
+        return dict(total)
+
+    def history(self, waves: int) -> list[dict[str, int]]:
+        """Cumulative counts: [before wave 0, after wave 0, ..., after wave waves-1]."""
+        return [self.counts(before_wave=w) for w in range(waves + 1)]
+
+    def totals(self, before_wave: int | None = None) -> tuple[int, int]:
+        units = [u for u in self.units.values() if before_wave is None or u["wave"] < before_wave]
+        return sum(u["images"] for u in units), sum(u["instances"] for u in units)

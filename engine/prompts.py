@@ -1,0 +1,164 @@
+"""Prompt sources: each turns the spec's ``prompts:`` into a finite pool of ``PromptItem``.
+
+The planner samples from the pool towards the classes still below their bound, so each
+item carries the job classes it names.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import posixpath
+import re
+from dataclasses import asdict, dataclass, field
+
+from .errors import UserError
+from .spec import ClassSpec, CombinationPrompts, JobSpec, JsonlPrompts, ReferencePrompts
+
+__all__ = ["PromptItem", "build_pool", "generic_prompt", "class_append_prompt", "objects_phrase"]
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    prompt: str
+    classes: tuple[str, ...]  # job class names, with repeats for multiple instances
+    negative_prompt: str = ""
+    reference_id: str | None = None
+    reference_uri: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def objects_phrase(names: list[str]) -> str:
+    parts = [f"{'an' if n[0].lower() in 'aeiou' else 'a'} {n}" for n in names]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def generic_prompt(domain: str, names: list[str]) -> str:
+    """DiffusionEngine's prompt for images without captions."""
+    return f"A {domain}, with {', '.join(names)} in the {domain}."
+
+
+def class_append_prompt(caption: str, names: list[str]) -> str:
+    """Dataset Diffusion's class-prompt appending: 'caption; cls-a cls-b'."""
+    return f"{caption.strip().rstrip('.')}; {' '.join(names)}"
+
+
+def _unique_in_order(names) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+class _ClassMatcher:
+    """Maps words in text or category names to job classes (names and synonyms)."""
+
+    def __init__(self, classes: list[ClassSpec]):
+        self.by_word = {w.lower(): c.name for c in classes for w in c.words}
+        words = sorted(self.by_word, key=len, reverse=True)
+        self.pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")(?:e?s)?\b", re.IGNORECASE)
+
+    def in_text(self, text: str) -> tuple[str, ...]:
+        return tuple(self.by_word[m.group(1).lower()] for m in self.pattern.finditer(text))
+
+    def category(self, name: str) -> str | None:
+        return self.by_word.get(name.lower())
+
+
+def build_pool(spec: JobSpec) -> list[PromptItem]:
+    source = spec.prompts
+    if isinstance(source, CombinationPrompts):
+        return _combination_pool(spec.class_specs, source)
+    if isinstance(source, ReferencePrompts):
+        return _reference_pool(spec, source)
+    if isinstance(source, JsonlPrompts):
+        return _jsonl_pool(spec, source)
+    raise TypeError(f"unhandled prompt source {type(source).__name__}")
+
+
+def _combination_pool(classes: list[ClassSpec], source: CombinationPrompts) -> list[PromptItem]:
+    names = [c.name for c in classes]
+    items = []
+    for k in range(1, min(source.max_classes, len(names)) + 1):
+        for combo in itertools.combinations(names, k):
+            prompt = source.template.format(objects=objects_phrase(list(combo)))
+            items.append(PromptItem(prompt, combo, source.negative_prompt))
+    return items
+
+
+def _load_json(uri: str, field_name: str, storage_options: dict) -> dict:
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb", **storage_options) as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise UserError(f"prompts.{field_name}: expected an existing COCO JSON file, got {uri!r} (not found)") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"prompts.{field_name}: expected valid JSON, got a parse error in {uri!r}: {e}") from e
+
+
+def _reference_pool(spec: JobSpec, source: ReferencePrompts) -> list[PromptItem]:
+    opts = spec.storage_options if "://" in source.annotations else {}
+    coco = _load_json(source.annotations, "annotations", opts)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key), list):
+            raise UserError(f"prompts.annotations: expected a COCO file with a {key!r} list, got none in {source.annotations!r}")
+    matcher = _ClassMatcher(spec.class_specs)
+    category_of = {c["id"]: matcher.category(c["name"]) for c in coco["categories"]}
+    classes_of: dict[int, list[str]] = {}
+    for ann in coco["annotations"]:
+        name = category_of.get(ann["category_id"])
+        if name is not None:
+            classes_of.setdefault(ann["image_id"], []).append(name)
+    captions: dict[int, str] = {}
+    if source.captions:
+        for ann in _load_json(source.captions, "captions", opts).get("annotations", []):
+            captions.setdefault(ann["image_id"], ann["caption"])
+    root = source.images or posixpath.dirname(source.annotations)
+    items = []
+    for image in sorted(coco["images"], key=lambda im: im["id"]):
+        names = sorted(classes_of.get(image["id"], []), key=[c.name for c in spec.class_specs].index)
+        unique = _unique_in_order(names)
+        if source.style == "caption_append":
+            prompt = class_append_prompt(captions.get(image["id"], f"A {source.domain}"), unique)
+        else:
+            prompt = generic_prompt(source.domain, unique)
+        uri = posixpath.join(root, image["file_name"])
+        items.append(PromptItem(prompt, tuple(names), source.negative_prompt, str(image["id"]), uri))
+    if not items:
+        raise UserError(f"prompts.annotations: expected at least one image, got none in {source.annotations!r}")
+    return items
+
+
+def _jsonl_pool(spec: JobSpec, source: JsonlPrompts) -> list[PromptItem]:
+    import fsspec
+
+    matcher = _ClassMatcher(spec.class_specs)
+    items = []
+    try:
+        with fsspec.open(source.path, "rt", encoding="utf-8",
+                         **(spec.storage_options if "://" in source.path else {})) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError as e:
+        raise UserError(f"prompts.path: expected an existing JSONL file, got {source.path!r} (not found)") from e
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompt = row["prompt"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"prompts.path line {number}: expected a JSON object with a 'prompt' string, "
+                            f"got {line[:80]!r}") from None
+        named = row.get("classes")
+        if named is None:
+            classes = matcher.in_text(prompt)
+        else:
+            unknown = [n for n in named if matcher.category(n) is None]
+            if unknown:
+                raise UserError(f"prompts.path line {number}: expected classes from the job's classes, got {unknown}")
+            classes = tuple(matcher.category(n) for n in named)
+        items.append(PromptItem(prompt, classes, row.get("negative_prompt", source.negative_prompt)))
+    if not items:
+        raise UserError(f"prompts.path: expected at least one prompt, got an empty file {source.path!r}")
+    return items

@@ -1,0 +1,51 @@
+"""Plain records that flow between the planner, backends, heads and the sink."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ImageRequest", "Generated", "Instance", "Labels"]
+
+
+@dataclass
+class ImageRequest:
+    """One image to make: everything needed to reproduce it."""
+
+    image_id: int
+    seed: int
+    prompt: str
+    negative_prompt: str = ""
+    classes: list[str] = field(default_factory=list)  # classes the prompt/reference names
+    reference_id: str | None = None
+    reference: np.ndarray | None = None  # uint8 HxWx3, loaded by the worker
+
+
+@dataclass
+class Instance:
+    category: str
+    mask: np.ndarray  # bool HxW
+    score: float = 1.0
+
+    def bbox(self) -> list[float]:
+        ys, xs = np.nonzero(self.mask)
+        return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
+@dataclass
+class Labels:
+    instances: list[Instance]
+    semantic: np.ndarray | None = None  # uint8 HxW: 0 background, 255 uncertain, else category id
+
+
+@dataclass
+class Generated:
+    """A backend's output for one request. ``reject`` set means: no image, with this reason."""
+
+    image: np.ndarray | None  # uint8 HxWx3
+    strength: float | None = None
+    ground_truth: Labels | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. attention maps or features for heads
+    reject: str | None = None

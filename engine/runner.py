@@ -1,0 +1,158 @@
+"""The driver: plan a wave, run its units on the actor pool, re-read the markers, repeat.
+
+Everything the loop decides comes from storage (the recorded spec, the wave plans and
+the commit markers), so killing the driver at any moment and running again continues
+exactly where the committed state says, and plans exactly the same waves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import UserError
+from .layout import SPEC_FILE, plan_file
+from .ledger import Ledger, read_job_spec
+from .planner import Planner, stop_reason, stuck_classes
+from .progress import Progress
+from .prompts import PromptItem, build_pool
+from .spec import JobSpec, diff_fingerprinted, fingerprint
+from .storage import Store
+
+__all__ = ["run_job", "JobResult", "open_job"]
+
+
+@dataclass
+class JobResult:
+    output: str
+    stop_reason: str
+    waves: int
+    images: int
+    instances: int
+    counts: dict[str, int]
+    stuck: list[str] = field(default_factory=list)
+
+
+def open_job(spec: JobSpec) -> Store:
+    """Check the output and record the spec, or refuse a spec that differs from the recorded one."""
+    store = Store(spec.output, spec.storage_options)
+    store.check_writable()
+    recorded = read_job_spec(store)
+    if recorded is not None:
+        old_spec, old_fp = recorded
+        if old_fp != fingerprint(spec):
+            changes = "\n".join(f"  - {d}" for d in diff_fingerprinted(old_spec, spec))
+            raise UserError(f"output {spec.output!r} holds a job with a different spec; resume refuses to mix "
+                            f"datasets. Fields that differ:\n{changes}\nUse a new output, or restore these fields.")
+        return store
+    record = {"spec": spec.model_dump(mode="json"), "fingerprint": fingerprint(spec)}
+    store.create_only(SPEC_FILE, json.dumps(record, indent=1).encode())
+    return store
+
+
+def _ensure_ray(address: str | None, spec: JobSpec) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet = {"include_dashboard": False, "log_to_driver": True, "logging_level": "WARNING"}
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
+
+
+def _request(spec: JobSpec, item: PromptItem, image_id: int, seed: int) -> dict:
+    return {"image_id": image_id, "seed": seed, "prompt": item.prompt, "negative_prompt": item.negative_prompt,
+            "classes": list(item.classes), "reference_id": item.reference_id, "reference_uri": item.reference_uri}
+
+
+class _Driver:
+    def __init__(self, spec: JobSpec, store: Store, progress: Progress):
+        self.spec, self.store, self.progress = spec, store, progress
+        self.pool_items = build_pool(spec)
+        self.planner = Planner(spec, self.pool_items)
+        self.ledger = Ledger(store)
+        self.uses = np.zeros(len(self.pool_items))
+        self.executor = None
+
+    def run(self, address: str | None) -> JobResult:
+        wave = first_unit = images_planned = 0
+        bounds = self.spec.bounds()
+        self.ledger.refresh()
+        self.progress.start(self.ledger)
+        while True:
+            units = self._load_plan(wave)
+            if units is None:
+                history = self.ledger.history(wave)
+                stuck = stuck_classes(history, bounds)
+                reason = stop_reason(self.spec, wave, history[-1], stuck, images_planned)
+                if reason:
+                    return self._result(reason, wave, stuck)
+                images, instances = self.ledger.totals(before_wave=wave)
+                units = self.planner.plan_wave(wave, history[-1], stuck, images_planned, first_unit, self.uses,
+                                               images, instances)
+                if not units:
+                    return self._result("max_images", wave, stuck)
+                units = self._save_plan(wave, units)
+            else:
+                for unit in units:
+                    np.add.at(self.uses, [item for _, item, _ in unit["images"]], 1)
+            pending = [u for u in units if u["unit_id"] not in self.ledger.units]
+            if pending:
+                self._execute(pending, address)
+            missing = [u["unit_id"] for u in units if u["unit_id"] not in self.ledger.refresh()]
+            if missing:
+                raise RuntimeError(f"wave {wave} ended with uncommitted units: {missing[:5]}")
+            self.progress.wave_done(wave, stuck_classes(self.ledger.history(wave + 1), bounds))
+            images_planned += sum(len(u["images"]) for u in units)
+            first_unit += len(units)
+            wave += 1
+
+    def _load_plan(self, wave: int) -> list[dict] | None:
+        if not self.store.exists(plan_file(wave)):
+            return None
+        return json.loads(self.store.read_bytes(plan_file(wave)))["units"]
+
+    def _save_plan(self, wave: int, units: list[dict]) -> list[dict]:
+        if self.store.create_only(plan_file(wave), json.dumps({"wave": wave, "units": units}).encode()):
+            return units
+        return self._load_plan(wave)  # a concurrent driver planned it first; plans are deterministic anyway
+
+    def _execute(self, units: list[dict], address: str | None) -> None:
+        if self.executor is None:
+            from workers.pool import UnitPool
+
+            _ensure_ray(address, self.spec)
+            self.executor = UnitPool(self.spec)
+        expanded = [dict(u, requests=[_request(self.spec, self.pool_items[item], image_id, seed)
+                                      for image_id, item, seed in u["images"]]) for u in units]
+        for u in expanded:
+            del u["images"]
+        self.executor.run(expanded, self.progress.unit_done)
+
+    def _result(self, reason: str, waves: int, stuck: list[str]) -> JobResult:
+        images, instances = self.ledger.totals()
+        return JobResult(self.spec.output, reason, waves, images, instances, self.ledger.counts(), stuck)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
+
+
+def run_job(spec: JobSpec, *, address: str | None = None, quiet: bool = False, finalize: bool = True) -> JobResult:
+    store = open_job(spec)
+    driver = _Driver(spec, store, Progress(spec, quiet=quiet))
+    try:
+        result = driver.run(address)
+    finally:
+        driver.progress.close()
+        driver.close()
+    if finalize:
+        from .finalize import finalize_job
+
+        finalize_job(store, spec, stop=result.stop_reason)
+    return result

@@ -1,0 +1,195 @@
+"""The unit sink: one attempt at one unit, with Ray Data's Datasink lifecycle.
+
+    sink.on_write_start()          # new attempt id and staging folder
+    sink.write(request, generated, labels) / sink.reject(request, reason)
+    sink.on_write_complete()  -> (won, marker)   # files, then a create-only commit marker
+    sink.on_write_failed()         # removes this attempt's files
+
+Files land under ``_staging/<unit>.<attempt>/`` with the names they will have after
+finalize (``parquet/unit-000123.parquet``, ``coco/images/000000000123.png``), so a
+racing attempt never touches another's files and finalize only moves them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from .layout import SHARD_FILE, STAGING_DIR, image_name, marker_file
+from .records import Generated, ImageRequest, Labels
+from .storage import Store
+
+__all__ = ["SinkContext", "UnitSink", "parquet_schema", "encode_png", "semantic_palette"]
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    categories: tuple[str, ...]  # job classes; category id = index + 1
+    model: str
+    label_head: str
+
+
+def parquet_schema():
+    import pyarrow as pa
+
+    rle = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
+    annotation = pa.struct([
+        ("category_id", pa.int32()), ("category", pa.string()), ("bbox", pa.list_(pa.float32())),
+        ("area", pa.float32()), ("score", pa.float32()), ("segmentation", rle),
+    ])
+    schema = pa.schema([
+        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        ("image_id", pa.int64()), ("width", pa.int32()), ("height", pa.int32()),
+        ("prompt", pa.string()), ("negative_prompt", pa.string()), ("seed", pa.int64()),
+        ("strength", pa.float32()), ("reference_id", pa.string()),
+        ("model", pa.string()), ("label_head", pa.string()),
+        ("annotations", pa.list_(annotation)), ("semantic_mask", pa.binary()),
+    ])
+    features = {f.name: _hf_feature(f.type, f.name) for f in schema}
+    return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+
+
+def _hf_feature(arrow_type, name: str = "") -> dict:
+    """The HF ``datasets`` feature for an arrow type, so load_dataset restores the Image column."""
+    import pyarrow as pa
+
+    if name == "image":
+        return {"_type": "Image"}
+    if pa.types.is_list(arrow_type):
+        return {"feature": _hf_feature(arrow_type.value_type), "_type": "List"}
+    if pa.types.is_struct(arrow_type):
+        return {f.name: _hf_feature(f.type) for f in arrow_type}
+    dtype = {"float": "float32", "double": "float64"}.get(str(arrow_type), str(arrow_type))
+    return {"dtype": dtype, "_type": "Value"}
+
+
+def semantic_palette() -> list[int]:
+    """0 black background, 255 white uncertain, classes from matplotlib's tab20."""
+    from matplotlib import colormaps
+
+    colors = [(0, 0, 0)] + [tuple(int(255 * v) for v in colormaps["tab20"](i % 20)[:3]) for i in range(254)]
+    colors.append((255, 255, 255))
+    return [v for rgb in colors for v in rgb]
+
+
+def encode_png(array: np.ndarray, palette: list[int] | None = None) -> bytes:
+    from PIL import Image
+
+    image = Image.fromarray(array)
+    if palette is not None:
+        image = image.convert("P")
+        image.putpalette(palette)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+class UnitSink:
+    def __init__(self, store: Store, context: SinkContext, unit: dict):
+        self.store, self.context, self.unit = store, context, unit
+        self.category_id = {name: i + 1 for i, name in enumerate(context.categories)}
+        self._palette = None
+
+    # ---- lifecycle
+    def on_write_start(self) -> None:
+        self.attempt = uuid.uuid4().hex[:12]
+        self.staging = f"{STAGING_DIR}/{self.unit['unit_id']}.{self.attempt}"
+        self.rows: list[dict] = []
+        self.files: list[str] = []
+        self.shard_images: list[dict] = []
+        self.shard_annotations: list[dict] = []
+        self.rejects: list[dict] = []
+        self.counts = {name: 0 for name in self.context.categories}
+        self.started = time.time()
+
+    def write(self, request: ImageRequest, generated: Generated, labels: Labels) -> None:
+        height, width = generated.image.shape[:2]
+        png = encode_png(generated.image)
+        name = image_name(request.image_id)
+        self._put(f"coco/images/{name}", png)
+        semantic_png = None
+        if labels.semantic is not None:
+            semantic_png = encode_png(labels.semantic, self.palette)
+            self._put(f"coco/semantic/{name}", semantic_png)
+        annotations = [self._annotation(inst) for inst in labels.instances if inst.mask.any()]
+        for ann in annotations:
+            self.counts[ann["category"]] += 1
+        self.rows.append({
+            "image": {"bytes": png, "path": name}, "image_id": request.image_id,
+            "width": width, "height": height, "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt, "seed": request.seed,
+            "strength": generated.strength, "reference_id": request.reference_id,
+            "model": self.context.model, "label_head": self.context.label_head,
+            "annotations": annotations, "semantic_mask": semantic_png,
+        })
+        self.shard_images.append({
+            "id": request.image_id, "file_name": name, "width": width, "height": height,
+            "prompt": request.prompt, "seed": request.seed, "strength": generated.strength,
+            "reference_id": request.reference_id, "sha256": hashlib.sha256(png).hexdigest(),
+        })
+        self.shard_annotations.extend(
+            {"image_id": request.image_id, "category_id": a["category_id"], "bbox": a["bbox"], "area": a["area"],
+             "segmentation": a["segmentation"], "iscrowd": 0, "score": a["score"]} for a in annotations)
+
+    def reject(self, request: ImageRequest, reason: str) -> None:
+        self.rejects.append({"image_id": request.image_id, "reference_id": request.reference_id, "reason": reason})
+
+    def on_write_complete(self, backend_seconds: float = 0.0) -> tuple[bool, dict]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(self.rows, schema=parquet_schema())
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self._put(f"parquet/{self.unit['unit_id']}.parquet", buf.getvalue())
+        shard = {"unit_id": self.unit["unit_id"], "images": self.shard_images, "annotations": self.shard_annotations}
+        shard_bytes = json.dumps(shard, separators=(",", ":")).encode()
+        self.store.write_bytes(f"{self.staging}/{SHARD_FILE}", shard_bytes)
+        marker = {
+            "unit_id": self.unit["unit_id"], "index": self.unit["index"], "wave": self.unit["wave"],
+            "attempt": self.attempt, "staging": self.staging, "files": self.files,
+            "shard": SHARD_FILE, "shard_sha256": hashlib.sha256(shard_bytes).hexdigest(),
+            "parquet_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+            "images": len(self.rows), "instances": sum(self.counts.values()), "counts": self.counts,
+            "rejects": self.rejects, "backend_seconds": round(backend_seconds, 4),
+            "seconds": round(time.time() - self.started, 4), "committed_at": time.time(),
+        }
+        won = self.store.create_only(marker_file(self.unit["unit_id"]), json.dumps(marker).encode())
+        if not won:  # another attempt committed first: its files are the unit's, ours are garbage
+            self.on_write_failed()
+            marker = json.loads(self.store.read_bytes(marker_file(self.unit["unit_id"])))
+        return won, marker
+
+    def on_write_failed(self) -> None:
+        self.store.delete(self.staging, recursive=True)
+
+    # ---- helpers
+    @property
+    def palette(self) -> list[int]:
+        if self._palette is None:
+            self._palette = semantic_palette()
+        return self._palette
+
+    def _put(self, rel: str, data: bytes) -> None:
+        self.store.write_bytes(f"{self.staging}/{rel}", data)
+        self.files.append(rel)
+
+    def _annotation(self, instance) -> dict:
+        return {
+            "category_id": self.category_id[instance.category], "category": instance.category,
+            "bbox": instance.bbox(), "area": float(instance.mask.sum()), "score": float(instance.score),
+            "segmentation": _rle(instance.mask),
+        }

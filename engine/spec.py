@@ -1,0 +1,334 @@
+"""The job spec: a pydantic v2 model loaded from YAML or JSON, plus CLI overrides.
+
+Everything a job needs to be reproduced lives here. ``fingerprint()`` hashes the
+fields that change the dataset, so resume can refuse a changed spec and say which
+fields differ.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SpecError, UserError
+
+__all__ = [
+    "ClassSpec", "JobSpec", "load_spec", "parse_spec", "apply_overrides", "fingerprint",
+    "diff_fingerprinted", "json_schema",
+]
+
+# Fields that only say where or how fast a job runs: changing them keeps the dataset.
+UNFINGERPRINTED = ("name", "output", "storage_options", "resources")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassSpec(_Strict):
+    name: str = Field(min_length=1, description="Category name, as written in COCO and Parquet.")
+    synonyms: list[str] = Field(default_factory=list, description="Other words for the class in prompts and references.")
+    lower_bound: int | None = Field(default=None, ge=0, description="Instances needed; defaults to the job's lower_bound.")
+
+    @property
+    def words(self) -> list[str]:
+        return [self.name, *self.synonyms]
+
+
+class Budget(_Strict):
+    max_images: int = Field(ge=1, description="Hard cap on images planned.")
+    max_waves: int = Field(default=50, ge=1, description="Hard cap on planning waves.")
+
+
+class Component(_Strict):
+    """A registry entry plus its parameters (validated by the entry's own Params model)."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class CombinationPrompts(_Strict):
+    source: Literal["combinations"]
+    max_classes: int = Field(default=2, ge=1, description="Prompts name 1..max_classes classes.")
+    template: str = Field(default="a photograph of {objects}", description="'{objects}' becomes 'a X and a Y'.")
+    negative_prompt: str = ""
+
+    @field_validator("template")
+    @classmethod
+    def _has_objects(cls, v: str) -> str:
+        if "{objects}" not in v:
+            raise ValueError(f"expected a template containing '{{objects}}', got {v!r}")
+        return v
+
+
+class ReferencePrompts(_Strict):
+    source: Literal["references"]
+    annotations: str = Field(description="COCO instances JSON (path or fsspec URI).")
+    images: str | None = Field(default=None, description="Image root; default: the annotations file's folder.")
+    captions: str | None = Field(default=None, description="COCO captions JSON, needed for style caption_append.")
+    style: Literal["generic", "caption_append"] = "generic"
+    domain: str = Field(default="photograph", description="[domain] of the generic prompt.")
+    negative_prompt: str = ""
+
+    @model_validator(mode="after")
+    def _captions_for_append(self) -> "ReferencePrompts":
+        if self.style == "caption_append" and not self.captions:
+            raise ValueError("style 'caption_append' expected a 'captions' file, got none; set prompts.captions")
+        return self
+
+
+class JsonlPrompts(_Strict):
+    source: Literal["jsonl"]
+    path: str = Field(description='One JSON object a line: {"prompt": ..., "classes": [...]?, "negative_prompt": ...?}.')
+    negative_prompt: str = ""
+
+
+PromptSource = Annotated[Union[CombinationPrompts, ReferencePrompts, JsonlPrompts], Field(discriminator="source")]
+
+
+class ActorPool(_Strict):
+    min: int = Field(default=1, ge=1)
+    max: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ActorPool":
+        if self.min > self.max:
+            raise ValueError(f"expected min <= max, got min={self.min}, max={self.max}")
+        return self
+
+
+class Resources(_Strict):
+    actors: ActorPool = Field(default_factory=ActorPool)
+    num_cpus: float = Field(default=1.0, ge=0, description="Per actor; fractional values share cores.")
+    num_gpus: float = Field(default=0.0, ge=0, description="Per actor.")
+    unit_timeout_s: float = Field(default=1800.0, gt=0, description="A unit running longer is retried elsewhere.")
+    max_attempts: int = Field(default=3, ge=1, description="Attempts per unit before the job fails.")
+
+
+class JobSpec(_Strict):
+    name: str = Field(min_length=1)
+    output: str = Field(min_length=1, description="Any fsspec URI: a path, file://, s3://, memory://.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec/s3fs options.")
+    seed: int = Field(default=0, ge=0)
+    classes: list[Union[ClassSpec, str]] = Field(min_length=1)
+    lower_bound: int = Field(default=100, ge=0, description="Instances needed per class unless the class says otherwise.")
+    budget: Budget
+    unit_size: int = Field(default=64, ge=1, description="Images per unit; a unit is one commit.")
+    wave_size: int = Field(default=1024, ge=1, description="Images planned per wave.")
+    generator: Component = Field(default_factory=lambda: Component(name="render"))
+    label_head: Component = Field(default_factory=lambda: Component(name="ground_truth"))
+    prompts: PromptSource = Field(default_factory=lambda: CombinationPrompts(source="combinations"))
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_unique(cls, v: list) -> list[ClassSpec]:
+        specs = [ClassSpec(name=c) if isinstance(c, str) else c for c in v]
+        seen: dict[str, str] = {}
+        for c in specs:
+            for word in c.words:
+                if word.lower() in seen:
+                    raise ValueError(f"expected unique class names and synonyms, got {word!r} twice "
+                                     f"(in {seen[word.lower()]!r} and {c.name!r})")
+                seen[word.lower()] = c.name
+        return specs
+
+    @property
+    def class_specs(self) -> list[ClassSpec]:
+        return self.classes  # normalised to ClassSpec by the validator
+
+    def bound(self, c: ClassSpec) -> int:
+        return self.lower_bound if c.lower_bound is None else c.lower_bound
+
+    def bounds(self) -> dict[str, int]:
+        return {c.name: self.bound(c) for c in self.class_specs}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise UserError(f"spec file {path!r}: expected a readable YAML or JSON file, got {e.strerror}") from e
+
+
+def _parse_mapping(text: str, origin: str) -> dict:
+    import yaml  # YAML is a superset of JSON, one parser serves both
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"spec file {origin!r}: expected valid YAML or JSON, got a parse error: {e}") from e
+    if not isinstance(data, dict):
+        raise UserError(f"spec file {origin!r}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars/flows."""
+    import yaml
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected dotted.key=value, got no '='")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: expected {part!r} to be inside a mapping, got {type(node).__name__}")
+            node = node.setdefault(part, {})
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(node, list) and parts[-1].isdigit() and int(parts[-1]) < len(node):
+            node[int(parts[-1])] = value
+        elif isinstance(node, dict):
+            node[parts[-1]] = value
+        else:
+            raise UserError(f"--set {item!r}: expected {parts[-1]!r} to be inside a mapping, got {type(node).__name__}")
+    return data
+
+
+def _resolve_paths(data: dict, base_dir: str) -> None:
+    """Relative local paths in the prompt source are relative to the spec file."""
+    prompts = data.get("prompts")
+    if not isinstance(prompts, dict):
+        return
+    for key in ("annotations", "images", "captions", "path"):
+        value = prompts.get(key)
+        if isinstance(value, str) and "://" not in value and not os.path.isabs(value):
+            prompts[key] = os.path.normpath(os.path.join(base_dir, value))
+
+
+def _describe(error: dict) -> str:
+    loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-")) or "(top level)"
+    msg, kind, given = error["msg"], error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown field (given {given!r}); remove it or check its spelling"
+    if kind == "missing":
+        return f"{loc}: required field is missing; add it"
+    msg = msg.removeprefix("Value error, ")
+    if msg.startswith("Input should be "):
+        msg = "expected " + msg.removeprefix("Input should be ")
+    elif not msg.startswith("expected"):
+        msg = f"expected a value that satisfies: {msg}"
+    if "got" not in msg:
+        msg += f", got {given!r}"
+    return f"{loc}: {msg}"
+
+
+def parse_spec(data: dict) -> JobSpec:
+    """Validate a mapping into a JobSpec; raise SpecError with one line per problem."""
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError([_describe(err) for err in e.errors()]) from None
+    problems = _component_problems(spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def _component_problems(spec: JobSpec) -> list[str]:
+    """Validate generator/head params with the registered classes' own Params models."""
+    from .registry import BACKENDS, HEADS
+
+    problems: list[str] = []
+    for field, registry in (("generator", BACKENDS), ("label_head", HEADS)):
+        component: Component = getattr(spec, field)
+        if component.name not in registry:
+            problems.append(f"{field}.name: expected one of {registry.names()}, got {component.name!r}")
+            continue
+        cls = registry.get(component.name)
+        try:
+            params = cls.Params.model_validate(component.params)
+        except ValidationError as e:
+            for err in e.errors():
+                err = dict(err, loc=(field, "params", *err["loc"]))
+                problems.append(_describe(err))
+            continue
+        problems.extend(cls.check_spec(spec))
+        if field == "generator":
+            problems.extend(_budget_problems(spec, cls.max_instances_per_image(params)))
+    return problems
+
+
+def _budget_problems(spec: JobSpec, per_image: int | None) -> list[str]:
+    """Bounds that the image budget cannot reach even if every image were full."""
+    if per_image is None:
+        return []
+    capacity = spec.budget.max_images * per_image
+    needed = sum(spec.bounds().values())
+    if needed <= capacity:
+        return []
+    return [f"budget.max_images: expected at least {-(-needed // per_image)} images to reach the lower bounds "
+            f"({needed} instances at most {per_image} per image), got {spec.budget.max_images}; "
+            f"raise budget.max_images or lower the bounds"]
+
+
+def load_spec(path: str, overrides: list[str] = (), *, max_images: int | None = None,
+              seed: int | None = None, output: str | None = None) -> JobSpec:
+    data = _parse_mapping(_read_text(path), path)
+    data = apply_overrides(data, list(overrides))
+    if max_images is not None:
+        data.setdefault("budget", {})["max_images"] = max_images
+    if seed is not None:
+        data["seed"] = seed
+    if output is not None:
+        data["output"] = output
+    _resolve_paths(data, os.path.dirname(os.path.abspath(path)))
+    return parse_spec(data)
+
+
+# ---------------------------------------------------------------- fingerprint
+
+
+def _fingerprinted(spec: JobSpec) -> dict:
+    data = spec.model_dump(mode="json")
+    for key in UNFINGERPRINTED:
+        data.pop(key, None)
+    return data
+
+
+def fingerprint(spec: JobSpec) -> str:
+    canonical = json.dumps(_fingerprinted(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flatten(v, f"{prefix}.{i}"))
+        return out or {prefix: []}
+    return {prefix: value}
+
+
+def diff_fingerprinted(old: JobSpec, new: JobSpec) -> list[str]:
+    """Dotted paths of fingerprinted fields that differ, with both values."""
+    a, b = _flatten(_fingerprinted(old)), _flatten(_fingerprinted(new))
+    return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+
+
+def json_schema() -> dict:
+    return JobSpec.model_json_schema()

@@ -1,0 +1,60 @@
+"""Job status from storage alone: works for local, submitted and finished jobs alike."""
+
+from __future__ import annotations
+
+import json
+
+from .errors import UserError
+from .layout import JOB_FILE, PLANS_DIR
+from .ledger import Ledger, read_job_spec
+from .planner import stuck_classes
+from .storage import Store
+
+__all__ = ["job_status", "format_status"]
+
+
+def job_status(store: Store, ledger: Ledger | None = None) -> dict:
+    recorded = read_job_spec(store)
+    if recorded is None:
+        raise UserError(f"URI: expected the output of a dde job (with _job/spec.json), got {store.uri!r}")
+    spec, fp = recorded
+    ledger = ledger or Ledger(store)
+    units = ledger.refresh()
+    waves = len([n for n in store.list_names(PLANS_DIR) if n.endswith(".json")])
+    completed_waves = max([u["wave"] for u in units.values()], default=-1) + 1
+    bounds, counts = spec.bounds(), ledger.counts()
+    images, instances = ledger.totals()
+    stamps = sorted(u["committed_at"] for u in units.values())
+    rate = images / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
+    rejects = [r for u in sorted(units.values(), key=lambda u: u["index"]) for r in u["rejects"]]
+    finalized = store.exists(JOB_FILE)
+    remaining = spec.budget.max_images - images - len(rejects)
+    return {
+        "name": spec.name, "output": store.uri, "fingerprint": fp,
+        "state": "finalized" if finalized else ("running or interrupted" if units else "started"),
+        "stop_reason": json.loads(store.read_bytes(JOB_FILE)).get("stop_reason") if finalized else None,
+        "waves_planned": waves, "units_done": len(units), "images": images, "instances": instances,
+        "classes": {c: {"count": counts.get(c, 0), "lower_bound": b, "met": counts.get(c, 0) >= b}
+                    for c, b in bounds.items()},
+        "stuck": stuck_classes(ledger.history(completed_waves), bounds),
+        "rejects": len(rejects), "reject_samples": rejects[:20],
+        "images_per_s": round(rate, 2) if rate else None,
+        "eta_s_at_budget": round(remaining / rate, 1) if rate and not finalized else None,
+    }
+
+
+def format_status(status: dict) -> str:
+    lines = [f"job {status['name']} at {status['output']}: {status['state']}"
+             + (f" ({status['stop_reason']})" if status["stop_reason"] else ""),
+             f"  units {status['units_done']}, waves {status['waves_planned']}, images {status['images']}, "
+             f"instances {status['instances']}, rejects {status['rejects']}"]
+    if status["images_per_s"]:
+        lines.append(f"  rate {status['images_per_s']} img/s"
+                     + (f", ETA at budget {status['eta_s_at_budget']:.0f}s" if status["eta_s_at_budget"] else ""))
+    width = max(len(c) for c in status["classes"])
+    for name, c in status["classes"].items():
+        mark = "ok" if c["met"] else ("STUCK" if name in status["stuck"] else "..")
+        lines.append(f"  {name:<{width}} {c['count']:>8} / {c['lower_bound']:<8} {mark}")
+    for r in status["reject_samples"][:5]:
+        lines.append(f"  reject image {r['image_id']}: {r['reason']}")
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from engine.errors import SpecError, UserError
+from engine.spec import apply_overrides, diff_fingerprinted, fingerprint, load_spec, parse_spec
+
+from .conftest import DDE, REPO
+
+
+def problems_of(data) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    return info.value.problems
+
+
+def test_example_specs_load():
+    for name in ("shapes-render", "shapes-jsonl", "shapes-references"):
+        spec = load_spec(f"{REPO}/jobs/examples/{name}.yaml")
+        assert spec.budget.max_images >= 400
+    spec = load_spec(f"{REPO}/jobs/examples/shapes-render.yaml")
+    assert spec.bounds()["cross"] == 400 and spec.bounds()["circle"] == 300
+    assert spec.class_specs[0].synonyms == ["disc"]
+
+
+def test_unknown_field_names_its_path(spec_data):
+    spec_data["budget"]["max_imagez"] = 3
+    (problem,) = problems_of(spec_data)
+    assert problem.startswith("budget.max_imagez: unknown field")
+
+
+def test_every_problem_reported_once_with_expected_and_got(spec_data):
+    spec_data["unit_size"] = 0
+    spec_data["seed"] = "abc"
+    problems = problems_of(spec_data)
+    assert len(problems) == 2
+    assert any(p.startswith("unit_size: expected") and "got 0" in p for p in problems)
+    assert any(p.startswith("seed: expected") and "'abc'" in p for p in problems)
+
+
+def test_empty_classes_rejected(spec_data):
+    spec_data["classes"] = []
+    (problem,) = problems_of(spec_data)
+    assert problem.startswith("classes:") and "got []" in problem
+
+
+def test_bounds_above_budget_rejected(spec_data):
+    spec_data["lower_bound"] = 1000  # 6 classes x 1000 > 120 images x 3 objects
+    (problem,) = problems_of(spec_data)
+    assert problem.startswith("budget.max_images: expected at least 2000 images")
+
+
+def test_unknown_backend_lists_valid_names(spec_data):
+    spec_data["generator"]["name"] = "dalle"
+    problems = problems_of(spec_data)
+    assert any(p.startswith("generator.name: expected one of ['render'], got 'dalle'") for p in problems)
+
+
+def test_backend_params_validated_by_backend(spec_data):
+    spec_data["generator"]["params"] = {"size": 8, "colour": "red"}
+    problems = problems_of(spec_data)
+    assert any(p.startswith("generator.params.size: expected") for p in problems)
+    assert any(p.startswith("generator.params.colour: unknown field") for p in problems)
+
+
+def test_render_needs_world_classes(spec_data):
+    spec_data["classes"] = ["circle", {"name": "dog"}, {"name": "puck", "synonyms": ["ring"]}]
+    (problem,) = problems_of(spec_data)
+    assert problem.startswith("classes.1.name: expected a shapes-world class") and "'dog'" in problem
+
+
+def test_duplicate_class_names_rejected(spec_data):
+    spec_data["classes"] = ["circle", {"name": "puck", "synonyms": ["Circle"]}]
+    (problem,) = problems_of(spec_data)
+    assert problem.startswith("classes: expected unique class names") and "'Circle' twice" in problem
+
+
+def test_overrides_parse_types_and_paths(spec_data):
+    out = apply_overrides(spec_data, ["budget.max_images=77", "generator.params.size=48", "classes.0=disc"])
+    out["generator"]["name"] = "render"
+    with pytest.raises(SpecError, match="classes.0.name: expected a shapes-world class"):
+        parse_spec(out)
+    out["classes"][0] = {"name": "disc", "synonyms": ["circle"]}
+    spec = parse_spec(out)
+    assert spec.budget.max_images == 77 and spec.generator.params["size"] == 48
+    assert spec.class_specs[0].name == "disc"
+    with pytest.raises(UserError, match="expected dotted.key=value"):
+        apply_overrides(spec_data, ["budget.max_images"])
+
+
+def test_fingerprint_ignores_where_and_how_fast(spec_data):
+    a = parse_spec(spec_data)
+    b = parse_spec({**spec_data, "output": "memory://elsewhere", "resources": {"num_cpus": 2}})
+    assert fingerprint(a) == fingerprint(b)
+    c = parse_spec({**spec_data, "seed": 8})
+    assert fingerprint(a) != fingerprint(c)
+    assert diff_fingerprinted(a, c) == ["seed: 7 -> 8"]
+
+
+def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path, spec_data):
+    spec_data["budget"]["max_images"] = -1
+    spec_data["lower_bound"] = "many"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec_data))
+    proc = subprocess.run([DDE, "run", str(path), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "budget.max_images: expected" in proc.stderr and "lower_bound: expected" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_unwritable_output_fails_before_work(tmp_path, spec_data):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    spec_data["output"] = str(blocker / "out")  # a path under a regular file cannot be created
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec_data))
+    proc = subprocess.run([DDE, "run", str(path), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "output: expected a writable location" in proc.stderr
+
+
+def test_cli_schema_is_json_schema():
+    proc = subprocess.run([DDE, "schema"], capture_output=True, text=True, timeout=60, check=True)
+    schema = json.loads(proc.stdout)
+    assert schema["title"] == "JobSpec" and "budget" in schema["properties"]

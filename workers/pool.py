@@ -1,0 +1,123 @@
+"""A pool of UnitWorker actors on Ray Core, with per-unit timeouts and retries.
+
+Why Ray Core actors rather than Ray Data ``map_batches``: a unit is one commit, so the
+unit (not a block of rows) must be the scheduling and retry granularity; waves need a
+barrier after which the driver re-reads the markers and plans again; and a stuck or
+dead actor must not hang the job (see Ray #62746), which a per-unit timeout handles.
+Exactly-once comes from the create-only markers, so a retried unit is always safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Callable
+
+from engine.errors import UserError
+from engine.spec import JobSpec
+
+__all__ = ["UnitPool"]
+
+
+class UnitPool:
+    def __init__(self, spec: JobSpec, startup_timeout_s: float = 600.0):
+        import ray
+
+        from .unit_worker import UnitWorker
+
+        self.spec = spec
+        resources = spec.resources
+        self.max_attempts = resources.max_attempts
+        self.unit_timeout_s = resources.unit_timeout_s
+        self.startup_timeout_s = startup_timeout_s
+        self._actor_cls = ray.remote(UnitWorker).options(
+            num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0, max_task_retries=0)
+        self._spec_data = spec.model_dump(mode="json")
+        self._starting: dict = {}  # ready() ref -> actor
+        self._idle: list = []
+        self._created = time.time()
+        self._alive = 0  # actors that started and have not died
+        for _ in range(resources.actors.max):
+            self._spawn()
+
+    def _replace(self) -> None:
+        self._alive -= 1
+        self._spawn()
+
+    def _spawn(self) -> None:
+        actor = self._actor_cls.remote(self._spec_data)
+        self._starting[actor.ready.remote()] = actor
+
+    def run(self, units: list[dict], on_done: Callable[[dict], None]) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        queue = deque((unit, 1) for unit in units)
+        running: dict = {}  # ref -> (unit, attempt, actor, started)
+        while queue or running:
+            self._wait_for_minimum()
+            while queue and self._idle:
+                unit, attempt = queue.popleft()
+                actor = self._idle.pop()
+                running[actor.make.remote(unit)] = (unit, attempt, actor, time.time())
+            done, _ = ray.wait(list(running) + list(self._starting), num_returns=1, timeout=1.0)
+            for ref in done:
+                if ref in self._starting:
+                    self._actor_started(ref)
+                    continue
+                unit, attempt, actor, _ = running.pop(ref)
+                try:
+                    summary = ray.get(ref)
+                except RayActorError:
+                    self._replace()  # the actor (or its node) died: replace it, retry the unit
+                    self._retry(queue, unit, attempt, "its actor died")
+                except RayTaskError as e:
+                    self._idle.append(actor)
+                    self._retry(queue, unit, attempt, repr(getattr(e, "cause", e)))
+                else:
+                    self._idle.append(actor)
+                    on_done(summary)
+            self._expire(running, queue)
+
+    def _actor_started(self, ref) -> None:
+        import ray
+
+        actor = self._starting.pop(ref)
+        try:
+            ray.get(ref)
+        except Exception as e:  # a backend or head that cannot load fails every actor alike
+            raise RuntimeError(f"a worker failed to start: {e}") from e
+        self._alive += 1
+        self._idle.append(actor)
+
+    def _retry(self, queue: deque, unit: dict, attempt: int, why: str) -> None:
+        if attempt >= self.max_attempts:
+            raise RuntimeError(f"{unit['unit_id']} failed {attempt} times; last error: {why}")
+        queue.append((unit, attempt + 1))
+
+    def _expire(self, running: dict, queue: deque) -> None:
+        import ray
+
+        now = time.time()
+        for ref, (unit, attempt, actor, started) in list(running.items()):
+            if now - started > self.unit_timeout_s:
+                running.pop(ref)
+                ray.kill(actor)  # a hung actor may still commit later: the create-only marker keeps one
+                self._replace()
+                self._retry(queue, unit, attempt, f"timed out after {self.unit_timeout_s:.0f}s")
+
+    def _wait_for_minimum(self) -> None:
+        r = self.spec.resources
+        if self._alive >= r.actors.min or time.time() - self._created < self.startup_timeout_s:
+            return
+        raise UserError(f"resources.actors.min: expected {r.actors.min} actor(s) with num_cpus={r.num_cpus}, "
+                        f"num_gpus={r.num_gpus} to start within {self.startup_timeout_s:.0f}s, got {self._alive}; "
+                        f"lower resources.actors.min, num_gpus or num_cpus, or add nodes")
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in list(self._starting.values()) + self._idle:
+            ray.kill(actor)
+        self._starting.clear()
+        self._idle.clear()

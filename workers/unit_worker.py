@@ -1,0 +1,25 @@
+"""The Ray actor: one generator backend and one label head, a whole unit per call.
+
+The actor writes the unit's shard itself and returns only a small summary row, so
+images never travel through the driver.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["UnitWorker"]
+
+
+class UnitWorker:
+    def __init__(self, spec_data: dict):
+        from engine.spec import JobSpec
+        from engine.unit import UnitMaker
+
+        self.maker = UnitMaker(JobSpec.model_validate(spec_data))
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def make(self, unit: dict) -> dict:
+        return self.maker.make(unit)
