@@ -83,8 +83,7 @@ def encode_png(array: np.ndarray, palette: list[int] | None = None) -> bytes:
 
     image = Image.fromarray(array)
     if palette is not None:
-        image = image.convert("P")
-        image.putpalette(palette)
+        image.putpalette(palette)  # an "L" image becomes "P" with its values as indices
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False)
     return buf.getvalue()

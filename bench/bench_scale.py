@@ -1,0 +1,172 @@
+"""COCO-DE scale on the render backend: throughput, driver RSS, kill at 50% + resume, overhead.
+
+    .venv/bin/python bench/bench_scale.py --images 205287 --out bench/out/scale
+
+Phases, all in one run so the ratios compare like with like:
+  1. a bare loop (render, encode, RLE, Parquet: what a user would write by hand), one process;
+  2. `dde run` as a subprocess, SIGKILLed once half the images are committed;
+  3. `dde resume`: time to the first newly committed unit, then to the end (finalize included).
+Driver RSS is sampled every 0.5 s. Results go to bench/results/scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DDE = os.path.join(os.path.dirname(sys.executable), "dde")
+WORLD = {"size": 96, "min_objects": 5, "max_objects": 9, "min_scale": 0.14, "max_scale": 0.3}
+CLASSES = ["circle", "square", "triangle", "star", "ring", "cross"]
+
+
+def job_spec(out: str, images: int, unit_size: int) -> dict:
+    return {
+        "name": "coco-de-scale", "output": out, "seed": 0, "classes": CLASSES,
+        # as high as the budget allows, so the budget (not the bounds) ends the job
+        "lower_bound": images * WORLD["max_objects"] // len(CLASSES),
+        "budget": {"max_images": images, "max_waves": 100},
+        "unit_size": unit_size, "wave_size": unit_size * 100,
+        "generator": {"name": "render", "params": WORLD}, "label_head": {"name": "ground_truth"},
+        "prompts": {"source": "combinations", "max_classes": 2},
+        "resources": {"actors": {"min": 2, "max": 2}, "num_cpus": 1},
+    }
+
+
+def bare_loop(images: int, unit_size: int, out: str) -> float:
+    """Seconds for the same work with no engine: render, label, encode, write Parquet files."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    from engine.world import WorldConfig, render_scene
+
+    config = WorldConfig(**WORLD)
+    os.makedirs(out, exist_ok=True)
+    start = time.perf_counter()
+    rows = []
+    for i in range(images):
+        scene = render_scene(i, None, config)
+        buf = io.BytesIO()
+        Image.fromarray(scene.image).save(buf, format="PNG")
+        anns = []
+        for inst in scene.instances:
+            rle = mask_utils.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
+            anns.append({"category": inst.category, "bbox": list(inst.bbox), "counts": rle["counts"].decode()})
+        sem = io.BytesIO()
+        Image.fromarray(scene.semantic).save(sem, format="PNG")
+        with open(os.path.join(out, f"{i:012d}.png"), "wb") as f:
+            f.write(buf.getvalue())
+        rows.append({"image": buf.getvalue(), "annotations": anns, "semantic": sem.getvalue()})
+        if len(rows) == unit_size:
+            pq.write_table(pa.Table.from_pylist(rows), os.path.join(out, f"{i}.parquet"), compression="zstd")
+            rows = []
+    return time.perf_counter() - start
+
+
+def committed(out: str) -> int:
+    try:
+        return len([n for n in os.listdir(os.path.join(out, "_commits")) if n.endswith(".json")])
+    except FileNotFoundError:
+        return 0
+
+
+def watch(proc: subprocess.Popen, out: str, unit_size: int, stop_at_units: int | None, samples: list) -> dict:
+    """Sample driver RSS until the process ends or stop_at_units are committed; returns timings."""
+    driver = psutil.Process(proc.pid)
+    start, first_new, base = time.time(), None, committed(out)
+    while proc.poll() is None:
+        units = committed(out)
+        try:
+            rss = driver.memory_info().rss
+        except psutil.NoSuchProcess:
+            break
+        samples.append({"t": round(time.time() - start, 2), "images": units * unit_size, "rss_mb": rss / 2**20})
+        if first_new is None and units > base:
+            first_new = time.time() - start
+        if stop_at_units is not None and units >= stop_at_units:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            break
+        time.sleep(0.5)
+    return {"seconds": time.time() - start, "first_new_unit_s": first_new, "units_before": base}
+
+
+def du(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=205_287)
+    parser.add_argument("--unit-size", type=int, default=256)
+    parser.add_argument("--bare-images", type=int, default=4096)
+    parser.add_argument("--out", default=os.path.join(REPO, "bench/out/scale"))
+    parser.add_argument("--result", default=os.path.join(REPO, "bench/results/scale.json"))
+    args = parser.parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    os.makedirs(args.out)
+    output = os.path.join(args.out, "job")
+    spec_path = os.path.join(args.out, "spec.yaml")
+    with open(spec_path, "w") as f:
+        yaml.safe_dump(job_spec(output, args.images, args.unit_size), f)
+
+    bare_s = bare_loop(args.bare_images, args.unit_size, os.path.join(args.out, "bare"))
+    print(f"bare loop: {args.bare_images / bare_s:.1f} img/s on one process", flush=True)
+
+    samples: list = []
+    half_units = (args.images // args.unit_size) // 2
+    run = subprocess.Popen([DDE, "run", spec_path, "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = watch(run, output, args.unit_size, half_units, samples)
+    if run.returncode not in (None, -signal.SIGKILL):
+        sys.exit(f"run failed: {run.stderr.read().decode()[-2000:]}")
+    print(f"killed after {first['seconds']:.0f}s at {committed(output)} units", flush=True)
+    resume = subprocess.Popen([DDE, "resume", output, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    second = watch(resume, output, args.unit_size, None, samples)
+    if resume.returncode != 0:
+        sys.exit(f"resume failed: {resume.stderr.read().decode()[-2000:]}")
+
+    job = json.load(open(os.path.join(output, "job.json")))
+    markers = [json.load(open(os.path.join(output, "_commits", n))) for n in os.listdir(os.path.join(output, "_commits"))]
+    busy = sum(m["seconds"] for m in markers)
+    backend = sum(m["backend_seconds"] for m in markers)
+    wall = first["seconds"] + second["seconds"]
+    engine_rate = job["images"] / wall
+    result = {
+        "command": f"{sys.executable} bench/bench_scale.py --images {args.images} --unit-size {args.unit_size}",
+        "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "images": job["images"], "instances": job["instances"], "units": job["units"],
+        "wall_s_total": round(wall, 1), "images_per_s": round(engine_rate, 1),
+        "bare_loop_images_per_s_one_process": round(args.bare_images / bare_s, 1),
+        "engine_vs_ideal_2x_bare": round(engine_rate / (2 * args.bare_images / bare_s), 3),
+        "peak_driver_rss_mb": round(max(s["rss_mb"] for s in samples), 1),
+        "driver_rss_mb_by_progress": {f"{p}%": round(max((s["rss_mb"] for s in samples
+                                                          if s["images"] <= p / 100 * args.images), default=0), 1)
+                                      for p in (10, 25, 50, 75, 100)},
+        "output_bytes": du(output), "output_gb": round(du(output) / 1e9, 2),
+        "resume_to_first_new_unit_s": round(second["first_new_unit_s"] or -1, 1),
+        "units_committed_at_kill": second["units_before"],
+        "share_of_actor_time_in_backend": round(backend / busy, 3),
+        "share_of_wall_outside_backend": round(1 - backend / (2 * wall), 3),
+        "share_of_wall_actors_idle": round(1 - busy / (2 * wall), 3),
+    }
+    os.makedirs(os.path.dirname(args.result), exist_ok=True)
+    with open(args.result, "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
