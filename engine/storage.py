@@ -34,6 +34,7 @@ class Store:
             raise UserError(f"output: expected a URI fsspec can open, got {uri!r} ({e})") from e
         self.root = self.root.rstrip("/")
         self.is_local = "file" in _protocols(self.fs)
+        self._made_dirs: set[str] = set()
 
     def path(self, rel: str) -> str:
         return posixpath.join(self.root, rel) if rel else self.root
@@ -69,8 +70,16 @@ class Store:
     def write_bytes(self, rel: str, data: bytes) -> None:
         path = self.path(rel)
         if self.is_local:
-            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            self._makedirs(posixpath.dirname(path))
+            with open(path, "wb") as f:  # plain open: fsspec's local wrapper costs more than the write
+                f.write(data)
+            return
         self.fs.pipe_file(path, data)
+
+    def _makedirs(self, directory: str) -> None:
+        if directory not in self._made_dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._made_dirs.add(directory)
 
     def create_only(self, rel: str, data: bytes) -> bool:
         """Write ``data`` at ``rel`` unless something is there. True if this call created it.

@@ -544,3 +544,14 @@ def _caption(instances: list[Instance], background_phrase: str) -> str:
         return background_phrase
     objects = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     return f"{objects} on {background_phrase}"
+
+
+def caption_vocabulary() -> list[str]:
+    """Every word a caption can contain (the embedded model's tokenizer is built from it)."""
+    words = {"a", "an", "and", "on", "plain", "gradient", "mottled", "striped", "checkered", "background"}
+    words.update(OBJECT_COLORS)
+    words.update(w for name in BACKGROUND_COLORS for w in name.split())
+    words.update(_COUNT_WORDS.values())
+    words.update(CLASSES)
+    words.update(c + ("es" if c.endswith("s") else "s") for c in CLASSES)
+    return sorted(words)
