@@ -106,6 +106,16 @@ def watch(proc: subprocess.Popen, out: str, unit_size: int, stop_at_units: int |
     return {"seconds": time.time() - start, "first_new_unit_s": first_new, "units_before": base}
 
 
+def _settle(out: str, quiet_s: float = 5.0) -> int:
+    """Wait until no new commit has appeared for quiet_s seconds; returns the committed units."""
+    count, since = committed(out), time.time()
+    while time.time() - since < quiet_s:
+        time.sleep(0.5)
+        if committed(out) != count:
+            count, since = committed(out), time.time()
+    return count
+
+
 def du(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
@@ -142,7 +152,8 @@ def main() -> None:
     first = watch(run, output, args.unit_size, half_units, samples)
     if run.returncode not in (None, -signal.SIGKILL):
         sys.exit(f"run failed: {run.stderr.read().decode()[-2000:]}")
-    print(f"killed after {first['seconds']:.0f}s at {committed(output)} units", flush=True)
+    settled = _settle(output)  # actors of the dead driver may still commit their in-flight units
+    print(f"killed after {first['seconds']:.0f}s; {settled} units committed once settled", flush=True)
     resume = subprocess.Popen([DDE, "resume", output, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     second = watch(resume, output, args.unit_size, None, samples)
     if resume.returncode != 0:
@@ -150,6 +161,7 @@ def main() -> None:
 
     job = json.load(open(os.path.join(output, "job.json")))
     markers = [json.load(open(os.path.join(output, "_commits", n))) for n in os.listdir(os.path.join(output, "_commits"))]
+    finalize_s = os.path.getmtime(os.path.join(output, "job.json")) - max(m["committed_at"] for m in markers)
     busy = sum(m["seconds"] for m in markers)
     backend = sum(m["backend_seconds"] for m in markers)
     wall = first["seconds"] + second["seconds"]
@@ -168,6 +180,7 @@ def main() -> None:
         "output_bytes": du(output), "output_gb": round(du(output) / 1e9, 2),
         "resume_to_first_new_unit_s": round(second["first_new_unit_s"] or -1, 1),
         "units_committed_at_kill": second["units_before"],
+        "finalize_s": round(finalize_s, 1),
         "share_of_actor_time_in_backend": round(backend / busy, 3),
         "share_of_wall_outside_backend": round(1 - backend / (2 * wall), 3),
         "share_of_wall_actors_idle": round(1 - busy / (2 * wall), 3),

@@ -55,6 +55,29 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--size", type=int, default=64)
     export.add_argument("--max-objects", type=int, default=4)
 
+    train = sub.add_parser("train", help="train the project's own models")
+    train_sub = train.add_subparsers(dest="train_command", required=True)
+    diffusion = train_sub.add_parser("diffusion", help="the embedded diffusion model, on the shapes world")
+    diffusion.add_argument("--out", required=True, help="training folder (checkpoints resume from here)")
+    diffusion.add_argument("--vae-steps", type=int)
+    diffusion.add_argument("--unet-steps", type=int)
+    diffusion.add_argument("--batch-size", type=int)
+    diffusion.add_argument("--max-minutes", type=float, help="stop cleanly after this long; rerun to continue")
+    diffusion.add_argument("--export", action="store_true",
+                           help="when done, install the model as embedded:shapes (engine/models/shapes)")
+
+    oracle = train_sub.add_parser("oracle", help="the fidelity oracle (multi-label classifier) on rendered scenes")
+    oracle.add_argument("--steps", type=int, default=1500)
+
+    bench = sub.add_parser("bench", help="quality benchmarks against the shapes world")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    fidelity = bench_sub.add_parser("fidelity", help="prompt fidelity and Fréchet distance of a diffusion model")
+    fidelity.add_argument("--model", default="embedded:shapes")
+    fidelity.add_argument("--per-class", type=int, default=50, help="images per class, for each prompt kind")
+    fidelity.add_argument("--steps", type=int, default=25)
+    fidelity.add_argument("--guidance-scale", type=float, default=7.5)
+    fidelity.add_argument("--out", default="bench/results")
+
     sub.add_parser("schema", help="print the job spec's JSON Schema")
     return parser
 
@@ -125,6 +148,47 @@ def _cmd_world(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    if args.train_command == "oracle":
+        from .train.oracle import train_oracle
+
+        print(json.dumps(train_oracle(steps=args.steps), indent=1))
+        return 0
+    return _train_diffusion(args)
+
+
+def _cmd_bench(args) -> int:
+    from .evals.fidelity import fidelity_benchmark
+
+    if args.per_class < 2:
+        raise UserError(f"--per-class: expected at least 2 images per class, got {args.per_class}")
+    print(json.dumps(fidelity_benchmark(args.model, args.per_class, args.steps, args.guidance_scale,
+                                        out_dir=args.out), indent=1))
+    return 0
+
+
+def _train_diffusion(args) -> int:
+    import shutil
+    from dataclasses import replace
+
+    from .models.embedded import EMBEDDED_MODELS
+    from .train.diffusion import DiffusionRecipe, train_diffusion
+
+    overrides = {k: v for k, v in {"vae_steps": args.vae_steps, "unet_steps": args.unet_steps,
+                                   "batch_size": args.batch_size}.items() if v is not None}
+    for key, value in overrides.items():
+        if value < 1:
+            raise UserError(f"--{key.replace('_', '-')}: expected a positive number, got {value}")
+    status = train_diffusion(args.out, replace(DiffusionRecipe(), **overrides), max_minutes=args.max_minutes)
+    print(json.dumps(status))
+    if args.export and status["exported"]:
+        target = EMBEDDED_MODELS["shapes"]
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(f"{args.out}/model", target)
+        print(f"installed as embedded:shapes at {target}")
+    return 0
+
+
 def _cmd_schema(args) -> int:
     from .spec import json_schema
 
@@ -133,7 +197,7 @@ def _cmd_schema(args) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "status": _cmd_status, "finalize": _cmd_finalize,
-            "world": _cmd_world, "schema": _cmd_schema}
+            "world": _cmd_world, "train": _cmd_train, "bench": _cmd_bench, "schema": _cmd_schema}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,8 @@ class Registry:
 
 BACKENDS = Registry("generator backend")
 BACKENDS.register("render", "engine.backends.render:RenderBackend")
+BACKENDS.register("diffusion", "engine.backends.diffusion:DiffusionBackend")
 
 HEADS = Registry("label head")
 HEADS.register("ground_truth", "engine.heads.ground_truth:GroundTruthHead")
+HEADS.register("none", "engine.heads.none:NoLabelsHead")

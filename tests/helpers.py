@@ -4,7 +4,7 @@ import hashlib
 import json
 import os
 
-PUBLISHED = ("coco/instances.json", "coco/images", "coco/semantic", "parquet", "README.md")
+PUBLISHED = ("coco/instances.json", "coco/images", "coco/semantic", "parquet", "README.md", "preview.png")
 
 
 def dataset_digest(root: str) -> dict[str, str]:

@@ -55,7 +55,7 @@ def test_bounds_above_budget_rejected(spec_data):
 def test_unknown_backend_lists_valid_names(spec_data):
     spec_data["generator"]["name"] = "dalle"
     problems = problems_of(spec_data)
-    assert any(p.startswith("generator.name: expected one of ['render'], got 'dalle'") for p in problems)
+    assert any(p.startswith("generator.name: expected one of ['diffusion', 'render'], got 'dalle'") for p in problems)
 
 
 def test_backend_params_validated_by_backend(spec_data):

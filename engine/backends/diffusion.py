@@ -1,0 +1,174 @@
+"""``diffusion``: txt2img and img2img with any Stable-Diffusion-architecture pipeline.
+
+A batch is one ``StableDiffusionPipeline`` call: one UNet call per step for the whole
+batch with its CFG pair, one ``torch.Generator`` per image. img2img (DiffusionEngine)
+draws each image's strength from the configured range with the image's own seed; a
+reference enters the batch at its own start step through ``callback_on_step_end``
+(noised to that step, as the img2img pipeline does), so mixed strengths share every
+UNet call. Strength 1.0 is pure txt2img.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from ..layout import derive_seed
+from ..records import Generated, ImageRequest
+from .base import Backend, StrictParams
+
+__all__ = ["DiffusionBackend"]
+
+
+class DiffusionParams(StrictParams):
+    model: str = Field(default="embedded:shapes", description="'embedded:shapes', a diffusers folder or a hub id.")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
+    dtype: str = Field(default="auto", pattern="^(auto|fp32|fp16|bf16)$", description="auto: fp16 on GPU, fp32 on CPU")
+    attention: str = Field(default="auto", pattern="^(auto|sdpa|xformers)$")
+    scheduler: str = Field(default="dpmsolver++", pattern="^(dpmsolver\\+\\+|ddim)$")
+    steps: int = Field(default=25, ge=1, le=1000)
+    guidance_scale: float = Field(default=7.5, ge=0)
+    negative_prompt: str = Field(default="", description="Used where the prompt source gives none.")
+    quality_suffix: str = Field(default="", description="Appended to every prompt, e.g. ', high quality'.")
+    strength: tuple[float, float] = Field(default=(0.3, 1.0), description="img2img encode ratio range per image.")
+    reference_resize: str = Field(default="center_crop", pattern="^(center_crop|resize)$")
+    size: int | None = Field(default=None, ge=8, description="Image side; default: the model's native size.")
+    batch_size: int = Field(default=8, ge=1)
+    retries: int = Field(default=1, ge=0, description="New seeds tried for a NaN or blank image before rejecting it.")
+
+    @model_validator(mode="after")
+    def _strength_range(self) -> "DiffusionParams":
+        lo, hi = self.strength
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"expected 0 < strength[0] <= strength[1] <= 1, got {list(self.strength)}")
+        return self
+
+
+def _is_degenerate(image: np.ndarray) -> str | None:
+    if not np.isfinite(image).all():
+        return "NaN in the decoded image"
+    if float(image.max() - image.min()) < 1e-3:
+        return "blank (all-constant) image"
+    return None
+
+
+class DiffusionBackend(Backend):
+    Params = DiffusionParams
+
+    def __init__(self, *, params: DiffusionParams, classes):
+        super().__init__(params=params, classes=classes)
+        from ..models import load_pipeline
+
+        self.pipe = load_pipeline(params.model, device=params.device, dtype=params.dtype,
+                                  scheduler=params.scheduler, attention=params.attention)
+        self.batch_size = params.batch_size
+        self.size = params.size or self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    @property
+    def model_name(self) -> str:
+        return self.params.model
+
+    @classmethod
+    def check_spec(cls, spec) -> list[str]:
+        """Local models must exist before any work starts; hub ids are checked when a worker loads them."""
+        from ..errors import UserError
+        from ..models import resolve_model
+
+        model = DiffusionParams(**spec.generator.params).model
+        if model.startswith("embedded:") or model.startswith((".", "/")) or model.count("/") != 1:
+            try:
+                resolve_model(model)
+            except UserError as e:
+                return [str(e)]
+        return []
+
+    def generate(self, requests: list[ImageRequest]) -> list[Generated]:
+        results: list[Generated | None] = [None] * len(requests)
+        seeds = [r.seed for r in requests]
+        todo = list(range(len(requests)))
+        for attempt in range(self.params.retries + 1):
+            images, strengths = self._sample([requests[i] for i in todo], [seeds[i] for i in todo])
+            retry = []
+            for i, image, strength in zip(todo, images, strengths):
+                problem = _is_degenerate(image)
+                if problem is None:
+                    results[i] = Generated(image=(image * 255).round().astype(np.uint8), strength=strength)
+                elif attempt < self.params.retries:
+                    seeds[i] = derive_seed(seeds[i], attempt + 1)  # a new seed derived from the old one
+                    retry.append(i)
+                else:
+                    results[i] = Generated(image=None, reject=f"{problem} after {attempt + 1} seed(s)")
+            todo = retry
+            if not todo:
+                break
+        return results
+
+    # ---- sampling
+    def _strength(self, request: ImageRequest, seed: int) -> float | None:
+        if request.reference is None:
+            return None
+        lo, hi = self.params.strength
+        drawn = lo + (hi - lo) * np.random.default_rng(seed).random()
+        steps = self.params.steps
+        return max(1, int(steps * drawn)) / steps  # what the sampler actually runs: whole steps
+
+    def _sample(self, requests: list[ImageRequest], seeds: list[int]) -> tuple[list[np.ndarray], list]:
+        import torch
+
+        pipe, p = self.pipe, self.params
+        device = pipe.device
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        shape = (pipe.unet.config.in_channels, self.size // pipe.vae_scale_factor, self.size // pipe.vae_scale_factor)
+        latents = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, pipe.unet.dtype)
+        strengths = [self._strength(r, s) for r, s in zip(requests, seeds)]
+        injections = self._injections(requests, strengths, generators, latents)
+        images = pipe(
+            prompt=[r.prompt + p.quality_suffix for r in requests],
+            negative_prompt=[r.negative_prompt or p.negative_prompt for r in requests],
+            height=self.size, width=self.size, num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
+            latents=latents, output_type="np",
+            callback_on_step_end=injections, callback_on_step_end_tensor_inputs=["latents"],
+        ).images
+        return list(images), strengths
+
+    def _injections(self, requests, strengths, generators, latents):
+        """A callback that puts each reference into the batch at its start step, or None for txt2img only."""
+        import torch
+
+        steps = self.params.steps
+        starts = {i: steps - round(s * steps) for i, s in enumerate(strengths) if s is not None and s < 1.0}
+        if not starts:
+            return None
+        pipe = self.pipe
+        with torch.no_grad():
+            clean = {i: self._encode_reference(requests[i].reference, generators[i]) for i in starts}
+        noise = {i: torch.randn(latents.shape[1:], generator=generators[i]).to(latents) for i in starts}
+
+        def inject(pipeline, step: int, timestep, kwargs: dict) -> dict:
+            lat = kwargs["latents"]
+            timesteps = pipeline.scheduler.timesteps
+            for i, start in starts.items():
+                if start == step + 1 and step + 1 < len(timesteps):
+                    t = timesteps[step + 1].reshape(1)
+                    lat[i] = pipeline.scheduler.add_noise(clean[i][None], noise[i][None], t)[0]
+                    history = getattr(pipeline.scheduler, "model_outputs", None)
+                    if history and history[-1] is not None:  # DPM-Solver++ keeps x0 estimates: use the reference
+                        history[-1][i] = clean[i]
+            return {"latents": lat}
+
+        return inject
+
+    def _encode_reference(self, reference: np.ndarray, generator):
+        import torch
+        from PIL import Image
+
+        pipe = self.pipe
+        image = Image.fromarray(reference)
+        if self.params.reference_resize == "center_crop":
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+        image = image.resize((self.size, self.size), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float().div(127.5).sub(1)[None]
+        x = x.to(pipe.device, pipe.vae.dtype)
+        return pipe.vae.encode(x).latent_dist.sample(generator=generator)[0] * pipe.vae.config.scaling_factor

@@ -1,0 +1,1 @@
+"""Benchmarks that judge generated data against the shapes world's ground truth."""

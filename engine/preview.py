@@ -1,0 +1,59 @@
+"""A grid of sample images with their masks, boxes and class names drawn on: ``preview.png``."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+__all__ = ["write_preview"]
+
+
+def _draw(row: dict, colors: list[tuple[int, int, int]], scale: int):
+    from PIL import Image, ImageDraw
+    from pycocotools import mask as mask_utils
+
+    image = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")).astype(np.float32)
+    for ann in row["annotations"]:
+        mask = mask_utils.decode({"size": ann["segmentation"]["size"],
+                                  "counts": ann["segmentation"]["counts"].encode()}).astype(bool)
+        image[mask] = 0.55 * image[mask] + 0.45 * np.array(colors[ann["category_id"] % len(colors)])
+    canvas = Image.fromarray(image.astype(np.uint8)).resize((image.shape[1] * scale, image.shape[0] * scale),
+                                                            Image.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+    for ann in row["annotations"]:
+        x, y, w, h = (v * scale for v in ann["bbox"])
+        color = colors[ann["category_id"] % len(colors)]
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=color, width=1)
+        draw.text((x + 2, y + 1), ann["category"], fill=(255, 255, 255))
+    return canvas
+
+
+def write_preview(store, parquet_files: list[str], path: str = "preview.png", count: int = 24,
+                  columns: int = 6) -> bool:
+    """Draw the first ``count`` images of the first shards; False if there is nothing to draw."""
+    import pyarrow.parquet as pq
+    from matplotlib import colormaps
+    from PIL import Image
+
+    rows: list[dict] = []
+    for rel in parquet_files:
+        with store.fs.open(store.path(rel), "rb") as f:
+            rows.extend(pq.read_table(f, columns=["image", "annotations"]).slice(0, count - len(rows)).to_pylist())
+        if len(rows) >= count:
+            break
+    if not rows:
+        return False
+    colors = [tuple(int(255 * c) for c in colormaps["tab10"](i)[:3]) for i in range(10)]
+    first = Image.open(io.BytesIO(rows[0]["image"]["bytes"]))
+    scale = max(1, 192 // max(first.size))
+    tiles = [_draw(row, colors, scale) for row in rows]
+    width, height = tiles[0].size
+    sheet = Image.new("RGB", (columns * width, ((len(tiles) + columns - 1) // columns) * height), "white")
+    for k, tile in enumerate(tiles):
+        sheet.paste(tile, ((k % columns) * width, (k // columns) * height))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    store.write_bytes(path, buf.getvalue())
+    return True

@@ -1,0 +1,1 @@
+"""Training recipes. Checkpoints are safetensors plus JSON: never pickles."""

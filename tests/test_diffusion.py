@@ -1,0 +1,139 @@
+"""The diffusion backend on tiny random-weight components built from config: CPU, seconds."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import SpecError
+from engine.records import ImageRequest
+from engine.spec import parse_spec
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A random-weight StableDiffusionPipeline folder with the embedded model's layout."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.models.embedded import text_encoder_config, vae_config
+    from engine.models.tokenizer import build_tokenizer
+    from engine.train.diffusion import export_pipeline
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    vae = AutoencoderKL(**dict(vae_config(), block_out_channels=(8, 8, 8), norm_num_groups=4))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=128,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2)
+    text = CLIPTextModel(CLIPTextConfig(**text_encoder_config(len(tokenizer), tokenizer.bos_token_id,
+                                                              tokenizer.eos_token_id)))
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    export_pipeline(str(folder), vae, text, tokenizer, unet)
+    return str(folder)
+
+
+def backend_for(model, **params):
+    from engine.backends.diffusion import DiffusionBackend, DiffusionParams
+
+    return DiffusionBackend(params=DiffusionParams(model=model, steps=2, **params), classes=[])
+
+
+def test_pipeline_folder_loads_in_standard_pipelines(tiny_model):
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, use_safetensors=True)
+    img2img = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_model, use_safetensors=True)
+    out = img2img("a circle", image=torch.rand(1, 3, 32, 32), strength=0.5, num_inference_steps=2, output_type="np")
+    assert out.images.shape == (1, 32, 32, 3)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    index = json.load(open(f"{tiny_model}/model_index.json"))
+    assert index["scheduler"][1] == "DPMSolverMultistepScheduler"
+
+
+def test_txt2img_is_seeded_per_image_not_per_batch(tiny_model):
+    backend = backend_for(tiny_model)
+    reqs = [ImageRequest(i, seed=1000 + i, prompt="a photograph of a circle") for i in range(3)]
+    batch = backend.generate(reqs)
+    alone = backend.generate([reqs[2]])
+    assert all(g.reject is None and g.image.shape == (32, 32, 3) and g.image.dtype == np.uint8 for g in batch)
+    assert np.array_equal(batch[2].image, alone[0].image)  # same seed, other batch: same bytes
+    assert not np.array_equal(batch[0].image, batch[1].image)
+    assert batch[0].strength is None
+
+
+def test_img2img_strength_per_image_from_range(tiny_model):
+    backend = backend_for(tiny_model, strength=(0.3, 1.0), batch_size=4)
+    reference = np.zeros((48, 40, 3), np.uint8)
+    reference[10:30, 10:30] = 255
+    reqs = [ImageRequest(i, seed=50 + i, prompt="a square", reference=reference) for i in range(4)]
+    reqs.append(ImageRequest(9, seed=7, prompt="a square"))
+    out = backend.generate(reqs)
+    strengths = [g.strength for g in out]
+    assert strengths[-1] is None
+    assert all(0.3 <= s <= 1.0 and (s * 2) == int(s * 2) for s in strengths[:-1])  # whole steps of 2
+    assert np.array_equal(backend.generate(reqs[:1])[0].image, out[0].image)
+
+
+def test_low_strength_keeps_the_reference_layout(tiny_model):
+    from engine.backends.diffusion import DiffusionBackend, DiffusionParams
+
+    backend = DiffusionBackend(params=DiffusionParams(model=tiny_model, steps=10, strength=(0.1, 0.1),
+                                                      scheduler="ddim", guidance_scale=1.0), classes=[])
+    reference = np.full((32, 32, 3), 30, np.uint8)
+    reference[:, 16:] = 220
+    image = backend.generate([ImageRequest(0, 3, "x", reference=reference)])[0].image.astype(float)
+    free = backend.generate([ImageRequest(0, 3, "x")])[0].image.astype(float)
+    ref = reference.astype(float)
+    assert np.abs(image - ref).mean() < np.abs(free - ref).mean()
+
+
+def test_degenerate_images_retry_then_reject(tiny_model, monkeypatch):
+    backend = backend_for(tiny_model, retries=1)
+    calls = []
+
+    def blank(requests, seeds):
+        calls.append(list(seeds))
+        return [np.zeros((32, 32, 3)) for _ in requests], [None] * len(requests)
+
+    monkeypatch.setattr(backend, "_sample", blank)
+    out = backend.generate([ImageRequest(0, 11, "x")])
+    assert out[0].image is None and out[0].reject == "blank (all-constant) image after 2 seed(s)"
+    assert len(calls) == 2 and calls[0] != calls[1]
+
+
+def test_spec_rejects_missing_local_model(spec_data, tmp_path):
+    spec_data["generator"] = {"name": "diffusion", "params": {"model": str(tmp_path / "nope"), "steps": 0}}
+    spec_data["label_head"] = {"name": "none"}
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec_data)
+    assert any(p.startswith("generator.params.steps: expected") for p in info.value.problems)
+    spec_data["generator"]["params"]["steps"] = 2
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec_data)
+    assert "generator.params.model: expected" in info.value.problems[0]
+
+
+def test_ground_truth_head_needs_render(spec_data, tiny_model):
+    spec_data["generator"] = {"name": "diffusion", "params": {"model": tiny_model}}
+    with pytest.raises(SpecError, match="only the 'render' backend supplies ground truth"):
+        parse_spec(spec_data)
+
+
+@pytest.mark.ray
+def test_diffusion_job_end_to_end_on_ray(spec_data, tiny_model, ray_local):
+    import pyarrow.parquet as pq
+
+    from engine.runner import run_job
+
+    spec_data.update(lower_bound=1, budget={"max_images": 8, "max_waves": 2}, unit_size=4, wave_size=8)
+    spec_data["generator"] = {"name": "diffusion", "params": {"model": tiny_model, "steps": 2, "batch_size": 4}}
+    spec_data["label_head"] = {"name": "none"}
+    result = run_job(parse_spec(spec_data), quiet=True)
+    assert result.images == 8 and result.stop_reason == "max_images"
+    table = pq.read_table(os.path.join(spec_data["output"], "parquet"))
+    assert table.num_rows == 8 and set(table.column("model").to_pylist()) == {tiny_model}
+    assert len(set(table.column("seed").to_pylist())) == 8
