@@ -124,10 +124,13 @@ class _Driver:
 
     def _execute(self, units: list[dict], address: str | None) -> None:
         if self.executor is None:
-            from workers.pool import UnitPool
+            from workers.pool import InProcessPool, UnitPool
 
-            _ensure_ray(address, self.spec)
-            self.executor = UnitPool(self.spec)
+            if self.spec.output.startswith("memory://"):
+                self.executor = InProcessPool(self.spec)
+            else:
+                _ensure_ray(address, self.spec)
+                self.executor = UnitPool(self.spec)
         expanded = [dict(u, requests=[_request(self.spec, self.pool_items[item], image_id, seed)
                                       for image_id, item, seed in u["images"]]) for u in units]
         for u in expanded:

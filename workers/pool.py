@@ -16,7 +16,7 @@ from typing import Callable
 from engine.errors import UserError
 from engine.spec import JobSpec
 
-__all__ = ["UnitPool"]
+__all__ = ["UnitPool", "InProcessPool"]
 
 
 class UnitPool:
@@ -121,3 +121,20 @@ class UnitPool:
             ray.kill(actor)
         self._starting.clear()
         self._idle.clear()
+
+
+class InProcessPool:
+    """Runs units in the driver's own process, for ``memory://`` outputs: a memory filesystem
+    lives in one process, so actors elsewhere could not write to it."""
+
+    def __init__(self, spec: JobSpec):
+        from engine.unit import UnitMaker
+
+        self.maker = UnitMaker(spec)
+
+    def run(self, units: list[dict], on_done: Callable[[dict], None]) -> None:
+        for unit in units:
+            on_done(self.maker.make(unit))
+
+    def shutdown(self) -> None:
+        pass
