@@ -102,3 +102,26 @@ def test_jsonl_prompts_find_classes_and_synonyms(tmp_path, spec_data):
     spec_data["prompts"] = {"source": "jsonl", "path": str(path)}
     pool = build_pool(parse_spec(spec_data))
     assert [p.classes for p in pool] == [("circle", "star"), ("square",)]
+
+
+def test_reference_pool_from_exported_world(tmp_path, spec_data):
+    import subprocess
+
+    from .conftest import DDE
+
+    proc = subprocess.run([DDE, "world", "export", "--out", str(tmp_path / "w"), "--images", "5", "--split", "val"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    annotations = tmp_path / "w" / "annotations" / "instances_val.json"
+    spec_data["prompts"] = {"source": "references", "annotations": str(annotations),
+                            "images": str(tmp_path / "w" / "images" / "val"),
+                            "captions": str(tmp_path / "w" / "annotations" / "captions_val.json"),
+                            "style": "caption_append"}
+    pool = build_pool(parse_spec(spec_data))
+    assert [p.reference_id for p in pool] == ["1", "2", "3", "4", "5"]
+    assert all((tmp_path / "w" / "images" / "val" / f"{int(p.reference_id):012d}.png").exists() for p in pool)
+    first = pool[0]
+    assert first.prompt.endswith("; " + " ".join(dict.fromkeys(first.classes)))
+    assert " on " in first.prompt.split(";")[0]  # the world's caption comes first
+    spec_data["prompts"]["style"] = "generic"
+    assert build_pool(parse_spec(spec_data))[0].prompt.startswith("A photograph, with ")
