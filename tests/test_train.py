@@ -15,7 +15,9 @@ TINY = DiffusionRecipe(vae_steps=3, unet_steps=4, vae_batch_size=4, batch_size=4
 
 
 def unet_weights(folder):
-    return load_file(os.path.join(folder, "ckpt-unet", "state.safetensors"))
+    folder = os.path.join(folder, "ckpt-unet")
+    return {k: v for n in sorted(os.listdir(folder)) if n.endswith(".safetensors")
+            for k, v in load_file(os.path.join(folder, n)).items()}
 
 
 def test_training_checkpoints_and_resumes_exactly(tmp_path):

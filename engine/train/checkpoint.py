@@ -14,6 +14,8 @@ import shutil
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
+SHARD_BYTES = 20 * 2**20
+
 
 def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
     state = optimizer.state_dict()
@@ -33,7 +35,8 @@ def save_checkpoint(folder: str, modules: dict, optimizer, meta: dict) -> None:
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    save_file(tensors, os.path.join(tmp, "state.safetensors"))
+    for index, shard in enumerate(_shards(tensors)):
+        save_file(shard, os.path.join(tmp, f"state-{index:05d}.safetensors"))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f)
     old = folder + ".old"
@@ -43,13 +46,29 @@ def save_checkpoint(folder: str, modules: dict, optimizer, meta: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _shards(tensors: dict, limit: int = SHARD_BYTES):
+    """Split into files under ``limit`` bytes, so checkpoints can be committed to git."""
+    shard, size = {}, 0
+    for key, value in tensors.items():
+        nbytes = value.numel() * value.element_size()
+        if shard and size + nbytes > limit:
+            yield shard
+            shard, size = {}, 0
+        shard[key], size = value, size + nbytes
+    if shard:
+        yield shard
+
+
 def load_checkpoint(folder: str, modules: dict, optimizer) -> dict | None:
     """Restore modules and optimizer from ``folder``; returns its meta, or None if there is none."""
     from safetensors.torch import load_file
 
     if not os.path.exists(os.path.join(folder, "meta.json")):
         return None
-    tensors = load_file(os.path.join(folder, "state.safetensors"))
+    tensors = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            tensors.update(load_file(os.path.join(folder, name)))
     with open(os.path.join(folder, "meta.json")) as f:
         meta = json.load(f)
     for name, module in modules.items():
