@@ -16,9 +16,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/dde run jobs/examples/shapes-render.yaml --output out/shapes-render
 	$(BIN)/dde status out/shapes-render
+	@if [ -f engine/models/shapes/model_index.json ]; then \
+	  $(BIN)/dde run jobs/examples/shapes-txt2img.yaml --output out/shapes-txt2img && \
+	  echo "Embedded diffusion model (CPU): out/shapes-txt2img/preview.png, out/shapes-txt2img/parquet/"; \
+	else echo "(embedded:shapes weights not present: skipped the diffusion demo)"; fi
 	@echo
-	@echo "Look at: out/shapes-render/README.md (dataset card), out/shapes-render/coco/instances.json,"
-	@echo "         out/shapes-render/coco/images/, out/shapes-render/parquet/"
+	@echo "Look at: out/shapes-render/preview.png (samples with masks and boxes), out/shapes-render/README.md"
+	@echo "         (dataset card), out/shapes-render/coco/instances.json, coco/images/, parquet/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests

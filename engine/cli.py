@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     diffusion.add_argument("--unet-steps", type=int)
     diffusion.add_argument("--batch-size", type=int)
     diffusion.add_argument("--max-minutes", type=float, help="stop cleanly after this long; rerun to continue")
+    diffusion.add_argument("--until-step", type=int, help="stop cleanly at this UNet step; rerun to continue")
+    diffusion.add_argument("--export-unfinished", action="store_true",
+                           help="export the EMA weights reached so far even if training is not done")
     diffusion.add_argument("--export", action="store_true",
                            help="when done, install the model as embedded:shapes (engine/models/shapes)")
 
@@ -179,7 +182,8 @@ def _train_diffusion(args) -> int:
     for key, value in overrides.items():
         if value < 1:
             raise UserError(f"--{key.replace('_', '-')}: expected a positive number, got {value}")
-    status = train_diffusion(args.out, replace(DiffusionRecipe(), **overrides), max_minutes=args.max_minutes)
+    status = train_diffusion(args.out, replace(DiffusionRecipe(), **overrides), max_minutes=args.max_minutes,
+                             until_step=args.until_step, export_unfinished=args.export_unfinished)
     print(json.dumps(status))
     if args.export and status["exported"]:
         target = EMBEDDED_MODELS["shapes"]

@@ -30,7 +30,7 @@ class DiffusionRecipe:
     vae_steps: int = 1000
     unet_steps: int = 6000
     vae_batch_size: int = 32
-    batch_size: int = 64
+    batch_size: int = 32
     vae_lr: float = 1e-3
     unet_lr: float = 5e-4
     warmup: int = 200
@@ -242,10 +242,11 @@ def export_pipeline(folder: str, vae, text_encoder, tokenizer, unet) -> None:
 
 
 def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, max_minutes: float | None = None,
-                    until_step: int | None = None, echo=print) -> dict:
+                    until_step: int | None = None, export_unfinished: bool = False, echo=print) -> dict:
     """Train (or continue training) into ``out``; returns a status dict. Exports when both phases are done.
 
     ``max_minutes`` and ``until_step`` stop early with a checkpoint; calling again continues.
+    ``export_unfinished`` exports the EMA weights reached so far (the card says at which step).
     """
     import torch
 
@@ -267,11 +268,55 @@ def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, ma
         p.requires_grad_(False)
     unet, text_encoder, step = _train_unet(out, recipe, vae, tokenizer, log, deadline, until_step)
     status["unet_step"] = step
-    if step >= recipe.unet_steps:
-        export_pipeline(os.path.join(out, "model"), vae, text_encoder, tokenizer, unet)
-        status["exported"] = True
     _record_session(out, started, recipe, step)
+    if step >= recipe.unet_steps or (export_unfinished and step > 0):
+        export_pipeline(os.path.join(out, "model"), vae, text_encoder, tokenizer, unet)
+        write_model_card(out)
+        status["exported"] = True
     return status
+
+
+def write_model_card(out: str, fidelity: dict | None = None) -> None:
+    """``model/README.md``: the recipe, steps, hardware and time of every session, fidelity if measured."""
+    model = os.path.join(out, "model")
+    recipe = json.load(open(os.path.join(out, "recipe.json")))
+    sessions = json.load(open(os.path.join(out, "sessions.json")))
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(model) for f in fs)
+    rows = "\n".join(f"| {i + 1} | {s['hardware']} | {s['minutes']} | {s['unet_step']} |" for i, s in enumerate(sessions))
+    fidelity_text = ("\n".join(f"- {k}: {v}" for k, v in fidelity.items() if not isinstance(v, dict))
+                     if fidelity else "not measured yet: run `dde bench fidelity`")
+    reached = sessions[-1]["unet_step"] if sessions else 0
+    state = ("" if reached >= recipe["unet_steps"] else
+             f"\n**Unfinished:** exported at UNet step {reached} of {recipe['unet_steps']}; "
+             f"`dde train diffusion --out DIR` continues from the checkpoint.\n")
+    text = f"""# embedded:shapes
+{state}
+A Stable-Diffusion-architecture model (AutoencoderKL, CLIPTextModel, CLIPTokenizer over the
+shapes world's vocabulary, UNet2DConditionModel), trained from scratch by
+`dde train diffusion` on rendered shapes-world scenes. 64 px images, 16x16x4 latents,
+v-prediction, DPM-Solver++ by default. fp32 safetensors, {size / 2**20:.1f} MB in all.
+Load it like any diffusers model: `StableDiffusionPipeline.from_pretrained(folder)`.
+
+## Training recipe
+```json
+{json.dumps(recipe, indent=1)}
+```
+VAE first (L1 + KL), then UNet and text encoder together on a cached pool of encoded
+scenes, with EMA (the shipped weights are the EMA), min-SNR weighting and
+caption-dropout for classifier-free guidance. Prompts mix the world's captions with the
+engine's prompt styles (class combinations, DiffusionEngine's generic prompt,
+Dataset Diffusion's caption; classes).
+
+## Sessions (hardware, minutes, UNet step reached)
+| session | hardware | minutes | UNet step |
+|---|---|---|---|
+{rows}
+
+## Fidelity
+{fidelity_text}
+"""
+    with open(os.path.join(model, "README.md"), "w") as f:
+        f.write(text)
 
 
 def _record_session(out: str, started: float, recipe: DiffusionRecipe, step: int) -> None:

@@ -1,0 +1,95 @@
+"""Engine overhead on the embedded diffusion model: a bare loop of pipe(...) calls against
+`dde run` making the same images end to end (plan, generate, encode, write, commit,
+finalize), with the same steps and batch size, in one run.
+
+    .venv/bin/python bench/bench_diffusion_overhead.py --images 256 --batch 32 --steps 20
+
+Both sides use both cores (the actor asks for num_cpus=2, so torch gets 2 threads).
+Results go to bench/results/diffusion_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DDE = os.path.join(os.path.dirname(sys.executable), "dde")
+CLASSES = ["circle", "square", "triangle", "star", "ring", "cross"]
+
+
+def bare_loop(images: int, batch: int, steps: int) -> tuple[float, float]:
+    """(seconds including the model load, seconds of pipe calls alone)."""
+    import torch
+
+    from engine.models import load_pipeline
+
+    start = time.perf_counter()
+    pipe = load_pipeline("embedded:shapes")
+    loaded = time.perf_counter()
+    prompts = [f"a photograph of a {CLASSES[i % len(CLASSES)]}" for i in range(images)]
+    for first in range(0, images, batch):
+        chunk = prompts[first:first + batch]
+        generators = [torch.Generator().manual_seed(first + k) for k in range(len(chunk))]
+        pipe(prompt=chunk, num_inference_steps=steps, guidance_scale=7.5, generator=generators, output_type="np")
+    end = time.perf_counter()
+    return end - start, end - loaded
+
+
+def engine_run(images: int, batch: int, steps: int, out: str) -> tuple[float, float]:
+    """(wall seconds of `dde run` end to end, seconds the actor spent making units)."""
+    spec = {
+        "name": "overhead", "output": out, "classes": CLASSES, "lower_bound": 1,
+        "budget": {"max_images": images, "max_waves": 1}, "unit_size": batch * 2, "wave_size": images,
+        "generator": {"name": "diffusion", "params": {"model": "embedded:shapes", "steps": steps,
+                                                      "batch_size": batch}},
+        "label_head": {"name": "none"}, "prompts": {"source": "combinations", "max_classes": 1},
+        "resources": {"actors": {"min": 1, "max": 1}, "num_cpus": 2},
+    }
+    path = os.path.join(os.path.dirname(out), "overhead.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(spec, f)
+    start = time.perf_counter()
+    subprocess.run([DDE, "run", path, "--quiet"], check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    commits = os.path.join(out, "_commits")
+    busy = sum(json.load(open(os.path.join(commits, n)))["seconds"] for n in os.listdir(commits))
+    return wall, busy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--work", default=os.path.join(REPO, "bench/out/overhead"))
+    parser.add_argument("--result", default=os.path.join(REPO, "bench/results/diffusion_overhead.json"))
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    os.makedirs(args.work)
+    bare_total, bare_pipe = bare_loop(args.images, args.batch, args.steps)
+    engine_wall, engine_busy = engine_run(args.images, args.batch, args.steps, os.path.join(args.work, "job"))
+    result = {
+        "command": f"{sys.executable} bench/bench_diffusion_overhead.py --images {args.images} "
+                   f"--batch {args.batch} --steps {args.steps}",
+        "images": args.images, "batch": args.batch, "steps": args.steps,
+        "bare_loop_s_with_model_load": round(bare_total, 2), "bare_loop_s_pipe_calls": round(bare_pipe, 2),
+        "engine_s_end_to_end": round(engine_wall, 2), "engine_s_in_units": round(engine_busy, 2),
+        "ratio_end_to_end": round(engine_wall / bare_total, 3),
+        "ratio_units_vs_pipe_calls": round(engine_busy / bare_pipe, 3),
+    }
+    os.makedirs(os.path.dirname(args.result), exist_ok=True)
+    with open(args.result, "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
