@@ -34,6 +34,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-finalize", action="store_true", help="leave the output unfinalized")
     _add_run_options(run)
 
+    submit = sub.add_parser("submit", help="submit a job spec to a Ray cluster (Ray Jobs); idempotent")
+    submit.add_argument("spec")
+    submit.add_argument("--address", required=True, help="Ray dashboard, e.g. http://HEAD:8265")
+    submit.add_argument("--output", help="override the spec's output URI")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--image", action="store_true",
+                        help="the cluster's image already has dde: do not upload this checkout")
+    submit.add_argument("--driver-gpus", type=float, help="GPUs reserved for the driver (default none)")
+    for name, helptext in (("logs", "a submitted job's driver log"), ("stop", "stop a submitted job")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("id", help="submission id printed by dde submit")
+        p.add_argument("--address", required=True)
+
     resume = sub.add_parser("resume", help="continue a job from the markers under its output URI")
     resume.add_argument("uri")
     _add_run_options(resume)
@@ -101,6 +114,31 @@ def _recorded_spec(uri: str):
     if recorded is None:
         raise UserError(f"URI: expected the output of a dde job (with _job/spec.json), got {uri!r}")
     return recorded[0]
+
+
+def _cmd_submit(args) -> int:
+    from .spec import load_spec
+    from .submit import submit
+
+    spec = load_spec(args.spec, args.overrides, output=args.output)
+    sid, created = submit(spec, args.address, use_working_dir=not args.image, driver_gpus=args.driver_gpus)
+    print(f"{'submitted' if created else 'already submitted'}: {sid}")
+    print(f"output: {spec.output}   watch: dde status {spec.output}   logs: dde logs {sid} --address {args.address}")
+    return 0
+
+
+def _cmd_logs(args) -> int:
+    from .submit import job_logs
+
+    print(job_logs(args.id, args.address), end="")
+    return 0
+
+
+def _cmd_stop(args) -> int:
+    from .submit import stop_job
+
+    print("stopped" if stop_job(args.id, args.address) else "not running")
+    return 0
 
 
 def _cmd_resume(args) -> int:
@@ -200,7 +238,7 @@ def _cmd_schema(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "status": _cmd_status, "finalize": _cmd_finalize,
+COMMANDS = {"run": _cmd_run, "submit": _cmd_submit, "logs": _cmd_logs, "stop": _cmd_stop, "resume": _cmd_resume, "status": _cmd_status, "finalize": _cmd_finalize,
             "world": _cmd_world, "train": _cmd_train, "bench": _cmd_bench, "schema": _cmd_schema}
 
 

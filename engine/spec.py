@@ -282,7 +282,15 @@ def _budget_problems(spec: JobSpec, per_image: int | None) -> list[str]:
 
 def load_spec(path: str, overrides: list[str] = (), *, max_images: int | None = None,
               seed: int | None = None, output: str | None = None) -> JobSpec:
-    data = _parse_mapping(_read_text(path), path)
+    """``path`` is a YAML/JSON file, or ``env:VAR`` for a spec carried in an environment
+    variable (how ``dde submit`` ships a resolved spec to the cluster)."""
+    if path.startswith("env:"):
+        text = os.environ.get(path[4:])
+        if text is None:
+            raise UserError(f"spec {path!r}: expected environment variable {path[4:]} to hold a spec, got none")
+        data = _parse_mapping(text, path)
+    else:
+        data = _parse_mapping(_read_text(path), path)
     data = apply_overrides(data, list(overrides))
     if max_images is not None:
         data.setdefault("budget", {})["max_images"] = max_images
@@ -290,7 +298,8 @@ def load_spec(path: str, overrides: list[str] = (), *, max_images: int | None = 
         data["seed"] = seed
     if output is not None:
         data["output"] = output
-    _resolve_paths(data, os.path.dirname(os.path.abspath(path)))
+    if not path.startswith("env:"):
+        _resolve_paths(data, os.path.dirname(os.path.abspath(path)))
     return parse_spec(data)
 
 
