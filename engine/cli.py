@@ -121,8 +121,8 @@ def _cmd_submit(args) -> int:
     from .submit import submit
 
     spec = load_spec(args.spec, args.overrides, output=args.output)
-    sid, created = submit(spec, args.address, use_working_dir=not args.image, driver_gpus=args.driver_gpus)
-    print(f"{'submitted' if created else 'already submitted'}: {sid}")
+    sid, outcome = submit(spec, args.address, use_working_dir=not args.image, driver_gpus=args.driver_gpus)
+    print(f"{outcome}: {sid}")
     print(f"output: {spec.output}   watch: dde status {spec.output}   logs: dde logs {sid} --address {args.address}")
     return 0
 

@@ -3,7 +3,8 @@
 The resolved spec travels in the runtime env (``DDE_SPEC``), with this checkout as the
 working dir (or a prebuilt image that already has it). The submission id is derived from
 the job's identity (name, output and fingerprint), so resubmitting the same job is
-idempotent: it finds the existing submission instead of starting a second driver.
+idempotent: it finds the existing submission instead of starting a second driver, unless
+that one failed or was stopped, in which case the job is submitted again and resumes.
 """
 
 from __future__ import annotations
@@ -44,22 +45,33 @@ def _client(address: str):
 
 
 def submit(spec: JobSpec, address: str, *, use_working_dir: bool = True, driver_gpus: float | None = None,
-           driver_resources: dict | None = None) -> tuple[str, bool]:
-    """Submit ``spec``; returns (submission id, whether this call created it)."""
+           driver_resources: dict | None = None) -> tuple[str, str]:
+    """Submit ``spec``; returns (submission id, what happened: submitted, resubmitted or already submitted).
+
+    A pending, running or finished submission of the same job is left alone; a failed or
+    stopped one is replaced, and the new driver resumes from the commit markers.
+    """
+    from ray.job_submission import JobStatus
+
     client = _client(address)
     sid = submission_id(spec)
+    outcome = "submitted"
     try:
-        client.get_job_info(sid)
-        return sid, False  # already submitted: idempotent
-    except Exception:
-        pass
+        status = client.get_job_info(sid).status
+    except Exception:  # no such submission yet
+        status = None
+    if status in (JobStatus.FAILED, JobStatus.STOPPED):
+        client.delete_job(sid)
+        outcome = "resubmitted"
+    elif status is not None:
+        return sid, "already submitted"
     runtime_env: dict = {"env_vars": {SPEC_ENV: json.dumps(spec.model_dump(mode="json"))}}
     if use_working_dir:
         runtime_env.update(working_dir=REPO, excludes=_EXCLUDES)
     client.submit_job(entrypoint=f"python -m jobs.run_job env:{SPEC_ENV} --quiet", submission_id=sid,
                       runtime_env=runtime_env, metadata={"dde_name": spec.name, "dde_output": spec.output},
                       entrypoint_num_gpus=driver_gpus, entrypoint_resources=driver_resources)
-    return sid, True
+    return sid, outcome
 
 
 def job_logs(sid: str, address: str) -> str:

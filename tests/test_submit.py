@@ -84,6 +84,26 @@ def test_submit_is_idempotent_and_the_job_finishes(ray_head, spec_data, tmp_path
     assert dde(env, "stop", sid, "--address", address).strip() == "not running"
 
 
+def test_failed_submission_is_resubmitted(ray_head, spec_data, tmp_path):
+    address, env = ray_head
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    spec_data["output"] = str(blocker / "out")  # unwritable: the driver exits with code 2
+    spec_path = tmp_path / "job.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_data))
+    sid = dde(env, "submit", str(spec_path), "--address", address).split()[1]
+    deadline = time.time() + 120
+    while "output: expected a writable location" not in dde(env, "logs", sid, "--address", address):
+        assert time.time() < deadline
+        time.sleep(2)
+    # until Ray records the driver's exit the submission still counts as running (idempotent)
+    deadline = time.time() + 60
+    while not (again := dde(env, "submit", str(spec_path), "--address", address)).startswith("resubmitted"):
+        assert again.startswith(f"already submitted: {sid}") and time.time() < deadline
+        time.sleep(2)
+    assert again.startswith(f"resubmitted: {sid}")
+
+
 def test_submit_to_nothing_is_a_clear_error(spec_data, tmp_path):
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(yaml.safe_dump(spec_data))
