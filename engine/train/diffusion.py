@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import flushed_print
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import prompt_variant, render_batch
 
@@ -242,7 +243,7 @@ def export_pipeline(folder: str, vae, text_encoder, tokenizer, unet) -> None:
 
 
 def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, max_minutes: float | None = None,
-                    until_step: int | None = None, export_unfinished: bool = False, echo=print) -> dict:
+                    until_step: int | None = None, export_unfinished: bool = False, echo=None) -> dict:
     """Train (or continue training) into ``out``; returns a status dict. Exports when both phases are done.
 
     ``max_minutes`` and ``until_step`` stop early with a checkpoint; calling again continues.
@@ -256,7 +257,7 @@ def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, ma
     with open(os.path.join(out, "recipe.json"), "w") as f:
         json.dump(asdict(recipe), f, indent=1)
     deadline = time.time() + (max_minutes * 60 if max_minutes else float("inf"))
-    log = _Log(os.path.join(out, "train_log.csv"), echo)
+    log = _Log(os.path.join(out, "train_log.csv"), echo or flushed_print)
     torch.manual_seed(recipe.seed)
     started = time.time()
     vae, vae_done = _train_vae(out, recipe, log, deadline)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..layout import derive_seed
 from ..world import CLASSES, WorldConfig, render_scene
+from . import flushed_print
 
 __all__ = ["build_classifier", "train_oracle", "load_oracle", "ORACLE_DIR", "rendered_set"]
 
@@ -60,10 +61,11 @@ def _augment(x, generator):
     return x + 0.05 * torch.randn(x.shape, generator=generator)
 
 
-def train_oracle(out: str = ORACLE_DIR, steps: int = 1500, batch: int = 128, seed: int = 0, echo=print) -> dict:
+def train_oracle(out: str = ORACLE_DIR, steps: int = 1500, batch: int = 128, seed: int = 0, echo=None) -> dict:
     import torch
     from safetensors.torch import save_file
 
+    echo = echo or flushed_print
     torch.manual_seed(seed)
     model = build_classifier()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
