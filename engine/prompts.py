@@ -10,7 +10,7 @@ import itertools
 import json
 import posixpath
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from .errors import UserError
 from .spec import ClassSpec, CombinationPrompts, JobSpec, JsonlPrompts, ReferencePrompts

@@ -53,7 +53,7 @@ def open_job(spec: JobSpec) -> Store:
     return store
 
 
-def _ensure_ray(address: str | None, spec: JobSpec) -> None:
+def _ensure_ray(address: str | None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -65,7 +65,7 @@ def _ensure_ray(address: str | None, spec: JobSpec) -> None:
         ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
 
 
-def _request(spec: JobSpec, item: PromptItem, image_id: int, seed: int) -> dict:
+def _request(item: PromptItem, image_id: int, seed: int) -> dict:
     return {"image_id": image_id, "seed": seed, "prompt": item.prompt, "negative_prompt": item.negative_prompt,
             "classes": list(item.classes), "reference_id": item.reference_id, "reference_uri": item.reference_uri}
 
@@ -129,9 +129,9 @@ class _Driver:
             if self.spec.output.startswith("memory://"):
                 self.executor = InProcessPool(self.spec)
             else:
-                _ensure_ray(address, self.spec)
+                _ensure_ray(address)
                 self.executor = UnitPool(self.spec)
-        expanded = [dict(u, requests=[_request(self.spec, self.pool_items[item], image_id, seed)
+        expanded = [dict(u, requests=[_request(self.pool_items[item], image_id, seed)
                                       for image_id, item, seed in u["images"]]) for u in units]
         for u in expanded:
             del u["images"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import numpy as np
@@ -48,8 +49,6 @@ class UnitMaker:
     def make(self, unit: dict) -> dict:
         existing = marker_file(unit["unit_id"])
         if self.store.exists(existing):  # committed by an earlier attempt: nothing to do
-            import json
-
             return summary_of(json.loads(self.store.read_bytes(existing)), won=False)
         sink = UnitSink(self.store, self.context, unit)
         sink.on_write_start()

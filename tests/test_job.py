@@ -6,7 +6,6 @@ import subprocess
 
 import numpy as np
 import pytest
-import yaml
 
 from engine.errors import UserError
 from engine.runner import run_job

@@ -21,7 +21,7 @@ from engine.unit import UnitMaker
 def first_unit(spec):
     pool = build_pool(spec)
     unit = Planner(spec, pool).plan_wave(0, {}, [], 0, 0, np.zeros(len(pool)), 0, 0)[0]
-    requests = [_request(spec, pool[item], image_id, seed) for image_id, item, seed in unit["images"]]
+    requests = [_request(pool[item], image_id, seed) for image_id, item, seed in unit["images"]]
     return {k: v for k, v in unit.items() if k != "images"} | {"requests": requests}
 
 

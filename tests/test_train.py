@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from engine.models.embedded import EMBEDDED_MODELS

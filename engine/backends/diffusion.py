@@ -139,7 +139,6 @@ class DiffusionBackend(Backend):
         starts = {i: steps - round(s * steps) for i, s in enumerate(strengths) if s is not None and s < 1.0}
         if not starts:
             return None
-        pipe = self.pipe
         with torch.no_grad():
             clean = {i: self._encode_reference(requests[i].reference, generators[i]) for i in starts}
         noise = {i: torch.randn(latents.shape[1:], generator=generators[i]).to(latents) for i in starts}
