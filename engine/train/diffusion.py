@@ -181,7 +181,7 @@ def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, de
                "ema_text_encoder": ema_text.module}
     folder = os.path.join(out, "ckpt-unet")
     meta = load_checkpoint(folder, modules, optimizer) or {"step": 0}
-    step = meta["step"]
+    step = start = meta["step"]
     noise_scheduler = DDPMScheduler(**scheduler_config())
     alphas = noise_scheduler.alphas_cumprod
     snr_all = alphas / (1 - alphas)
@@ -216,7 +216,7 @@ def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, de
             save_checkpoint(folder, modules, optimizer, {"step": step})
     if step < last:  # stopped by the deadline: keep what was done
         save_checkpoint(folder, modules, optimizer, {"step": step})
-    return ema_unet.module, ema_text.module, step
+    return ema_unet.module, ema_text.module, step, step - start
 
 
 def hardware() -> str:
@@ -267,9 +267,10 @@ def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, ma
     tokenizer = build_tokenizer()
     for p in vae.parameters():
         p.requires_grad_(False)
-    unet, text_encoder, step = _train_unet(out, recipe, vae, tokenizer, log, deadline, until_step)
+    unet, text_encoder, step, trained = _train_unet(out, recipe, vae, tokenizer, log, deadline, until_step)
     status["unet_step"] = step
-    _record_session(out, started, recipe, step)
+    if trained:
+        _record_session(out, started, step)
     if step >= recipe.unet_steps or (export_unfinished and step > 0):
         export_pipeline(os.path.join(out, "model"), vae, text_encoder, tokenizer, unet)
         write_model_card(out)
@@ -283,7 +284,8 @@ def write_model_card(out: str, fidelity: dict | None = None) -> None:
     recipe = json.load(open(os.path.join(out, "recipe.json")))
     sessions = json.load(open(os.path.join(out, "sessions.json")))
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(model) for f in fs)
-    rows = "\n".join(f"| {i + 1} | {s['hardware']} | {s['minutes']} | {s['unet_step']} |" for i, s in enumerate(sessions))
+    rows = "\n".join(f"| {i + 1} | {s['hardware']} | {s['minutes']} | {s['unet_step']} | {s.get('note', '')} |"
+                     for i, s in enumerate(sessions))
     fidelity_text = ("\n".join(f"- {k}: {v}" for k, v in fidelity.items() if not isinstance(v, dict))
                      if fidelity else "not measured yet: run `dde bench fidelity`")
     reached = sessions[-1]["unet_step"] if sessions else 0
@@ -309,8 +311,8 @@ engine's prompt styles (class combinations, DiffusionEngine's generic prompt,
 Dataset Diffusion's caption; classes).
 
 ## Sessions (hardware, minutes, UNet step reached)
-| session | hardware | minutes | UNet step |
-|---|---|---|---|
+| session | hardware | minutes | UNet step | note |
+|---|---|---|---|---|
 {rows}
 
 ## Fidelity
@@ -320,7 +322,7 @@ Dataset Diffusion's caption; classes).
         f.write(text)
 
 
-def _record_session(out: str, started: float, recipe: DiffusionRecipe, step: int) -> None:
+def _record_session(out: str, started: float, step: int) -> None:
     path = os.path.join(out, "sessions.json")
     sessions = json.load(open(path)) if os.path.exists(path) else []
     sessions.append({"minutes": round((time.time() - started) / 60, 1), "hardware": hardware(), "unet_step": step})
