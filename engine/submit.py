@@ -68,10 +68,25 @@ def submit(spec: JobSpec, address: str, *, use_working_dir: bool = True, driver_
     runtime_env: dict = {"env_vars": {SPEC_ENV: json.dumps(spec.model_dump(mode="json"))}}
     if use_working_dir:
         runtime_env.update(working_dir=REPO, excludes=_EXCLUDES)
-    client.submit_job(entrypoint=f"python -m jobs.run_job env:{SPEC_ENV} --quiet", submission_id=sid,
-                      runtime_env=runtime_env, metadata={"dde_name": spec.name, "dde_output": spec.output},
-                      entrypoint_num_gpus=driver_gpus, entrypoint_resources=driver_resources)
+    kwargs = dict(entrypoint=f"python -m jobs.run_job env:{SPEC_ENV} --quiet", submission_id=sid,
+                  runtime_env=runtime_env, metadata={"dde_name": spec.name, "dde_output": spec.output},
+                  entrypoint_num_gpus=driver_gpus, entrypoint_resources=driver_resources)
+    _with_retries(lambda: client.submit_job(**kwargs))
     return sid, outcome
+
+
+def _with_retries(call, attempts: int = 8, first_wait_s: float = 1.0):
+    """A fresh cluster's dashboard answers before its job agent is up ("No available agent
+    to submit job, please try again later"): wait and retry that, with backoff."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except RuntimeError as e:
+            if "try again later" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(first_wait_s * 2**attempt)
 
 
 def job_logs(sid: str, address: str) -> str:
