@@ -38,7 +38,11 @@ def ray_head():
     head = subprocess.Popen(
         [f"{BIN}/ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
-         "--include-dashboard", "true", "--disable-usage-stats", "--temp-dir", temp],
+         "--include-dashboard", "true", "--disable-usage-stats", "--temp-dir", temp,
+         # the suite's own local Ray holds the default agent ports: a second cluster needs its own
+         *[arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                            "--metrics-export-port", "--runtime-env-agent-port", "--ray-client-server-port")
+           for arg in (flag, str(free_port()))]],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
