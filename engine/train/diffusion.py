@@ -29,7 +29,7 @@ __all__ = ["DiffusionRecipe", "train_diffusion", "export_pipeline"]
 @dataclass
 class DiffusionRecipe:
     vae_steps: int = 1000
-    unet_steps: int = 6000
+    unet_steps: int = 12000
     vae_batch_size: int = 32
     batch_size: int = 32
     vae_lr: float = 1e-3
@@ -41,8 +41,17 @@ class DiffusionRecipe:
     cfg_dropout: float = 0.1
     min_snr_gamma: float = 5.0
     kl_weight: float = 1e-6
-    max_objects: int = 4
+    # The training world: at most 3 objects of 19-35 px (5-9 latent cells), so a shape's outline,
+    # not only its colour, carries enough of the loss for the UNet to learn the class names.
+    max_objects: int = 3
+    min_scale: float = 0.3
+    max_scale: float = 0.55
     seed: int = 0
+
+    def world(self):
+        from ..world import WorldConfig
+
+        return WorldConfig(size=64, max_objects=self.max_objects, min_scale=self.min_scale, max_scale=self.max_scale)
 
 
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -99,9 +108,8 @@ def _train_vae(out: str, recipe: DiffusionRecipe, log: _Log, deadline: float):
     from diffusers import AutoencoderKL
 
     from ..models.embedded import vae_config
-    from ..world import WorldConfig
 
-    config = WorldConfig(size=64, max_objects=recipe.max_objects)
+    config = recipe.world()
     vae = AutoencoderKL(**vae_config())
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
     folder = os.path.join(out, "ckpt-vae")
@@ -135,15 +143,15 @@ def _latent_pool(out: str, vae, recipe: DiffusionRecipe):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from ..world import WorldConfig
-
     path = os.path.join(out, "latents.safetensors")
+    config = recipe.world()
+    world = {"world": asdict(config), "count": recipe.latent_pool, "seed": recipe.seed}
     if os.path.exists(path):
-        tensors = load_file(path)
         with open(path + ".json") as f:
             meta = json.load(f)
-        return tensors["mean"], tensors["std"], meta["scenes"], meta["scale"]
-    config = WorldConfig(size=64, max_objects=recipe.max_objects)
+        if meta.get("pool") == json.loads(json.dumps(world)):
+            tensors = load_file(path)
+            return tensors["mean"], tensors["std"], meta["scenes"], meta["scale"]
     means, stds, scenes = [], [], []
     with torch.no_grad():
         for start in range(0, recipe.latent_pool, 256):
@@ -156,7 +164,7 @@ def _latent_pool(out: str, vae, recipe: DiffusionRecipe):
     scale = float(1.0 / mean.std())
     save_file({"mean": mean.contiguous(), "std": std.contiguous()}, path)
     with open(path + ".json", "w") as f:
-        json.dump({"scenes": scenes, "scale": scale}, f)
+        json.dump({"scenes": scenes, "scale": scale, "pool": world}, f)
     return mean, std, scenes, scale
 
 
