@@ -14,15 +14,17 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/dde run jobs/examples/shapes-txt2img.yaml --output out/shapes-txt2img
+	@test -f out/world/annotations/instances_train.json || \
+	  $(BIN)/dde world export --out out/world --images 200 --split train
+	$(BIN)/dde run jobs/examples/shapes-img2img.yaml --output out/shapes-img2img
 	$(BIN)/dde run jobs/examples/shapes-render.yaml --output out/shapes-render
-	$(BIN)/dde status out/shapes-render
-	@if [ -f engine/models/shapes/model_index.json ]; then \
-	  $(BIN)/dde run jobs/examples/shapes-txt2img.yaml --output out/shapes-txt2img && \
-	  echo "Embedded diffusion model (CPU): out/shapes-txt2img/preview.png, out/shapes-txt2img/parquet/"; \
-	else echo "(embedded:shapes weights not present: skipped the diffusion demo)"; fi
+	$(BIN)/dde status out/shapes-txt2img
 	@echo
-	@echo "Look at: out/shapes-render/preview.png (samples with masks and boxes), out/shapes-render/README.md"
-	@echo "         (dataset card), out/shapes-render/coco/instances.json, coco/images/, parquet/"
+	@echo "Look at: out/shapes-txt2img/preview.png (the embedded diffusion model, txt2img on CPU),"
+	@echo "         out/shapes-img2img/preview.png (img2img from rendered references),"
+	@echo "         out/shapes-render/preview.png (rendered scenes with exact masks and boxes),"
+	@echo "         and in each: README.md (dataset card), coco/instances.json, coco/images/, parquet/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests

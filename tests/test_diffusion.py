@@ -145,3 +145,18 @@ def test_diffusion_job_end_to_end_on_ray(spec_data, tiny_model, ray_local):
     table = pq.read_table(os.path.join(spec_data["output"], "parquet"))
     assert table.num_rows == 8 and set(table.column("model").to_pylist()) == {tiny_model}
     assert len(set(table.column("seed").to_pylist())) == 8
+
+
+def test_fidelity_benchmark_reports_every_metric(tiny_model, tmp_path):
+    """The benchmark's plumbing on a random model: its numbers are meaningless, their shape is not."""
+    from engine.evals.fidelity import fidelity_benchmark
+    from engine.train.oracle import ORACLE_DIR
+
+    if not os.path.exists(os.path.join(ORACLE_DIR, "classifier.safetensors")):
+        pytest.skip("the oracle is not trained yet (dde train oracle)")
+    result = fidelity_benchmark(tiny_model, per_class=2, steps=2, batch_size=6, out_dir=str(tmp_path))
+    assert 0 <= result["fidelity_single"] <= 1 and 0 <= result["fidelity_pair"] <= 1
+    assert set(result["fidelity_single_per_class"]) == {"circle", "square", "triangle", "star", "ring", "cross"}
+    assert result["frechet_oracle_generated_vs_rendered"] > result["frechet_oracle_rendered_vs_rendered"] >= 0
+    assert json.load(open(tmp_path / "fidelity.json")) == result
+    assert (tmp_path / "fidelity_preview.png").stat().st_size > 0

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from engine.models.embedded import EMBEDDED_MODELS
 from engine.train.diffusion import DiffusionRecipe, train_diffusion
+from engine.train.oracle import ORACLE_DIR
 
 TINY = DiffusionRecipe(vae_steps=3, unet_steps=4, vae_batch_size=4, batch_size=4, latent_pool=16,
                        checkpoint_every=2, warmup=1)
@@ -56,3 +57,16 @@ def test_embedded_model_generates_real_images():
         assert len(np.unique(generated.image.reshape(-1, 3), axis=0)) > 20, "too few colours: degenerate"
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(EMBEDDED_MODELS["shapes"]) for f in fs)
     assert size <= 25 * 2**20
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ORACLE_DIR, "classifier.safetensors")),
+                    reason="the oracle is not trained yet (dde train oracle)")
+def test_shipped_oracle_recognises_rendered_scenes():
+    import torch
+
+    from engine.train.oracle import load_oracle, rendered_set, to_input
+
+    images, labels = rendered_set(31_337, 200)
+    with torch.no_grad():
+        predicted = torch.sigmoid(load_oracle()(to_input(images))).numpy() > 0.5
+    assert (predicted == labels).mean() > 0.95
