@@ -73,7 +73,8 @@ class UnitPool:
                     self._retry(queue, unit, attempt, "its actor died")
                 except RayTaskError as e:
                     self._idle.append(actor)
-                    self._retry(queue, unit, attempt, repr(getattr(e, "cause", e)))
+                    cause = getattr(e, "cause", e)
+                    self._retry(queue, unit, attempt, repr(cause), cause)
                 else:
                     self._idle.append(actor)
                     on_done(summary)
@@ -90,9 +91,9 @@ class UnitPool:
         self._alive += 1
         self._idle.append(actor)
 
-    def _retry(self, queue: deque, unit: dict, attempt: int, why: str) -> None:
-        if attempt >= self.max_attempts:
-            raise RuntimeError(f"{unit['unit_id']} failed {attempt} times; last error: {why}")
+    def _retry(self, queue: deque, unit: dict, attempt: int, why: str, cause: BaseException | None = None) -> None:
+        if attempt >= self.max_attempts:  # chained, so the driver can tell an unreachable storage apart
+            raise RuntimeError(f"{unit['unit_id']} failed {attempt} times; last error: {why}") from cause
         queue.append((unit, attempt + 1))
 
     def _expire(self, running: dict, queue: deque) -> None:
