@@ -143,7 +143,7 @@ def _class_table(status: dict) -> str:
              _cell("met" if c["met"] else ("stuck" if name in status["stuck"] else "below"),
                    css="met" if c["met"] else "short")]
             for name, c in status["classes"].items()]
-    return _table(["class", "instances", "lower bound", ""], rows)
+    return _table(["class", "instances", "lower bound", "status"], rows)
 
 
 def _reject_table(units: list[dict]) -> str:
