@@ -15,7 +15,7 @@ from .conftest import DDE, S3_SECRET, make_bucket, s3_env, s3_options
 from .helpers import Gate, dataset_digest, download, job_record
 from .test_fault import run, write_spec
 
-SMALL = {"lower_bound": 30, "budget": {"max_images": 240, "max_waves": 8}, "wave_size": 48}
+SMALL = {"lower_bound": 20, "budget": {"max_images": 160, "max_waves": 8}, "wave_size": 40}
 OUTAGE_S = 5.0  # longer than botocore's default retries ride out without backoff
 
 
