@@ -26,7 +26,10 @@ demo: $(STAMP)
 	@echo "         out/shapes-render/preview.png (rendered scenes with exact masks and boxes),"
 	@echo "         and in each: README.md (dataset card), coco/instances.json, coco/images/, parquet/"
 
+# ensure_chromium.sh installs Debian's chromium for the report's browser test; if it cannot,
+# that test skips and says why, and the rest still run.
 test: $(STAMP)
+	-bash tests/tools/ensure_chromium.sh
 	$(BIN)/python -m pytest -q -ra tests
 
 clean:

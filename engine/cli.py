@@ -1,4 +1,4 @@
-"""``dde``: run, resume, status, finalize, world export, schema.
+"""``dde``: run, resume, status, report, finalize, world export, schema.
 
 Heavy libraries (ray, torch, pyarrow) are imported inside the commands that need them,
 so ``dde schema`` and ``dde status`` start fast.
@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="progress of a job, read from its output")
     status.add_argument("uri")
     status.add_argument("--json", action="store_true")
+
+    report = sub.add_parser("report", help="write the job's HTML report (report.html) into its output")
+    report.add_argument("uri")
+    report.add_argument("--out", help="write the page to this local file instead")
 
     fin = sub.add_parser("finalize", help="merge committed units into the final dataset")
     fin.add_argument("uri")
@@ -164,6 +168,14 @@ def _cmd_status(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report import write_report
+    from .storage import Store
+
+    print(f"report: {write_report(Store(args.uri), out=args.out)}")
+    return 0
+
+
 def _cmd_finalize(args) -> int:
     from .finalize import finalize_job
     from .storage import Store
@@ -239,7 +251,7 @@ def _cmd_schema(args) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "submit": _cmd_submit, "logs": _cmd_logs, "stop": _cmd_stop, "resume": _cmd_resume, "status": _cmd_status, "finalize": _cmd_finalize,
-            "world": _cmd_world, "train": _cmd_train, "bench": _cmd_bench, "schema": _cmd_schema}
+            "report": _cmd_report, "world": _cmd_world, "train": _cmd_train, "bench": _cmd_bench, "schema": _cmd_schema}
 
 
 def main(argv: list[str] | None = None) -> int:

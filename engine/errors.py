@@ -1,6 +1,6 @@
 """Errors a user can fix. The CLI prints them and exits with code 2."""
 
-__all__ = ["UserError", "SpecError"]
+__all__ = ["UserError", "SpecError", "StorageUnavailable"]
 
 
 class UserError(Exception):
@@ -16,3 +16,11 @@ class SpecError(UserError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"invalid job spec ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class StorageUnavailable(UserError):
+    """The output's storage stayed unreachable through every retry. Not the user's mistake, but
+    theirs to act on: committed units are kept, and ``dde resume`` continues once it is back.
+    The CLI prints it in one line like any UserError, with its own exit code."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later

@@ -6,7 +6,7 @@ import hashlib
 
 __all__ = [
     "SPEC_FILE", "PLANS_DIR", "COMMITS_DIR", "STAGING_DIR", "SHARD_FILE", "JOB_FILE", "CARD_FILE",
-    "COCO_FILE", "unit_id", "plan_file", "marker_file", "image_name", "derive_seed",
+    "COCO_FILE", "REPORT_FILE", "unit_id", "plan_file", "marker_file", "image_name", "derive_seed",
 ]
 
 SPEC_FILE = "_job/spec.json"        # resolved spec + fingerprint, written create-only at start
@@ -17,6 +17,7 @@ SHARD_FILE = "_shard.json"          # a unit's COCO shard, inside its staging fo
 JOB_FILE = "job.json"               # written by finalize
 CARD_FILE = "README.md"             # dataset card, written by finalize
 COCO_FILE = "coco/instances.json"   # merged by finalize
+REPORT_FILE = "report.html"         # the job report: finalize and `dde report` write it
 
 
 def unit_id(index: int) -> str:

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-__all__ = ["write_preview"]
+__all__ = ["write_preview", "render_preview"]
 
 
 def _draw(row: dict, colors: list[tuple[int, int, int]], scale: int):
@@ -29,9 +29,8 @@ def _draw(row: dict, colors: list[tuple[int, int, int]], scale: int):
     return canvas
 
 
-def write_preview(store, parquet_files: list[str], path: str = "preview.png", count: int = 24,
-                  columns: int = 6) -> bool:
-    """Draw the first ``count`` images of the first shards; False if there is nothing to draw."""
+def render_preview(store, parquet_files: list[str], count: int = 24, columns: int = 6) -> bytes | None:
+    """A PNG of the first ``count`` images of the first shards; None if there is nothing to draw."""
     import pyarrow.parquet as pq
     from matplotlib import colormaps
     from PIL import Image
@@ -43,7 +42,7 @@ def write_preview(store, parquet_files: list[str], path: str = "preview.png", co
         if len(rows) >= count:
             break
     if not rows:
-        return False
+        return None
     colors = [tuple(int(255 * c) for c in colormaps["tab10"](i)[:3]) for i in range(10)]
     first = Image.open(io.BytesIO(rows[0]["image"]["bytes"]))
     scale = max(1, 192 // max(first.size))
@@ -54,5 +53,12 @@ def write_preview(store, parquet_files: list[str], path: str = "preview.png", co
         sheet.paste(tile, ((k % columns) * width, (k // columns) * height))
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
-    store.write_bytes(path, buf.getvalue())
-    return True
+    return buf.getvalue()
+
+
+def write_preview(store, parquet_files: list[str], path: str = "preview.png") -> bool:
+    """``preview.png`` from the first shards; False if there is nothing to draw."""
+    png = render_preview(store, parquet_files)
+    if png is not None:
+        store.write_bytes(path, png)
+    return png is not None

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import UserError
+from .errors import StorageUnavailable, UserError
 from .layout import SPEC_FILE, plan_file
 from .ledger import Ledger, read_job_spec
 from .planner import Planner, stop_reason, stuck_classes
 from .progress import Progress
 from .prompts import PromptItem, build_pool
-from .spec import JobSpec, diff_fingerprinted, fingerprint
-from .storage import Store
+from .spec import JobSpec, diff_fingerprinted, fingerprint, recorded_spec
+from .storage import Store, unreachable
 
 __all__ = ["run_job", "JobResult", "open_job"]
 
@@ -48,7 +48,7 @@ def open_job(spec: JobSpec) -> Store:
             raise UserError(f"output {spec.output!r} holds a job with a different spec; resume refuses to mix "
                             f"datasets. Fields that differ:\n{changes}\nUse a new output, or restore these fields.")
         return store
-    record = {"spec": spec.model_dump(mode="json"), "fingerprint": fingerprint(spec)}
+    record = {"spec": recorded_spec(spec), "fingerprint": fingerprint(spec)}
     store.create_only(SPEC_FILE, json.dumps(record, indent=1).encode())
     return store
 
@@ -147,7 +147,20 @@ class _Driver:
 
 
 def run_job(spec: JobSpec, *, address: str | None = None, quiet: bool = False, finalize: bool = True) -> JobResult:
+    """Run (or continue) ``spec``. Storage that stays unreachable through every retry ends the
+    run with StorageUnavailable: a clean stop that ``dde resume`` continues from the markers."""
     store = open_job(spec)
+    try:
+        return _run(spec, store, address, quiet, finalize)
+    except Exception as e:
+        if not unreachable(e):
+            raise
+        raise StorageUnavailable(f"output: {spec.output!r} stayed unreachable through every retry "
+                                 f"({type(e).__name__}: {str(e)[:200]}); committed units are kept: "
+                                 f"`dde resume {spec.output}` continues once it is back") from e
+
+
+def _run(spec: JobSpec, store: Store, address: str | None, quiet: bool, finalize: bool) -> JobResult:
     driver = _Driver(spec, store, Progress(spec, quiet=quiet))
     try:
         result = driver.run(address)

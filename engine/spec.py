@@ -19,7 +19,7 @@ from .errors import SpecError, UserError
 
 __all__ = [
     "ClassSpec", "JobSpec", "load_spec", "parse_spec", "apply_overrides", "fingerprint",
-    "diff_fingerprinted", "json_schema",
+    "diff_fingerprinted", "json_schema", "recorded_spec",
 ]
 
 # Fields that only say where or how fast a job runs: changing them keeps the dataset.
@@ -310,6 +310,15 @@ def _fingerprinted(spec: JobSpec) -> dict:
     data = spec.model_dump(mode="json")
     for key in UNFINGERPRINTED:
         data.pop(key, None)
+    return data
+
+
+def recorded_spec(spec: JobSpec) -> dict:
+    """The spec as the output records it (_job/spec.json, job.json): storage credentials left out."""
+    from .storage import public_options
+
+    data = spec.model_dump(mode="json")
+    data["storage_options"] = public_options(data["storage_options"])
     return data
 
 

@@ -2,6 +2,12 @@
 
 ``Store`` is built from (uri, storage_options) inside each process that uses it:
 filesystems are never pickled across a fork (s3fs sessions do not survive one).
+
+``s3://`` goes through s3fs. Endpoint, region and credentials come from the spec's
+storage_options or, where those leave them out, from the standard variables
+(AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE). Credentials are never recorded
+in the output: ``public_options`` is what the recorded spec keeps.
 """
 
 from __future__ import annotations
@@ -13,9 +19,44 @@ import uuid
 
 from .errors import UserError
 
-__all__ = ["Store"]
+__all__ = ["Store", "public_options", "unreachable"]
 
 _MEMORY_LOCK = threading.Lock()
+# Option names that hold credentials, at any depth (s3fs's own and botocore's client_kwargs).
+_SECRET_KEYS = frozenset({"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
+                          "aws_session_token", "session_token", "access_key", "secret_key"})
+# botocore's standard mode: exponential backoff with full jitter, capped at 20 s a wait; ten
+# attempts ride out an endpoint that is gone for about a minute before the unit attempt fails.
+_S3_RETRIES = {"max_attempts": 10, "mode": "standard"}
+
+
+def public_options(options: dict) -> dict:
+    """``options`` without credentials, at any depth: what may be recorded in the output or shown."""
+    return {k: public_options(v) if isinstance(v, dict) else v
+            for k, v in options.items() if k.lower() not in _SECRET_KEYS}
+
+
+def _s3_options(options: dict) -> dict:
+    if options.get("use_listings_cache"):
+        raise UserError("storage_options.use_listings_cache: expected false (a cached listing of _commits "
+                        "would hide commits), got true")
+    config = dict(options.get("config_kwargs") or {})
+    if not {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} & set(os.environ):  # the standard variables win when set
+        config.setdefault("retries", dict(_S3_RETRIES))
+    return {**options, "use_listings_cache": False, "config_kwargs": config}
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) means the storage endpoint could not be reached."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class Store:
@@ -24,16 +65,14 @@ class Store:
 
         self.uri = uri
         self.storage_options = dict(storage_options or {})
-        options = dict(self.storage_options)
-        if uri.startswith("s3://"):
-            # Listings of _commits must never be stale: a cached listing would hide commits.
-            options.setdefault("use_listings_cache", False)
+        options = _s3_options(self.storage_options) if uri.startswith("s3://") else self.storage_options
         try:
             self.fs, self.root = fsspec.core.url_to_fs(uri, **options)
         except (ImportError, ValueError, TypeError) as e:
             raise UserError(f"output: expected a URI fsspec can open, got {uri!r} ({e})") from e
         self.root = self.root.rstrip("/")
         self.is_local = "file" in _protocols(self.fs)
+        self.is_s3 = "s3" in _protocols(self.fs)
         self._made_dirs: set[str] = set()
 
     def path(self, rel: str) -> str:
@@ -67,14 +106,16 @@ class Store:
             return []
 
     # ---- writes
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes, content_type: str | None = None) -> None:
+        """``content_type`` matters on S3 only: a browser renders an object by its Content-Type."""
         path = self.path(rel)
         if self.is_local:
             self._makedirs(posixpath.dirname(path))
             with open(path, "wb") as f:  # plain open: fsspec's local wrapper costs more than the write
                 f.write(data)
             return
-        self.fs.pipe_file(path, data)
+        headers = {"ContentType": content_type} if content_type and self.is_s3 else {}
+        self.fs.pipe_file(path, data, **headers)
 
     def _makedirs(self, directory: str) -> None:
         if directory not in self._made_dirs:
@@ -101,9 +142,11 @@ class Store:
             return True
         except Exception:  # s3fs surfaces PreconditionFailed in several shapes
             self.fs.invalidate_cache(path)
-            if self.fs.exists(path):
-                return False
-            raise
+            if not self.fs.exists(path):
+                raise
+            # A PUT whose response was lost is retried and meets its own object (412): that is
+            # still this call's create. Markers hold a unique attempt id, so a rival's never matches.
+            return self.fs.cat_file(path) == data
 
     def move(self, src_rel: str, dst_rel: str) -> None:
         dst = self.path(dst_rel)

@@ -1,6 +1,7 @@
 import copy
 import os
 import sys
+import uuid
 
 import pytest
 
@@ -39,3 +40,56 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+# moto accepts any credentials: these must never appear in an output or in what dde prints.
+S3_KEY, S3_SECRET = "AKIADDETESTKEY0000", "dde-test-secret-7Qx9vL2"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto in server mode: a real S3 HTTP endpoint on 127.0.0.1 that Ray workers and subprocesses reach too."""
+    from moto.server import ThreadedMotoServer
+
+    from .helpers import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def make_bucket(endpoint: str) -> str:
+    """A new bucket, so tests sharing the session's endpoint never see each other's objects."""
+    import boto3
+
+    name = f"dde-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY, aws_secret_access_key=S3_SECRET,
+                 region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+def s3_options(endpoint: str) -> dict:
+    """The spec's way to reach the endpoint: storage_options."""
+    return {"key": S3_KEY, "secret": S3_SECRET, "client_kwargs": {"endpoint_url": endpoint,
+                                                                  "region_name": "us-east-1"}}
+
+
+def s3_env(endpoint: str, **extra: str) -> dict:
+    """The other way: the standard AWS variables, for dde subprocesses (and their Ray workers)."""
+    return {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint, **extra}
+
+
+@pytest.fixture(scope="session")
+def s3_job(s3_endpoint, ray_local):
+    """One finalized job on S3 with credentials in its storage_options, run once for the session."""
+    from engine.runner import run_job
+    from engine.spec import parse_spec
+
+    data = copy.deepcopy(BASE_SPEC)
+    data.update(output=f"s3://{make_bucket(s3_endpoint)}/shapes", storage_options=s3_options(s3_endpoint),
+                lower_bound=10)
+    spec = parse_spec(data)
+    return spec, run_job(spec, quiet=True)

@@ -1,10 +1,19 @@
-"""Comparing two finished outputs: the dataset a user gets, byte for byte."""
+"""Comparing two finished outputs byte for byte, and a TCP gate for storage outages."""
 
 import hashlib
 import json
 import os
+import socket
+import threading
 
+# report.html is left out on purpose: it shows timings, which differ between two runs of one spec.
 PUBLISHED = ("coco/instances.json", "coco/images", "coco/semantic", "parquet", "README.md", "preview.png")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def dataset_digest(root: str) -> dict[str, str]:
@@ -25,3 +34,85 @@ def job_record(root: str) -> dict:
         job = json.load(f)
     job["spec"].pop("output")
     return job
+
+
+def download(store, dest) -> str:
+    """A copy of a finished output on another filesystem (S3), for dataset_digest and job_record."""
+    store.fs.get(store.root + "/", str(dest), recursive=True)
+    return str(dest)
+
+
+class Gate:
+    """A TCP forwarder on 127.0.0.1 in front of a real endpoint, so a test can cut the network.
+
+    ``down()`` closes the listening socket and every open connection: clients get 'connection
+    refused', as from a stopped server. ``up()`` listens on the same port again. ``lose_response(b)``
+    lets the next request that contains ``b`` reach the server and cuts the connection before the
+    client hears the answer: the request took effect, the client does not know it.
+    """
+
+    def __init__(self, upstream: str):
+        self.upstream_port = int(upstream.rsplit(":", 1)[1])
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.lost = 0
+        self._lose: bytes | None = None
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.up()
+
+    def up(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: the same port again
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        listener.close()
+        with self._lock:
+            for conn in self._open:
+                _cut(conn)
+            self._open.clear()
+
+    def lose_response(self, marker: bytes) -> None:
+        self._lose = marker.lower()
+
+    def _accept(self, listener: socket.socket) -> None:
+        listener.settimeout(0.2)  # close() does not wake a blocked accept(): poll for it
+        while listener is self._listener:
+            try:
+                client, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                self._open.update((client, upstream))
+            cut = threading.Event()
+            threading.Thread(target=self._pump, args=(client, upstream, cut, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, cut, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, cut: threading.Event, requests: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if requests and self._lose and self._lose in data.lower():
+                    self._lose = None
+                    cut.set()
+                elif not requests and cut.is_set() and not data.startswith(b"HTTP/1.1 100"):
+                    self.lost += 1  # the server has answered (not just '100 Continue'); the client never hears it
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _cut(src)
+            _cut(dst)
+
+
+def _cut(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in the other pump thread
+    except OSError:
+        pass
+    conn.close()

@@ -11,16 +11,16 @@ from .conftest import BASE_SPEC, DDE
 from .helpers import dataset_digest, job_record
 
 
-def write_spec(tmp_path, name, output):
+def write_spec(tmp_path, name, output, **fields):
     data = {**BASE_SPEC, "output": str(output), "lower_bound": 60,
-            "budget": {"max_images": 400, "max_waves": 8}, "unit_size": 8, "wave_size": 96}
+            "budget": {"max_images": 400, "max_waves": 8}, "unit_size": 8, "wave_size": 96, **fields}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
-def run(*args, timeout=600):
-    proc = subprocess.run([DDE, *args, "--quiet"], capture_output=True, text=True, timeout=timeout)
+def run(*args, timeout=600, env=None):
+    proc = subprocess.run([DDE, *args, "--quiet"], capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -17,6 +17,8 @@ from engine.spec import parse_spec
 from engine.storage import Store
 from engine.unit import UnitMaker
 
+from .conftest import make_bucket, s3_options
+
 
 def first_unit(spec):
     pool = build_pool(spec)
@@ -30,6 +32,17 @@ def job(spec_data):
     spec = parse_spec(spec_data)
     open_job(spec)
     return spec, Store(spec.output), first_unit(spec)
+
+
+@pytest.fixture(params=["local", "s3"])
+def job_anywhere(request, spec_data):
+    """``job`` on a local disk and on S3 (moto server): the commit protocol must hold on both."""
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        spec_data.update(output=f"s3://{make_bucket(endpoint)}/job", storage_options=s3_options(endpoint))
+    spec = parse_spec(spec_data)
+    open_job(spec)
+    return spec, Store(spec.output, spec.storage_options), first_unit(spec)
 
 
 def test_unit_writes_files_then_a_marker(job):
@@ -54,8 +67,8 @@ def test_rerun_of_committed_unit_does_nothing(job):
     assert not again["won"] and store.find("") == before
 
 
-def test_racing_attempts_leave_exactly_one_committed(job):
-    spec, store, unit = job
+def test_racing_attempts_leave_exactly_one_committed(job_anywhere):
+    spec, store, unit = job_anywhere
     maker = UnitMaker(spec)
     sinks = [UnitSink(store, maker.context, unit) for _ in range(2)]
     for sink in sinks:  # both attempts write all their files before either commits

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from .conftest import DDE
-from .test_storage import free_port
+from .helpers import free_port
 
 BIN = os.path.dirname(sys.executable)
 

@@ -35,6 +35,7 @@ class UnitPool:
         self._spec_data = spec.model_dump(mode="json")
         self._starting: dict = {}  # ready() ref -> actor
         self._idle: list = []
+        self._running: dict = {}  # ref -> (unit, attempt, actor, started) of the run() in progress
         self._created = time.time()
         self._alive = 0  # actors that started and have not died
         for _ in range(resources.actors.max):
@@ -53,7 +54,7 @@ class UnitPool:
         from ray.exceptions import RayActorError, RayTaskError
 
         queue = deque((unit, 1) for unit in units)
-        running: dict = {}  # ref -> (unit, attempt, actor, started)
+        running = self._running
         while queue or running:
             self._wait_for_minimum()
             while queue and self._idle:
@@ -73,7 +74,8 @@ class UnitPool:
                     self._retry(queue, unit, attempt, "its actor died")
                 except RayTaskError as e:
                     self._idle.append(actor)
-                    self._retry(queue, unit, attempt, repr(getattr(e, "cause", e)))
+                    cause = getattr(e, "cause", e)
+                    self._retry(queue, unit, attempt, repr(cause), cause)
                 else:
                     self._idle.append(actor)
                     on_done(summary)
@@ -90,9 +92,9 @@ class UnitPool:
         self._alive += 1
         self._idle.append(actor)
 
-    def _retry(self, queue: deque, unit: dict, attempt: int, why: str) -> None:
-        if attempt >= self.max_attempts:
-            raise RuntimeError(f"{unit['unit_id']} failed {attempt} times; last error: {why}")
+    def _retry(self, queue: deque, unit: dict, attempt: int, why: str, cause: BaseException | None = None) -> None:
+        if attempt >= self.max_attempts:  # chained, so the driver can tell an unreachable storage apart
+            raise RuntimeError(f"{unit['unit_id']} failed {attempt} times; last error: {why}") from cause
         queue.append((unit, attempt + 1))
 
     def _expire(self, running: dict, queue: deque) -> None:
@@ -117,10 +119,14 @@ class UnitPool:
     def shutdown(self) -> None:
         import ray
 
-        for actor in list(self._starting.values()) + self._idle:
+        # busy actors too: after a failed run() their units are abandoned, and an error they
+        # raise later would only be printed as Ray's "unhandled error" after the driver's own
+        busy = [actor for _, _, actor, _ in self._running.values()]
+        for actor in list(self._starting.values()) + self._idle + busy:
             ray.kill(actor)
         self._starting.clear()
         self._idle.clear()
+        self._running.clear()
 
 
 class InProcessPool:
