@@ -156,6 +156,7 @@ def test_fidelity_benchmark_reports_every_metric(tiny_model, tmp_path):
         pytest.skip("the oracle is not trained yet (dde train oracle)")
     result = fidelity_benchmark(tiny_model, per_class=2, steps=2, batch_size=6, out_dir=str(tmp_path))
     assert 0 <= result["fidelity_single"] <= 1 and 0 <= result["fidelity_pair"] <= 1
+    assert result["oracle_ceiling_single"] > 0.9, "the oracle must find single rendered objects"
     assert set(result["fidelity_single_per_class"]) == {"circle", "square", "triangle", "star", "ring", "cross"}
     assert result["frechet_oracle_generated_vs_rendered"] > result["frechet_oracle_rendered_vs_rendered"] >= 0
     assert json.load(open(tmp_path / "fidelity.json")) == result

@@ -51,6 +51,25 @@ def _prompt_sets(per_class: int, seed: int) -> dict[str, list[tuple[str, tuple[s
     }
 
 
+def _all_found(probs: np.ndarray, prompts: list[tuple[str, tuple[str, ...]]]) -> np.ndarray:
+    return np.array([all(probs[k, CLASSES.index(c)] > 0.5 for c in classes) for k, (_, classes) in enumerate(prompts)])
+
+
+def _rendered_ceiling(oracle, prompts: list[tuple[str, tuple[str, ...]]], seed: int) -> float:
+    """The same score for rendered scenes holding exactly the prompted classes: what a perfect
+    generator would get from this oracle, so the generated score can be read against it."""
+    from dataclasses import replace
+
+    from ..train.oracle import model_world
+    from ..world import render_scene
+
+    world = model_world()
+    images = np.stack([render_scene(derive_seed(seed, 7 * 10**6 + k), classes,
+                                    replace(world, min_objects=len(classes), max_objects=len(classes))).image
+                       for k, (_, classes) in enumerate(prompts)])
+    return round(float(_all_found(_oracle_outputs(oracle, images)[0], prompts).mean()), 4)
+
+
 def _preview(path: str, images: np.ndarray, prompts: list[str], columns: int = 8, scale: int = 2) -> None:
     from PIL import Image, ImageDraw
 
@@ -84,8 +103,9 @@ def fidelity_benchmark(model: str = "embedded:shapes", per_class: int = 50, step
         images = np.stack([g.image for start in range(0, len(requests), batch_size)
                            for g in backend.generate(requests[start:start + batch_size])])
         probs, features = _oracle_outputs(oracle, images)
-        hit = np.array([all(probs[k, CLASSES.index(c)] > 0.5 for c in classes) for k, (_, classes) in enumerate(prompts)])
+        hit = _all_found(probs, prompts)
         result[f"fidelity_{name}"] = round(float(hit.mean()), 4)
+        result[f"oracle_ceiling_{name}"] = _rendered_ceiling(oracle, prompts, seed)
         result[f"fidelity_{name}_per_class"] = {
             c: round(float(np.mean([h for h, (_, cl) in zip(hit, prompts) if c in cl])), 4) for c in CLASSES}
         all_features.append(features)
