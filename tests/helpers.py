@@ -1,8 +1,9 @@
-"""Comparing two finished outputs: the dataset a user gets, byte for byte."""
+"""Comparing two finished outputs (the dataset a user gets, byte for byte), and free ports."""
 
 import hashlib
 import json
 import os
+import socket
 
 PUBLISHED = ("coco/instances.json", "coco/images", "coco/semantic", "parquet", "README.md", "preview.png")
 
@@ -25,3 +26,9 @@ def job_record(root: str) -> dict:
         job = json.load(f)
     job["spec"].pop("output")
     return job
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

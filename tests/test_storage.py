@@ -1,7 +1,6 @@
 """Outputs on other fsspec filesystems: a real S3 HTTP endpoint (moto server) and memory://."""
 
 import json
-import socket
 
 import fsspec
 import pytest
@@ -10,11 +9,7 @@ from engine.runner import run_job
 from engine.spec import parse_spec
 from engine.storage import Store
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .helpers import free_port
 
 
 @pytest.fixture(scope="module")
