@@ -35,7 +35,7 @@ from .errors import SpecError, UserError
 from .spec import JobSpec, describe_error, parse_spec
 
 __all__ = ["Settings", "load_settings", "canonical_location", "allowed_output", "create_app", "openapi_schema",
-           "OPEN_PATHS"]
+           "openapi_json"]
 
 TOKEN_ENV, TOKEN_FILE_ENV = "DDE_API_TOKEN", "DDE_API_TOKEN_FILE"
 SETTINGS_ENV = {"token_file": TOKEN_FILE_ENV, "allowed_output_roots": "DDE_ALLOWED_OUTPUT_ROOTS",
@@ -328,7 +328,7 @@ def _router():
             raise HTTPException(404, f"id: expected the id of a dde job of this service, got {job_id!r}")
         return info, spec
 
-    def submit_body(body: bytes, settings: Settings) -> tuple[JobSpec, str, str]:
+    def checked_spec(body: bytes, settings: Settings) -> JobSpec:
         try:
             data = json.loads(body)
         except ValueError as e:
@@ -347,11 +347,10 @@ def _router():
             raise HTTPException(403, _field_errors([
                 f"storage_options: expected none (the service reads and writes storage with its own credentials), "
                 f"got keys {sorted(spec.storage_options)}"]))
-        spec = spec.model_copy(update={"output": output})
-        sid, outcome = jobs.submit(spec, settings.ray_address, use_working_dir=settings.upload_checkout)
-        return spec, sid, outcome
+        return spec.model_copy(update={"output": output})
 
-    def job_ref(response: Response, spec: JobSpec, sid: str, outcome: str) -> JobRef:
+    def submitted(response: Response, spec: JobSpec, settings: Settings) -> JobRef:
+        sid, outcome = jobs.submit(spec, settings.ray_address, use_working_dir=settings.upload_checkout)
         response.status_code = 200 if outcome == "already submitted" else 201
         response.headers["Location"] = f"/v1/jobs/{sid}"
         return JobRef(id=sid, output=spec.output, outcome=outcome)
@@ -363,8 +362,8 @@ def _router():
     async def create_job(request: Request, response: Response, settings: Settings = Depends(current_settings)):
         """Validate a job spec and submit it as a Ray job. Idempotent: the id derives from the
         output and the spec's fingerprint; a failed or stopped job is resubmitted and resumes."""
-        body = await request.body()
-        return job_ref(response, *await run_in_threadpool(submit_body, body, settings))
+        body = await request.body()  # async: the guard may refuse it while it streams in
+        return await run_in_threadpool(lambda: submitted(response, checked_spec(body, settings), settings))
 
     @router.get("/jobs", response_model=list[JobSummary])
     def list_jobs(settings: Settings = Depends(current_settings)):
@@ -388,9 +387,7 @@ def _router():
     @router.post("/jobs/{job_id}/resume", response_model=JobRef, responses={404: {"model": Problem}})
     def resume_job(response: Response, job=Depends(visible_job), settings: Settings = Depends(current_settings)):
         """Submit a failed or stopped job again: it continues from its commit markers."""
-        _, spec = job
-        sid, outcome = jobs.submit(spec, settings.ray_address, use_working_dir=settings.upload_checkout)
-        return job_ref(response, spec, sid, outcome)
+        return submitted(response, job[1], settings)
 
     @router.post("/jobs/{job_id}/stop", response_model=Stopped, responses={404: {"model": Problem}})
     def stop_job(job_id: str, job=Depends(visible_job), settings: Settings = Depends(current_settings)):
@@ -433,7 +430,7 @@ def _base_app():
     app = FastAPI(title="dde", version="1", description="Generate labelled detection and segmentation datasets "
                   "with diffusion models: submit job specs, watch their progress, preview samples.")
 
-    @app.get("/healthz", include_in_schema=True, tags=["health"])
+    @app.get("/healthz", tags=["health"])
     def healthz() -> dict:
         """Liveness; the only route without a token."""
         return {"ok": True}
@@ -476,5 +473,10 @@ def create_app(settings: Settings):
 
 
 def openapi_schema() -> dict:
-    """The API's OpenAPI document (checked in as deploy/openapi.json); needs no settings."""
+    """The API's OpenAPI document; needs no settings."""
     return _base_app().openapi()
+
+
+def openapi_json() -> str:
+    """The OpenAPI document as checked in at deploy/openapi.json."""
+    return json.dumps(openapi_schema(), indent=1) + "\n"

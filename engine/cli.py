@@ -100,9 +100,10 @@ def _parser() -> argparse.ArgumentParser:
                                        "token and output roots from the environment, see deploy/README.md")
     api.add_argument("--address", help="Ray dashboard the jobs go to (default $DDE_API_RAY_ADDRESS or "
                                        "http://127.0.0.1:8265)")
-    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--host", default="127.0.0.1", help="where Serve's HTTP proxy listens")
     api.add_argument("--port", type=int, default=8000)
-    api.add_argument("--openapi", metavar="FILE", help="write the OpenAPI document to FILE ('-': stdout) and exit")
+    api.add_argument("--openapi", action="store_true",
+                     help="print the OpenAPI document and exit (dde serve --openapi > deploy/openapi.json)")
     return parser
 
 
@@ -247,20 +248,15 @@ def _cmd_schema(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    if args.openapi:
-        from .api import openapi_schema
+    from .api import load_settings, openapi_json
 
-        text = json.dumps(openapi_schema(), indent=1) + "\n"
-        if args.openapi == "-":
-            sys.stdout.write(text)
-            return 0
-        with open(args.openapi, "w") as f:
-            f.write(text)
+    if args.openapi:
+        sys.stdout.write(openapi_json())
         return 0
-    from .api import load_settings
+    settings = load_settings({"ray_address": args.address} if args.address else {})  # before Ray starts
     from .service import serve_api
 
-    serve_api(load_settings({"ray_address": args.address} if args.address else {}), args.host, args.port)
+    serve_api(settings, args.host, args.port)
     return 0
 
 

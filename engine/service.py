@@ -17,7 +17,7 @@ __all__ = ["ApiDeployment", "build_app", "serve_api", "APP_NAME"]
 APP_NAME = "dde-api"
 
 
-@serve.deployment(name="dde-api", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=32)
+@serve.deployment(name=APP_NAME, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=32)
 @serve.ingress()
 class ApiDeployment:
     def __init__(self, settings: Settings):
