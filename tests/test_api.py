@@ -93,8 +93,8 @@ def test_settings_come_from_the_environment_and_name_their_variables(tmp_path):
 class Api:
     """`dde serve` as a user runs it, joined to the test cluster through RAY_ADDRESS."""
 
-    def __init__(self, address: str, env: dict, log_path):
-        self.address, self.env, self.log_path = address, env, log_path
+    def __init__(self, address: str, env: dict, root, log_path):
+        self.address, self.env, self.root, self.log_path = address, env, root, log_path
         self.url = f"http://127.0.0.1:{free_port()}"
         self.proc = None
 
@@ -139,9 +139,8 @@ def api(ray_head, tmp_path_factory):
     address, env = ray_head
     root = tmp_path_factory.mktemp("api-root")
     env = dict(env, DDE_API_TOKEN=TOKEN, DDE_ALLOWED_OUTPUT_ROOTS=str(root), DDE_API_MAX_BODY_BYTES=str(MAX_BODY))
-    service = Api(address, env, tmp_path_factory.mktemp("api-log") / "serve.log")
+    service = Api(address, env, root, tmp_path_factory.mktemp("api-log") / "serve.log")
     service.start()
-    service.root = root
     yield service
     service.stop()
     # with Serve's detached actors still up, `ray start --block` outlasts its SIGTERM grace
@@ -170,8 +169,8 @@ def test_every_route_but_healthz_needs_the_token(api):
 
 
 def test_bad_requests_get_field_errors_and_nothing_is_submitted(api, spec_data, tmp_path):
-    def post(body=None, **kwargs):
-        response = api.request("POST", "/v1/jobs", data=body if body is not None else json.dumps(spec_data), **kwargs)
+    def post(body=None):
+        response = api.request("POST", "/v1/jobs", data=body if body is not None else json.dumps(spec_data))
         return response.status_code, {e["field"]: e["message"] for e in response.json()["detail"]}
 
     spec_data["output"] = f"{api.root}/bad"
