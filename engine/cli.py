@@ -99,6 +99,15 @@ def _parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--out", default="bench/results")
 
     sub.add_parser("schema", help="print the job spec's JSON Schema")
+
+    api = sub.add_parser("serve", help="the HTTP API on Ray Serve, on the cluster ray.init() finds (RAY_ADDRESS); "
+                                       "token and output roots from the environment, see deploy/README.md")
+    api.add_argument("--address", help="Ray dashboard the jobs go to (default $DDE_API_RAY_ADDRESS or "
+                                       "http://127.0.0.1:8265)")
+    api.add_argument("--host", default="127.0.0.1", help="where Serve's HTTP proxy listens")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--openapi", action="store_true",
+                     help="print the OpenAPI document and exit (dde serve --openapi > deploy/openapi.json)")
     return parser
 
 
@@ -250,8 +259,22 @@ def _cmd_schema(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .api import load_settings, openapi_json
+
+    if args.openapi:
+        sys.stdout.write(openapi_json())
+        return 0
+    settings = load_settings({"ray_address": args.address} if args.address else {})  # before Ray starts
+    from .service import serve_api
+
+    serve_api(settings, args.host, args.port)
+    return 0
+
+
 COMMANDS = {"run": _cmd_run, "submit": _cmd_submit, "logs": _cmd_logs, "stop": _cmd_stop, "resume": _cmd_resume, "status": _cmd_status, "finalize": _cmd_finalize,
             "report": _cmd_report, "world": _cmd_world, "train": _cmd_train, "bench": _cmd_bench, "schema": _cmd_schema}
+COMMANDS["serve"] = _cmd_serve
 
 
 def main(argv: list[str] | None = None) -> int:

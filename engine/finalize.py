@@ -11,21 +11,14 @@ import json
 import uuid
 
 from .errors import UserError
-from .layout import CARD_FILE, COCO_FILE, COMMITS_DIR, JOB_FILE, STAGING_DIR
-from .ledger import Ledger
+from .layout import CARD_FILE, COCO_FILE, JOB_FILE, STAGING_DIR
+from .ledger import Ledger, iter_markers
 from .spec import JobSpec, fingerprint, recorded_spec
 from .storage import Store
 
 __all__ = ["finalize_job", "PUBLISHED_DIRS"]
 
 PUBLISHED_DIRS = ("parquet", "coco/images", "coco/semantic")
-
-
-def _markers(store: Store):
-    """Full markers in unit order, read one at a time."""
-    for name in store.list_names(COMMITS_DIR):
-        if name.endswith(".json"):
-            yield json.loads(store.read_bytes(f"{COMMITS_DIR}/{name}"))
 
 
 def _publish(store: Store, marker: dict) -> None:
@@ -126,7 +119,7 @@ def finalize_job(store: Store, spec: JobSpec, stop: str | None = None) -> dict:
         raise UserError(f"URI: expected the output of a dde job, got {store.uri!r}")
     stagings, expected, shards = set(), set(), []
     images_with: dict[str, int] = {c.name: 0 for c in spec.class_specs}
-    for marker in _markers(store):
+    for marker in iter_markers(store):
         _publish(store, marker)
         stagings.add(marker["staging"])
         expected.update(marker["files"])

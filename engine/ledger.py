@@ -13,7 +13,7 @@ from .layout import COMMITS_DIR, SPEC_FILE
 from .spec import JobSpec, parse_spec
 from .storage import Store
 
-__all__ = ["Ledger", "read_job_spec"]
+__all__ = ["Ledger", "read_job_spec", "iter_markers"]
 
 _SUMMARY_KEYS = ("unit_id", "index", "wave", "images", "instances", "counts", "rejects",
                  "backend_seconds", "seconds", "committed_at")
@@ -25,6 +25,13 @@ def read_job_spec(store: Store) -> tuple[JobSpec, str] | None:
         return None
     data = json.loads(store.read_bytes(SPEC_FILE))
     return parse_spec(data["spec"]), data["fingerprint"]
+
+
+def iter_markers(store: Store):
+    """Full markers in unit order, read one at a time (summaries are in ``Ledger``)."""
+    for name in store.list_names(COMMITS_DIR):
+        if name.endswith(".json"):
+            yield json.loads(store.read_bytes(f"{COMMITS_DIR}/{name}"))
 
 
 class Ledger:

@@ -1,4 +1,4 @@
-"""A grid of sample images with their masks, boxes and class names drawn on: ``preview.png``."""
+"""Sample images with their labels: the ``preview.png`` grid, and rows for the API's samples."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import io
 
 import numpy as np
 
-__all__ = ["write_preview", "render_preview"]
+__all__ = ["write_preview", "render_preview", "committed_samples"]
+
+_COLUMNS = ["image", "annotations"]
 
 
 def _draw(row: dict, colors: list[tuple[int, int, int]], scale: int):
@@ -29,16 +31,39 @@ def _draw(row: dict, colors: list[tuple[int, int, int]], scale: int):
     return canvas
 
 
+def _read_rows(store, rel: str, count: int, columns: list[str]) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    with store.fs.open(store.path(rel), "rb") as f:
+        return pq.read_table(f, columns=columns).slice(0, count).to_pylist()
+
+
+def committed_samples(store, count: int) -> list[dict]:
+    """The first ``count`` committed images with their labels, finalized or not: a unit's
+    Parquet stays in its staging folder until finalize moves it to its final name."""
+    from .ledger import iter_markers
+
+    columns = [*_COLUMNS, "image_id", "width", "height", "prompt"]
+    rows: list[dict] = []
+    for marker in iter_markers(store):
+        rel = next(f for f in marker["files"] if f.startswith("parquet/"))
+        try:
+            rows.extend(_read_rows(store, f"{marker['staging']}/{rel}", count - len(rows), columns))
+        except FileNotFoundError:  # published (moved) by finalize
+            rows.extend(_read_rows(store, rel, count - len(rows), columns))
+        if len(rows) >= count:
+            break
+    return rows
+
+
 def render_preview(store, parquet_files: list[str], count: int = 24, columns: int = 6) -> bytes | None:
     """A PNG of the first ``count`` images of the first shards; None if there is nothing to draw."""
-    import pyarrow.parquet as pq
     from matplotlib import colormaps
     from PIL import Image
 
     rows: list[dict] = []
     for rel in parquet_files:
-        with store.fs.open(store.path(rel), "rb") as f:
-            rows.extend(pq.read_table(f, columns=["image", "annotations"]).slice(0, count - len(rows)).to_pylist())
+        rows.extend(_read_rows(store, rel, count - len(rows), _COLUMNS))
         if len(rows) >= count:
             break
     if not rows:

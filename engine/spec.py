@@ -19,7 +19,7 @@ from .errors import SpecError, UserError
 
 __all__ = [
     "ClassSpec", "JobSpec", "load_spec", "parse_spec", "apply_overrides", "fingerprint",
-    "diff_fingerprinted", "json_schema", "recorded_spec",
+    "diff_fingerprinted", "json_schema", "recorded_spec", "describe_error",
 ]
 
 # Fields that only say where or how fast a job runs: changing them keeps the dataset.
@@ -214,7 +214,8 @@ def _resolve_paths(data: dict, base_dir: str) -> None:
             prompts[key] = os.path.normpath(os.path.join(base_dir, value))
 
 
-def _describe(error: dict) -> str:
+def describe_error(error: dict) -> str:
+    """One pydantic error as 'field: expected ..., got ...'."""
     loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-")) or "(top level)"
     msg, kind, given = error["msg"], error["type"], error.get("input")
     if kind == "extra_forbidden":
@@ -236,7 +237,7 @@ def parse_spec(data: dict) -> JobSpec:
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError([_describe(err) for err in e.errors()]) from None
+        raise SpecError([describe_error(err) for err in e.errors()]) from None
     problems = _component_problems(spec)
     if problems:
         raise SpecError(problems)
@@ -259,7 +260,7 @@ def _component_problems(spec: JobSpec) -> list[str]:
         except ValidationError as e:
             for err in e.errors():
                 err = dict(err, loc=(field, "params", *err["loc"]))
-                problems.append(_describe(err))
+                problems.append(describe_error(err))
             continue
         problems.extend(cls.check_spec(spec))
         if field == "generator":

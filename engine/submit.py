@@ -15,9 +15,9 @@ import os
 import re
 
 from .errors import UserError
-from .spec import JobSpec, fingerprint
+from .spec import JobSpec, fingerprint, parse_spec
 
-__all__ = ["submission_id", "submit", "job_logs", "stop_job", "SPEC_ENV"]
+__all__ = ["submission_id", "submit", "job_logs", "stop_job", "list_jobs", "job_info", "submitted_spec", "SPEC_ENV"]
 
 SPEC_ENV = "DDE_SPEC"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,11 +56,10 @@ def submit(spec: JobSpec, address: str, *, use_working_dir: bool = True, driver_
     client = _client(address)
     sid = submission_id(spec)
     outcome = "submitted"
-    try:
-        status = client.get_job_info(sid).status
-    except Exception:  # no such submission yet
-        status = None
+    info = _info(client, sid)
+    status = info.status if info else None
     if status in (JobStatus.FAILED, JobStatus.STOPPED):
+        _await_supervisor_exit(sid, address)
         client.delete_job(sid)
         outcome = "resubmitted"
     elif status is not None:
@@ -75,6 +74,25 @@ def submit(spec: JobSpec, address: str, *, use_working_dir: bool = True, driver_
     return sid, outcome
 
 
+def _await_supervisor_exit(sid: str, address: str, timeout_s: float = 60.0) -> None:
+    """A stopped or failed job's supervisor actor outlives its final status by a moment, and
+    Ray's monitor of that job (polling every second) notices its exit a moment later still.
+    A resubmission under the same id before then is taken for the old job: the monitor
+    marks it FAILED ("Job supervisor actor died"). So wait for the actor, then the monitor."""
+    import time
+
+    from ray.dashboard.modules.job.common import JOB_ACTOR_NAME_TEMPLATE
+    from ray.util.state import list_actors
+
+    living = [("name", "=", JOB_ACTOR_NAME_TEMPLATE.format(job_id=sid)), ("state", "!=", "DEAD")]
+    deadline = time.time() + timeout_s
+    while list_actors(address=address, filters=living, raise_on_missing_output=False):
+        if time.time() > deadline:
+            raise RuntimeError(f"job {sid}: its previous supervisor actor is still alive after {timeout_s:.0f}s")
+        time.sleep(0.5)
+    time.sleep(3.0)
+
+
 def _with_retries(call, attempts: int = 8, first_wait_s: float = 1.0):
     """A fresh cluster's dashboard answers before its job agent is up ("No available agent
     to submit job, please try again later"): wait and retry that, with backoff."""
@@ -87,6 +105,34 @@ def _with_retries(call, attempts: int = 8, first_wait_s: float = 1.0):
             if "try again later" not in str(e) or attempt == attempts - 1:
                 raise
             time.sleep(first_wait_s * 2**attempt)
+
+
+def _info(client, sid: str):
+    try:
+        return client.get_job_info(sid)
+    except Exception:  # no such submission
+        return None
+
+
+def _is_dde(info) -> bool:
+    return bool(info.submission_id) and "dde_output" in (info.metadata or {})
+
+
+def list_jobs(address: str) -> list:
+    """The dde submissions the cluster knows (``JobDetails``), newest first."""
+    jobs = [j for j in _client(address).list_jobs() if _is_dde(j)]
+    return sorted(jobs, key=lambda j: j.start_time or 0, reverse=True)
+
+
+def job_info(sid: str, address: str):
+    """The dde submission ``sid`` (``JobInfo``), or None if the cluster has no such dde job."""
+    info = _info(_client(address), sid)
+    return info if info is not None and _is_dde(info) else None
+
+
+def submitted_spec(info) -> JobSpec:
+    """The resolved spec a submission carries in its runtime env."""
+    return parse_spec(json.loads(info.runtime_env["env_vars"][SPEC_ENV]))
 
 
 def job_logs(sid: str, address: str) -> str:

@@ -1,12 +1,20 @@
+import contextlib
 import copy
 import os
+import signal
+import subprocess
 import sys
+import tempfile
+import time
 import uuid
 
 import pytest
 
+from .helpers import free_port
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DDE = os.path.join(os.path.dirname(sys.executable), "dde")
+BIN = os.path.dirname(sys.executable)
+DDE = os.path.join(BIN, "dde")
 
 BASE_SPEC = {
     "name": "t",
@@ -51,8 +59,6 @@ def s3_endpoint():
     """moto in server mode: a real S3 HTTP endpoint on 127.0.0.1 that Ray workers and subprocesses reach too."""
     from moto.server import ThreadedMotoServer
 
-    from .helpers import free_port
-
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
@@ -93,3 +99,49 @@ def s3_job(s3_endpoint, ray_local):
                 lower_bound=10)
     spec = parse_spec(data)
     return spec, run_job(spec, quiet=True)
+def dashboard_up(address: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{address}/api/version", timeout=2)
+    except urllib.error.HTTPError:
+        return True  # 401: up, and asking for the cluster's token
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A real `ray start --head` cluster on 127.0.0.1 with token auth. Yields its dashboard
+    address and the env its clients need (RAY_ADDRESS lets `ray.init()`, e.g. in `dde serve`, join it)."""
+    port, dashboard = free_port(), free_port()
+    temp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", RAY_AUTH_MODE="token")
+    head = subprocess.Popen(
+        [f"{BIN}/ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
+         "--include-dashboard", "true", "--disable-usage-stats", "--temp-dir", temp,
+         # the suite's own local Ray holds the default agent ports: a second cluster needs its own
+         *[arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                            "--metrics-export-port", "--runtime-env-agent-port", "--ray-client-server-port")
+           for arg in (flag, str(free_port()))]],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while not dashboard_up(address):
+        if time.time() > deadline or head.poll() is not None:
+            os.killpg(head.pid, signal.SIGKILL)
+            pytest.fail("ray start --head did not come up")
+        time.sleep(1)
+    yield address, dict(env, RAY_ADDRESS=f"127.0.0.1:{port}")
+    # `ray start --block` stops its processes in order on SIGTERM (seconds; a SIGTERM to the
+    # whole group hangs it); whatever is left of the group then gets SIGKILL
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)

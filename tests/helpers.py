@@ -1,4 +1,4 @@
-"""Comparing two finished outputs byte for byte, and a TCP gate for storage outages."""
+"""Comparing two finished outputs byte for byte, free ports, and a TCP gate for storage outages."""
 
 import hashlib
 import json

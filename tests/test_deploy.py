@@ -73,3 +73,54 @@ def test_jobs_entrypoint_runs_the_cli(tmp_path, spec_data):
     proc = subprocess.run([sys.executable, "-m", "jobs.run_job", "env:DDE_SPEC", "--quiet"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "budget.max_images: expected" in proc.stderr
+
+
+def test_serve_config_builds_the_real_app(monkeypatch):
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    config = load("deploy/serve.yaml")
+    ServeDeploySchema.model_validate(config)  # Ray's own schema for `serve deploy` and serveConfigV2
+    (app,) = config["applications"]
+    module_name, _, builder = app["import_path"].partition(":")
+    module = importlib.import_module(module_name)
+    monkeypatch.setenv("DDE_API_TOKEN", "t" * 32)
+    monkeypatch.setenv("DDE_ALLOWED_OUTPUT_ROOTS", "s3://bucket/dde")
+    assert isinstance(getattr(module, builder)(app["args"]), serve.Application)
+    deployments = {d.name for d in vars(module).values() if isinstance(d, serve.Deployment)}
+    assert {d["name"] for d in app["deployments"]} <= deployments
+
+
+def test_rayservice_runs_the_serve_config_with_the_api_settings():
+    from engine.api import load_settings
+
+    service = load("deploy/kuberay/rayservice.yaml")
+    assert (service["apiVersion"], service["kind"]) == ("ray.io/v1", "RayService")
+    serve_config = load("deploy/serve.yaml")
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == serve_config
+    cluster = service["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        env = {e["name"]: e for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert "value" not in env["DDE_API_TOKEN"] and env["DDE_API_TOKEN"]["valueFrom"]["secretKeyRef"]["name"]
+        assert env["DDE_API_RAY_ADDRESS"]["value"] == f"http://{service['metadata']['name']}-head-svc:8265"
+        roots = env["DDE_ALLOWED_OUTPUT_ROOTS"]["value"]
+        assert load_settings({}, {"DDE_API_TOKEN": "t" * 32, "DDE_ALLOWED_OUTPUT_ROOTS": roots}).allowed_output_roots
+    ports = {p["name"]: p["containerPort"] for p in groups[0]["template"]["spec"]["containers"][0]["ports"]}
+    assert ports["serve"] == serve_config["http_options"]["port"] and ports["dashboard"] == 8265
+    gpu = groups[1]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu["nvidia.com/gpu"] == "1" and groups[1]["maxReplicas"] >= groups[1]["minReplicas"]
+
+
+def test_openapi_document_is_checked_in_and_valid():
+    import json
+
+    from openapi_spec_validator import validate
+
+    from engine.api import openapi_json
+
+    with open(os.path.join(REPO, "deploy/openapi.json")) as f:
+        checked_in = f.read()
+    assert checked_in == openapi_json(), "regenerate: dde serve --openapi > deploy/openapi.json"
+    validate(json.loads(checked_in))
+    assert_real_entrypoint("dde serve --openapi")

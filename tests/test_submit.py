@@ -2,61 +2,13 @@
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 
-import pytest
 import yaml
 
 from .conftest import DDE
 from .helpers import free_port
-
-BIN = os.path.dirname(sys.executable)
-
-
-def dashboard_up(address: str) -> bool:
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(f"{address}/api/version", timeout=2)
-    except urllib.error.HTTPError:
-        return True  # 401: up, and asking for the cluster's token
-    except OSError:
-        return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    port, dashboard = free_port(), free_port()
-    temp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", RAY_AUTH_MODE="token")
-    head = subprocess.Popen(
-        [f"{BIN}/ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
-         "--include-dashboard", "true", "--disable-usage-stats", "--temp-dir", temp,
-         # the suite's own local Ray holds the default agent ports: a second cluster needs its own
-         *[arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                            "--metrics-export-port", "--runtime-env-agent-port", "--ray-client-server-port")
-           for arg in (flag, str(free_port()))]],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 120
-    while not dashboard_up(address):
-        if time.time() > deadline or head.poll() is not None:
-            os.killpg(head.pid, signal.SIGKILL)
-            pytest.fail("ray start --head did not come up")
-        time.sleep(1)
-    yield address, env
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
 
 
 def dde(env, *args):
