@@ -134,8 +134,13 @@ def _cmd_submit(args) -> int:
     from .submit import submit
 
     spec = load_spec(args.spec, args.overrides, output=args.output)
+    from .storage import public_options
+
     sid, outcome = submit(spec, args.address, use_working_dir=not args.image, driver_gpus=args.driver_gpus)
     print(f"{outcome}: {sid}")
+    if public_options(spec.storage_options) != spec.storage_options:
+        print("note: the credentials in storage_options were not sent (the dashboard shows a job's runtime env); "
+              "the cluster's nodes use their own: AWS_* variables or an instance role")
     print(f"output: {spec.output}   watch: dde status {spec.output}   logs: dde logs {sid} --address {args.address}")
     return 0
 

@@ -1,7 +1,8 @@
 """Submitting jobs to a Ray cluster through Ray Jobs (``JobSubmissionClient``).
 
-The resolved spec travels in the runtime env (``DDE_SPEC``), with this checkout as the
-working dir (or a prebuilt image that already has it). The submission id is derived from
+The resolved spec travels in the runtime env (``DDE_SPEC``), without storage credentials
+(the Ray dashboard shows every job's runtime env: the cluster's nodes bring their own,
+from the standard AWS variables or an instance role), with this checkout as the working dir (or a prebuilt image that already has it). The submission id is derived from
 the job's identity (name, output and fingerprint), so resubmitting the same job is
 idempotent: it finds the existing submission instead of starting a second driver, unless
 that one failed or was stopped, in which case the job is submitted again and resumes.
@@ -15,7 +16,7 @@ import os
 import re
 
 from .errors import UserError
-from .spec import JobSpec, fingerprint, parse_spec
+from .spec import JobSpec, fingerprint, parse_spec, recorded_spec
 
 __all__ = ["submission_id", "submit", "job_logs", "stop_job", "list_jobs", "job_info", "submitted_spec", "SPEC_ENV"]
 
@@ -64,7 +65,7 @@ def submit(spec: JobSpec, address: str, *, use_working_dir: bool = True, driver_
         outcome = "resubmitted"
     elif status is not None:
         return sid, "already submitted"
-    runtime_env: dict = {"env_vars": {SPEC_ENV: json.dumps(spec.model_dump(mode="json"))}}
+    runtime_env: dict = {"env_vars": {SPEC_ENV: json.dumps(recorded_spec(spec))}}
     if use_working_dir:
         runtime_env.update(working_dir=REPO, excludes=_EXCLUDES)
     kwargs = dict(entrypoint=f"python -m jobs.run_job env:{SPEC_ENV} --quiet", submission_id=sid,
