@@ -287,7 +287,8 @@ def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, ma
 
 
 def write_model_card(out: str, fidelity: dict | None = None) -> None:
-    """``model/README.md``: the recipe, steps, hardware and time of every session, fidelity if measured."""
+    """``model/README.md``: the recipe, steps, hardware and time of every session, fidelity if
+    measured, and ``notes.md`` from the training folder if there is one."""
     model = os.path.join(out, "model")
     recipe = json.load(open(os.path.join(out, "recipe.json")))
     sessions = json.load(open(os.path.join(out, "sessions.json")))
@@ -296,6 +297,8 @@ def write_model_card(out: str, fidelity: dict | None = None) -> None:
                      for i, s in enumerate(sessions))
     fidelity_text = ("\n".join(f"- {k}: {v}" for k, v in fidelity.items() if not isinstance(v, dict))
                      if fidelity else "not measured yet: run `dde bench fidelity`")
+    notes_path = os.path.join(out, "notes.md")  # the trainer's own findings, kept across re-exports
+    notes = "\n" + open(notes_path).read() if os.path.exists(notes_path) else ""
     reached = sessions[-1]["unet_step"] if sessions else 0
     state = ("" if reached >= recipe["unet_steps"] else
              f"\n**Unfinished:** exported at UNet step {reached} of {recipe['unet_steps']}; "
@@ -325,7 +328,7 @@ Dataset Diffusion's caption; classes).
 
 ## Fidelity
 {fidelity_text}
-"""
+{notes}"""
     with open(os.path.join(model, "README.md"), "w") as f:
         f.write(text)
 
