@@ -302,7 +302,8 @@ def write_model_card(out: str, fidelity: dict | None = None) -> None:
     reached = sessions[-1]["unet_step"] if sessions else 0
     state = ("" if reached >= recipe["unet_steps"] else
              f"\n**Unfinished:** exported at UNet step {reached} of {recipe['unet_steps']}; "
-             f"`dde train diffusion --out DIR` continues from the checkpoint.\n")
+             f"`dde train diffusion --out DIR` continues from DIR's checkpoint (kept out of the repository: "
+             f"with optimizer state it is larger than these weights).\n")
     text = f"""# embedded:shapes
 {state}
 A Stable-Diffusion-architecture model (AutoencoderKL, CLIPTextModel, CLIPTokenizer over the
