@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-__all__ = ["write_preview", "render_preview", "committed_samples"]
+__all__ = ["write_preview", "render_preview", "committed_samples", "committed_shards"]
 
 _COLUMNS = ["image", "annotations"]
 
@@ -38,22 +38,35 @@ def _read_rows(store, rel: str, count: int, columns: list[str]) -> list[dict]:
         return pq.read_table(f, columns=columns).slice(0, count).to_pylist()
 
 
-def committed_samples(store, count: int) -> list[dict]:
-    """The first ``count`` committed images with their labels, finalized or not: a unit's
-    Parquet stays in its staging folder until finalize moves it to its final name."""
+def committed_shards(store, images: int) -> list[str]:
+    """Parquet files of the first committed units, enough for ``images`` images, wherever each
+    is now: in its staging folder until finalize, then under its final name."""
     from .ledger import iter_markers
 
-    columns = [*_COLUMNS, "image_id", "width", "height", "prompt"]
-    rows: list[dict] = []
+    shards, seen = [], 0
     for marker in iter_markers(store):
+        if seen >= images:
+            break
         rel = next(f for f in marker["files"] if f.startswith("parquet/"))
-        try:
-            rows.extend(_read_rows(store, f"{marker['staging']}/{rel}", count - len(rows), columns))
-        except FileNotFoundError:  # published (moved) by finalize
-            rows.extend(_read_rows(store, rel, count - len(rows), columns))
+        staged = f"{marker['staging']}/{rel}"
+        shards.append(staged if store.exists(staged) else rel)
+        seen += marker["images"]
+    return shards
+
+
+def _first_rows(store, parquet_files: list[str], count: int, columns: list[str]) -> list[dict]:
+    rows: list[dict] = []
+    for rel in parquet_files:
         if len(rows) >= count:
             break
+        rows.extend(_read_rows(store, rel, count - len(rows), columns))
     return rows
+
+
+def committed_samples(store, count: int) -> list[dict]:
+    """The first ``count`` committed images with their labels, finalized or not."""
+    return _first_rows(store, committed_shards(store, count), count,
+                       [*_COLUMNS, "image_id", "width", "height", "prompt"])
 
 
 def render_preview(store, parquet_files: list[str], count: int = 24, columns: int = 6) -> bytes | None:
@@ -61,11 +74,7 @@ def render_preview(store, parquet_files: list[str], count: int = 24, columns: in
     from matplotlib import colormaps
     from PIL import Image
 
-    rows: list[dict] = []
-    for rel in parquet_files:
-        rows.extend(_read_rows(store, rel, count - len(rows), _COLUMNS))
-        if len(rows) >= count:
-            break
+    rows = _first_rows(store, parquet_files, count, _COLUMNS)
     if not rows:
         return None
     colors = [tuple(int(255 * c) for c in colormaps["tab10"](i)[:3]) for i in range(10)]

@@ -18,11 +18,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import time
 from collections import Counter
 
-from .layout import REPORT_FILE, marker_file
+from .layout import REPORT_FILE
 from .ledger import Ledger
 from .status import job_status
 from .storage import Store
@@ -103,20 +102,6 @@ def _throughput_chart(units: list[dict]) -> bytes:
     return _png(figure)
 
 
-def _sample_shards(store: Store, units: list[dict]) -> list[str]:
-    """Parquet files of the first units, wherever they are now: published, or still staged."""
-    shards, images = [], 0
-    for unit in sorted(units, key=lambda u: u["index"]):
-        if images >= _SAMPLES:
-            break
-        marker = json.loads(store.read_bytes(marker_file(unit["unit_id"])))
-        for rel in marker["files"]:
-            if rel.startswith("parquet/"):
-                shards.append(rel if store.exists(rel) else f"{marker['staging']}/{rel}")
-        images += unit["images"]
-    return shards
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(f"<tr>{''.join(row)}</tr>" for row in rows)
@@ -160,12 +145,12 @@ def _reject_table(units: list[dict]) -> str:
 
 def build_report(store: Store) -> str:
     """The report page of the job at ``store``, as HTML text."""
-    from .preview import render_preview
+    from .preview import committed_shards, render_preview
 
     ledger = Ledger(store)
     status = job_status(store, ledger)
     units = list(ledger.units.values())
-    grid = render_preview(store, _sample_shards(store, units), count=_SAMPLES)
+    grid = render_preview(store, committed_shards(store, _SAMPLES), count=_SAMPLES)
     name = html.escape(status["name"])
     samples = (_img("samples", grid, "sample images with their masks, boxes and class names") if grid
                else "<p>No image is committed yet.</p>")
