@@ -11,18 +11,16 @@ Results go to bench/results/diffusion_overhead.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 import yaml
+from _common import DDE, REPO, fresh_dir, read_markers, save_result
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DDE = os.path.join(os.path.dirname(sys.executable), "dde")
-CLASSES = ["circle", "square", "triangle", "star", "ring", "cross"]
+from engine.world import CLASSES
+
 
 
 def bare_loop(images: int, batch: int, steps: int) -> tuple[float, float]:
@@ -46,7 +44,7 @@ def bare_loop(images: int, batch: int, steps: int) -> tuple[float, float]:
 def engine_run(images: int, batch: int, steps: int, out: str) -> tuple[float, float]:
     """(wall seconds of `dde run` end to end, seconds the actor spent making units)."""
     spec = {
-        "name": "overhead", "output": out, "classes": CLASSES, "lower_bound": 1,
+        "name": "overhead", "output": out, "classes": list(CLASSES), "lower_bound": 1,
         "budget": {"max_images": images, "max_waves": 1}, "unit_size": batch * 2, "wave_size": images,
         "generator": {"name": "diffusion", "params": {"model": "embedded:shapes", "steps": steps,
                                                       "batch_size": batch}},
@@ -59,8 +57,7 @@ def engine_run(images: int, batch: int, steps: int, out: str) -> tuple[float, fl
     start = time.perf_counter()
     subprocess.run([DDE, "run", path, "--quiet"], check=True, capture_output=True)
     wall = time.perf_counter() - start
-    commits = os.path.join(out, "_commits")
-    busy = sum(json.load(open(os.path.join(commits, n)))["seconds"] for n in os.listdir(commits))
+    busy = sum(m["seconds"] for m in read_markers(out))
     return wall, busy
 
 
@@ -72,8 +69,7 @@ def main() -> None:
     parser.add_argument("--work", default=os.path.join(REPO, "bench/out/overhead"))
     parser.add_argument("--result", default=os.path.join(REPO, "bench/results/diffusion_overhead.json"))
     args = parser.parse_args()
-    shutil.rmtree(args.work, ignore_errors=True)
-    os.makedirs(args.work)
+    fresh_dir(args.work)
     bare_total, bare_pipe = bare_loop(args.images, args.batch, args.steps)
     engine_wall, engine_busy = engine_run(args.images, args.batch, args.steps, os.path.join(args.work, "job"))
     result = {
@@ -85,10 +81,7 @@ def main() -> None:
         "ratio_end_to_end": round(engine_wall / bare_total, 3),
         "ratio_units_vs_pipe_calls": round(engine_busy / bare_pipe, 3),
     }
-    os.makedirs(os.path.dirname(args.result), exist_ok=True)
-    with open(args.result, "w") as f:
-        json.dump(result, f, indent=1)
-    print(json.dumps(result, indent=1))
+    save_result(args.result, result)
 
 
 if __name__ == "__main__":

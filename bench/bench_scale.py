@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,16 +22,16 @@ import time
 
 import psutil
 import yaml
+from _common import DDE, REPO, fresh_dir, read_markers, save_result
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DDE = os.path.join(os.path.dirname(sys.executable), "dde")
+from engine.world import CLASSES
+
 WORLD = {"size": 96, "min_objects": 5, "max_objects": 9, "min_scale": 0.14, "max_scale": 0.3}
-CLASSES = ["circle", "square", "triangle", "star", "ring", "cross"]
 
 
 def job_spec(out: str, images: int, unit_size: int) -> dict:
     return {
-        "name": "coco-de-scale", "output": out, "seed": 0, "classes": CLASSES,
+        "name": "coco-de-scale", "output": out, "seed": 0, "classes": list(CLASSES),
         # as high as the budget allows, so the budget (not the bounds) ends the job
         "lower_bound": images * WORLD["max_objects"] // len(CLASSES),
         "budget": {"max_images": images, "max_waves": 100},
@@ -128,8 +127,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(REPO, "bench/out/scale"))
     parser.add_argument("--result", default=os.path.join(REPO, "bench/results/scale.json"))
     args = parser.parse_args()
-    shutil.rmtree(args.out, ignore_errors=True)
-    os.makedirs(args.out)
+    fresh_dir(args.out)
     output = os.path.join(args.out, "job")
     spec_path = os.path.join(args.out, "spec.yaml")
     with open(spec_path, "w") as f:
@@ -160,7 +158,7 @@ def main() -> None:
         sys.exit(f"resume failed: {resume.stderr.read().decode()[-2000:]}")
 
     job = json.load(open(os.path.join(output, "job.json")))
-    markers = [json.load(open(os.path.join(output, "_commits", n))) for n in os.listdir(os.path.join(output, "_commits"))]
+    markers = read_markers(output)
     finalize_s = os.path.getmtime(os.path.join(output, "job.json")) - max(m["committed_at"] for m in markers)
     busy = sum(m["seconds"] for m in markers)
     backend = sum(m["backend_seconds"] for m in markers)
@@ -185,10 +183,7 @@ def main() -> None:
         "share_of_wall_outside_backend": round(1 - backend / (2 * wall), 3),
         "share_of_wall_actors_idle": round(1 - busy / (2 * wall), 3),
     }
-    os.makedirs(os.path.dirname(args.result), exist_ok=True)
-    with open(args.result, "w") as f:
-        json.dump(result, f, indent=1)
-    print(json.dumps(result, indent=1))
+    save_result(args.result, result)
 
 
 if __name__ == "__main__":
