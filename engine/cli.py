@@ -20,6 +20,20 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar (CI)")
 
 
+def _at_least(minimum, kind=int):
+    """An argparse type for a number no smaller than ``minimum``: a bad value exits 2 naming its flag."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dde", description="dde, the diffusion data engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,26 +90,26 @@ def _parser() -> argparse.ArgumentParser:
     train_sub = train.add_subparsers(dest="train_command", required=True)
     diffusion = train_sub.add_parser("diffusion", help="the embedded diffusion model, on the shapes world")
     diffusion.add_argument("--out", required=True, help="training folder (checkpoints resume from here)")
-    diffusion.add_argument("--vae-steps", type=int)
-    diffusion.add_argument("--unet-steps", type=int)
-    diffusion.add_argument("--batch-size", type=int)
-    diffusion.add_argument("--max-minutes", type=float, help="stop cleanly after this long; rerun to continue")
-    diffusion.add_argument("--until-step", type=int, help="stop cleanly at this UNet step; rerun to continue")
+    diffusion.add_argument("--vae-steps", type=_at_least(1))
+    diffusion.add_argument("--unet-steps", type=_at_least(1))
+    diffusion.add_argument("--batch-size", type=_at_least(1))
+    diffusion.add_argument("--max-minutes", type=_at_least(0.0, float), help="stop cleanly after this long; rerun to continue")
+    diffusion.add_argument("--until-step", type=_at_least(1), help="stop cleanly at this UNet step; rerun to continue")
     diffusion.add_argument("--export-unfinished", action="store_true",
                            help="export the EMA weights reached so far even if training is not done")
     diffusion.add_argument("--export", action="store_true",
                            help="when done, install the model as embedded:shapes (engine/models/shapes)")
 
     oracle = train_sub.add_parser("oracle", help="the fidelity oracle (multi-label classifier) on rendered scenes")
-    oracle.add_argument("--steps", type=int, default=1500)
+    oracle.add_argument("--steps", type=_at_least(1), default=1500)
 
     bench = sub.add_parser("bench", help="quality benchmarks against the shapes world")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     fidelity = bench_sub.add_parser("fidelity", help="prompt fidelity and Fréchet distance of a diffusion model")
     fidelity.add_argument("--model", default="embedded:shapes")
-    fidelity.add_argument("--per-class", type=int, default=50, help="images per class, for each prompt kind")
-    fidelity.add_argument("--steps", type=int, default=25)
-    fidelity.add_argument("--guidance-scale", type=float, default=7.5)
+    fidelity.add_argument("--per-class", type=_at_least(2), default=50, help="images per class, for each prompt kind")
+    fidelity.add_argument("--steps", type=_at_least(1), default=25)
+    fidelity.add_argument("--guidance-scale", type=_at_least(0.0, float), default=7.5)
     fidelity.add_argument("--out", default="bench/results")
 
     sub.add_parser("schema", help="print the job spec's JSON Schema")
@@ -227,8 +241,6 @@ def _cmd_train(args) -> int:
 def _cmd_bench(args) -> int:
     from .evals.fidelity import fidelity_benchmark
 
-    if args.per_class < 2:
-        raise UserError(f"--per-class: expected at least 2 images per class, got {args.per_class}")
     print(json.dumps(fidelity_benchmark(args.model, args.per_class, args.steps, args.guidance_scale,
                                         out_dir=args.out), indent=1))
     return 0
@@ -243,9 +255,6 @@ def _train_diffusion(args) -> int:
 
     overrides = {k: v for k, v in {"vae_steps": args.vae_steps, "unet_steps": args.unet_steps,
                                    "batch_size": args.batch_size}.items() if v is not None}
-    for key, value in overrides.items():
-        if value < 1:
-            raise UserError(f"--{key.replace('_', '-')}: expected a positive number, got {value}")
     status = train_diffusion(args.out, replace(DiffusionRecipe(), **overrides), max_minutes=args.max_minutes,
                              until_step=args.until_step, export_unfinished=args.export_unfinished)
     print(json.dumps(status))

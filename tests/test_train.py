@@ -70,3 +70,16 @@ def test_shipped_oracle_recognises_rendered_scenes():
     with torch.no_grad():
         predicted = torch.sigmoid(load_oracle()(to_input(images))).numpy() > 0.5
     assert (predicted == labels).mean() > 0.95
+
+
+@pytest.mark.parametrize("args", [["train", "oracle", "--steps", "0"],
+                                  ["train", "diffusion", "--out", "x", "--unet-steps", "-1"],
+                                  ["bench", "fidelity", "--per-class", "1"], ["bench", "fidelity", "--guidance-scale", "x"]])
+def test_bad_numbers_are_refused_with_exit_2(args):
+    import subprocess
+
+    from .conftest import DDE
+
+    proc = subprocess.run([DDE, *args], capture_output=True, text=True)
+    assert proc.returncode == 2 and f"argument {args[-2]}: expected" in proc.stderr
+    assert "Traceback" not in proc.stderr
