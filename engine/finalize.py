@@ -142,12 +142,12 @@ def finalize_job(store: Store, spec: JobSpec, stop: str | None = None) -> dict:
     }
     from .preview import write_preview
 
-    write_preview(store, sorted(f for f in expected if f.startswith("parquet/")))
+    grid = write_preview(store, sorted(f for f in expected if f.startswith("parquet/")))
     store.write_bytes(CARD_FILE, _card(spec, stats).encode())
     job = {"spec": recorded_spec(spec), "fingerprint": fingerprint(spec), **stats,
            "units": status["units_done"]}
     store.write_bytes(JOB_FILE, json.dumps(job, indent=1).encode())
     from .report import write_report
 
-    write_report(store)  # after job.json: the page shows the job as finalized, with its stop reason
+    write_report(store, grid=grid)  # after job.json: the page shows the job as finalized, with its stop reason
     return {**job, "orphans_removed": removed}

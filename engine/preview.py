@@ -6,9 +6,10 @@ import io
 
 import numpy as np
 
-__all__ = ["write_preview", "render_preview", "committed_samples", "committed_shards"]
+__all__ = ["write_preview", "render_preview", "committed_samples", "committed_shards", "SAMPLES"]
 
 _COLUMNS = ["image", "annotations"]
+SAMPLES = 24  # images on preview.png and the report's grid
 
 
 def _draw(row: dict, colors: list[tuple[int, int, int]], scale: int):
@@ -69,7 +70,7 @@ def committed_samples(store, count: int) -> list[dict]:
                        [*_COLUMNS, "image_id", "width", "height", "prompt"])
 
 
-def render_preview(store, parquet_files: list[str], count: int = 24, columns: int = 6) -> bytes | None:
+def render_preview(store, parquet_files: list[str], count: int = SAMPLES, columns: int = 6) -> bytes | None:
     """A PNG of the first ``count`` images of the first shards; None if there is nothing to draw."""
     from matplotlib import colormaps
     from PIL import Image
@@ -90,9 +91,9 @@ def render_preview(store, parquet_files: list[str], count: int = 24, columns: in
     return buf.getvalue()
 
 
-def write_preview(store, parquet_files: list[str], path: str = "preview.png") -> bool:
-    """``preview.png`` from the first shards; False if there is nothing to draw."""
+def write_preview(store, parquet_files: list[str], path: str = "preview.png") -> bytes | None:
+    """``preview.png`` from the first shards; returns its bytes (None if there is nothing to draw)."""
     png = render_preview(store, parquet_files)
     if png is not None:
         store.write_bytes(path, png)
-    return png is not None
+    return png

@@ -28,7 +28,6 @@ from .storage import Store
 
 __all__ = ["build_report", "write_report"]
 
-_SAMPLES = 24
 _STYLE = """
 body{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;padding:0 16px;color:#222}
 h1{margin-bottom:4px}h2{margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
@@ -143,14 +142,15 @@ def _reject_table(units: list[dict]) -> str:
     return _table(["reject reason", "images", "first image id"], rows)
 
 
-def build_report(store: Store) -> str:
-    """The report page of the job at ``store``, as HTML text."""
-    from .preview import committed_shards, render_preview
+def build_report(store: Store, grid: bytes | None = None) -> str:
+    """The report page of the job at ``store``, as HTML text. ``grid`` is the sample grid PNG
+    if the caller has drawn it already (finalize has: ``preview.png``)."""
+    from .preview import SAMPLES, committed_shards, render_preview
 
     ledger = Ledger(store)
     status = job_status(store, ledger)
     units = list(ledger.units.values())
-    grid = render_preview(store, committed_shards(store, _SAMPLES), count=_SAMPLES)
+    grid = grid or render_preview(store, committed_shards(store, SAMPLES))
     name = html.escape(status["name"])
     samples = (_img("samples", grid, "sample images with their masks, boxes and class names") if grid
                else "<p>No image is committed yet.</p>")
@@ -175,9 +175,9 @@ def build_report(store: Store) -> str:
 """
 
 
-def write_report(store: Store, out: str | None = None) -> str:
+def write_report(store: Store, out: str | None = None, grid: bytes | None = None) -> str:
     """Write the page into the job's output as ``report.html``, or to the local file ``out``; returns where."""
-    page = build_report(store).encode()
+    page = build_report(store, grid).encode()
     if out:
         with open(out, "wb") as f:
             f.write(page)
