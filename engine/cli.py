@@ -286,9 +286,9 @@ def _cmd_serve(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "submit": _cmd_submit, "logs": _cmd_logs, "stop": _cmd_stop, "resume": _cmd_resume, "status": _cmd_status, "finalize": _cmd_finalize,
-            "report": _cmd_report, "world": _cmd_world, "train": _cmd_train, "bench": _cmd_bench, "schema": _cmd_schema}
-COMMANDS["serve"] = _cmd_serve
+COMMANDS = {"run": _cmd_run, "submit": _cmd_submit, "logs": _cmd_logs, "stop": _cmd_stop, "resume": _cmd_resume,
+            "status": _cmd_status, "finalize": _cmd_finalize, "report": _cmd_report, "serve": _cmd_serve,
+            "world": _cmd_world, "train": _cmd_train, "bench": _cmd_bench, "schema": _cmd_schema}
 
 
 def main(argv: list[str] | None = None) -> int:
