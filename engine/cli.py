@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import UserError
@@ -111,6 +112,15 @@ def _parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--steps", type=_at_least(1), default=25)
     fidelity.add_argument("--guidance-scale", type=_at_least(0.0, float), default=7.5)
     fidelity.add_argument("--out", default="bench/results")
+    labels = bench_sub.add_parser("labels", help="label quality of the attention heads against ground truth "
+                                                 "(segmentation oracle; low-strength img2img references)")
+    labels.add_argument("--model", default="embedded:shapes")
+    labels.add_argument("--images", type=_at_least(2), default=96, help="images per ground-truth source")
+    labels.add_argument("--steps", type=_at_least(1), default=25)
+    labels.add_argument("--guidance-scale", type=_at_least(0.0, float), default=7.5)
+    labels.add_argument("--head-params", type=json.loads, default=None,
+                        help='attention head params as JSON, e.g. \'{"cross_resolutions": [8]}\'')
+    labels.add_argument("--out", default="bench/results")
 
     sub.add_parser("schema", help="print the job spec's JSON Schema")
 
@@ -239,6 +249,13 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.bench_command == "labels":
+        from .evals.labels import labels_benchmark
+
+        result = labels_benchmark(args.model, args.images, args.steps, args.guidance_scale,
+                                  head_params=args.head_params, out_dir=args.out)
+        print(open(os.path.join(args.out, "labels.md")).read())
+        return 0 if result else 1
     from .evals.fidelity import fidelity_benchmark
 
     print(json.dumps(fidelity_benchmark(args.model, args.per_class, args.steps, args.guidance_scale,

@@ -15,6 +15,7 @@ Generator backend classes (``BACKENDS``)::
 Label head classes (``HEADS``)::
 
     head = Head(params=Head.Params(...), classes=[ClassSpec, ...])
+    head.attach(backend)               # once: heads that read the model install hooks here
     head.label(requests: list[ImageRequest], generated: list[Generated]) -> list[Labels]
 
 Each class has a ``Params`` pydantic model (extra fields forbidden) that validates the
@@ -62,3 +63,5 @@ BACKENDS.register("diffusion", "engine.backends.diffusion:DiffusionBackend")
 HEADS = Registry("label head")
 HEADS.register("ground_truth", "engine.heads.ground_truth:GroundTruthHead")
 HEADS.register("none", "engine.heads.none:NoLabelsHead")
+HEADS.register("attention", "engine.heads.attention:AttentionHead")
+HEADS.register("bca", "engine.heads.bca:BinarisedCrossAttentionHead")

@@ -44,6 +44,7 @@ class UnitMaker:
         backend_cls, head_cls = BACKENDS.get(spec.generator.name), HEADS.get(spec.label_head.name)
         self.backend = backend_cls(params=backend_cls.Params(**spec.generator.params), classes=classes)
         self.head = head_cls(params=head_cls.Params(**spec.label_head.params), classes=classes)
+        self.head.attach(self.backend)
         self.context = SinkContext(tuple(c.name for c in classes), self.backend.model_name, spec.label_head.name)
 
     def make(self, unit: dict) -> dict:

@@ -12,30 +12,6 @@ from engine.records import ImageRequest
 from engine.spec import parse_spec
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A random-weight StableDiffusionPipeline folder with the embedded model's layout."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from engine.models.embedded import text_encoder_config, vae_config
-    from engine.models.tokenizer import build_tokenizer
-    from engine.train.diffusion import export_pipeline
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    vae = AutoencoderKL(**dict(vae_config(), block_out_channels=(8, 8, 8), norm_num_groups=4))
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=128,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2)
-    text = CLIPTextModel(CLIPTextConfig(**text_encoder_config(len(tokenizer), tokenizer.bos_token_id,
-                                                              tokenizer.eos_token_id)))
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    export_pipeline(str(folder), vae, text, tokenizer, unet)
-    return str(folder)
-
-
 def backend_for(model, **params):
     from engine.backends.diffusion import DiffusionBackend, DiffusionParams
 

@@ -52,6 +52,11 @@ def _is_degenerate(image: np.ndarray) -> str | None:
     return None
 
 
+def _start_step(strength: float | None, steps: int) -> int:
+    """The denoising step at which an img2img reference enters the batch (0 for txt2img)."""
+    return 0 if strength is None else steps - round(strength * steps)
+
+
 class DiffusionBackend(Backend):
     Params = DiffusionParams
 
@@ -63,6 +68,9 @@ class DiffusionBackend(Backend):
                                   scheduler=params.scheduler, attention=params.attention)
         self.batch_size = params.batch_size
         self.size = params.size or self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        # Heads that watch sampling (attention capture): begin_batch(pipe, requests, start_steps,
+        # steps) before a batch, end_batch() -> one extras dict per image after it.
+        self.observers: list = []
 
     @property
     def model_name(self) -> str:
@@ -87,12 +95,13 @@ class DiffusionBackend(Backend):
         seeds = [r.seed for r in requests]
         todo = list(range(len(requests)))
         for attempt in range(self.params.retries + 1):
-            images, strengths = self._sample([requests[i] for i in todo], [seeds[i] for i in todo])
+            images, strengths, extras = self._sample([requests[i] for i in todo], [seeds[i] for i in todo])
             retry = []
-            for i, image, strength in zip(todo, images, strengths):
+            for i, image, strength, extra in zip(todo, images, strengths, extras):
                 problem = _is_degenerate(image)
                 if problem is None:
-                    results[i] = Generated(image=(image * 255).round().astype(np.uint8), strength=strength)
+                    results[i] = Generated(image=(image * 255).round().astype(np.uint8), strength=strength,
+                                           extras=extra)
                 elif attempt < self.params.retries:
                     seeds[i] = derive_seed(seeds[i], attempt + 1)  # a new seed derived from the old one
                     retry.append(i)
@@ -112,7 +121,7 @@ class DiffusionBackend(Backend):
         steps = self.params.steps
         return max(1, int(steps * drawn)) / steps  # what the sampler actually runs: whole steps
 
-    def _sample(self, requests: list[ImageRequest], seeds: list[int]) -> tuple[list[np.ndarray], list]:
+    def _sample(self, requests: list[ImageRequest], seeds: list[int]) -> tuple[list[np.ndarray], list, list[dict]]:
         import torch
 
         pipe, p = self.pipe, self.params
@@ -122,6 +131,9 @@ class DiffusionBackend(Backend):
         latents = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, pipe.unet.dtype)
         strengths = [self._strength(r, s) for r, s in zip(requests, seeds)]
         injections = self._injections(requests, strengths, generators, latents)
+        start_steps = [_start_step(s, p.steps) for s in strengths]
+        for observer in self.observers:
+            observer.begin_batch(pipe, requests, start_steps, p.steps)
         images = pipe(
             prompt=[r.prompt + p.quality_suffix for r in requests],
             negative_prompt=[r.negative_prompt or p.negative_prompt for r in requests],
@@ -129,14 +141,18 @@ class DiffusionBackend(Backend):
             latents=latents, output_type="np",
             callback_on_step_end=injections, callback_on_step_end_tensor_inputs=["latents"],
         ).images
-        return list(images), strengths
+        extras = [{} for _ in requests]
+        for observer in self.observers:
+            for extra, observed in zip(extras, observer.end_batch()):
+                extra.update(observed)
+        return list(images), strengths, extras
 
     def _injections(self, requests, strengths, generators, latents):
         """A callback that puts each reference into the batch at its start step, or None for txt2img only."""
         import torch
 
         steps = self.params.steps
-        starts = {i: steps - round(s * steps) for i, s in enumerate(strengths) if s is not None and s < 1.0}
+        starts = {i: _start_step(s, steps) for i, s in enumerate(strengths) if s is not None and s < 1.0}
         if not starts:
             return None
         with torch.no_grad():

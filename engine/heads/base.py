@@ -20,5 +20,9 @@ class Head:
     def check_spec(cls, spec: JobSpec) -> list[str]:
         return []
 
+    def attach(self, backend) -> None:
+        """Called once with the unit's backend, before any generation: a head that reads the
+        backend's internals (attention, features) installs its hooks here."""
+
     def label(self, requests: list[ImageRequest], generated: list[Generated]) -> list[Labels]:
         raise NotImplementedError
