@@ -168,14 +168,15 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
                      batch_size: int = 16, seed: int = 0, head_params: dict | None = None,
                      out_dir: str = "bench/results") -> dict:
     from ..backends.diffusion import DiffusionBackend, DiffusionParams
-    from ..heads.attention import AttentionHead, AttentionParams
+    from ..heads.attention import AttentionHead
     from ..spec import ClassSpec
     from ..train.segmenter import SEGMENTER_DIR, load_segmenter, segment
 
+    labeller_params = _head_params(head_params)
     oracle = load_segmenter()
     backend = DiffusionBackend(params=DiffusionParams(model=model, steps=steps, guidance_scale=guidance_scale,
                                                       batch_size=batch_size, strength=(0.2, 0.35)), classes=[])
-    head = AttentionHead(params=_head_params(head_params), classes=[ClassSpec(name=c) for c in CLASSES])
+    head = AttentionHead(params=labeller_params, classes=[ClassSpec(name=c) for c in CLASSES])
     head.attach(backend)
     min_area = head.min_pixels(np.zeros((backend.size, backend.size)))
     config = head.store.config
