@@ -110,15 +110,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--skip-sd", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--sd-step", choices=["plain", "capture"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.sd_step:
         print(json.dumps(sd_step(args.sd_step == "capture")))
         return
     result = {"command": "python bench/bench_attention_cost.py " + " ".join(sys.argv[1:]),
-              "cpu_threads": os.cpu_count(), "embedded": embedded_ratio(args.rounds, args.batch, args.steps)}
+              "cpu_cores": os.cpu_count(), "embedded": embedded_ratio(args.rounds, args.batch, args.steps)}
     if not args.skip_sd:
-        runs = {mode: json.loads(subprocess.run([sys.executable, __file__, "--sd-step", mode], check=True,
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        runs = {mode: json.loads(subprocess.run([sys.executable, __file__, "--sd-step", mode, *threads], check=True,
                                                 capture_output=True, text=True).stdout.strip().splitlines()[-1])
                 for mode in ("plain", "capture")}
         result["sd21_base_512"] = {
