@@ -50,6 +50,8 @@ def test_shipped_segmenter_segments_rendered_val():
     images, semantic = rendered_scenes(VAL_STREAM, 100)
     miou, _ = iou_table(confusion(segment(load_segmenter(), images), semantic, 7))
     assert miou >= 0.85
+    unsure = segment(load_segmenter(), images[:8], min_confidence=0.9)
+    assert 0 < (unsure == 255).mean() < 0.1 and set(np.unique(unsure)) <= {0, 1, 2, 3, 4, 5, 6, 255}
     assert os.path.getsize(os.path.join(SEGMENTER_DIR, "segmenter.safetensors")) < 2 * 2**20
 
 

@@ -159,12 +159,16 @@ def load_segmenter(folder: str = SEGMENTER_DIR):
     return load_trained(build_segmenter(), folder, "segmenter", "segmenter")
 
 
-def segment(model, images: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """uint8 label maps (N,H,W) for a batch of uint8 images (N,H,W,3)."""
+def segment(model, images: np.ndarray, min_confidence: float | None = None, chunk: int = 256) -> np.ndarray:
+    """uint8 label maps (N,H,W) for a batch of uint8 images (N,H,W,3). With ``min_confidence``,
+    a pixel whose top class has a lower softmax probability is 255 (uncertain) instead."""
     import torch
 
     labels = np.zeros(images.shape[:3], np.uint8)
     with torch.no_grad():
         for i in range(0, len(images), chunk):
-            labels[i:i + chunk] = model(to_input(images[i:i + chunk])).argmax(1).numpy()
+            confidence, best = model(to_input(images[i:i + chunk])).softmax(1).max(1)
+            if min_confidence is not None:
+                best[confidence < min_confidence] = 255
+            labels[i:i + chunk] = best.numpy()
     return labels
