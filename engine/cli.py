@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
 
     oracle = train_sub.add_parser("oracle", help="the fidelity oracle (multi-label classifier) on rendered scenes")
     oracle.add_argument("--steps", type=_at_least(1), default=1500)
+    segmenter = train_sub.add_parser("segmenter", help="the segmentation oracle (semantic masks) on rendered scenes")
+    segmenter.add_argument("--steps", type=_at_least(1), default=3000)
 
     bench = sub.add_parser("bench", help="quality benchmarks against the shapes world")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -244,6 +246,11 @@ def _cmd_train(args) -> int:
         from .train.oracle import train_oracle
 
         print(json.dumps(train_oracle(steps=args.steps), indent=1))
+        return 0
+    if args.train_command == "segmenter":
+        from .train.segmenter import train_segmenter
+
+        print(json.dumps(train_segmenter(steps=args.steps), indent=1))
         return 0
     return _train_diffusion(args)
 

@@ -70,34 +70,67 @@ def _augment(x, generator):
     return x + 0.05 * torch.randn(x.shape, generator=generator)
 
 
-def train_oracle(out: str = ORACLE_DIR, steps: int = 1500, batch: int = 128, seed: int = 0, echo=None) -> dict:
+def fit(model, loss_at, steps: int, lr: float, name: str, echo=None) -> None:
+    """AdamW and a one-cycle schedule peaking at ``lr``; ``loss_at(step)`` draws step ``step``'s batch
+    and returns its loss."""
     import torch
-    from safetensors.torch import save_file
 
     echo = echo or flushed_print
-    torch.manual_seed(seed)
-    model = build_classifier()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
-    generator = torch.Generator().manual_seed(seed)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     started = time.time()
     for step in range(steps):
-        images, labels = rendered_set(seed * 7919 + 11 + step, batch)
-        loss = loss_fn(model(_augment(to_input(images), generator)), torch.from_numpy(labels))
+        loss = loss_at(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         if (step + 1) % 100 == 0:
-            echo(f"oracle step {step + 1} loss {loss.item():.4f}")
+            echo(f"{name} step {step + 1} loss {loss.item():.4f} ({(time.time() - started) / 60:.1f} min)")
+
+
+def save_trained(model, folder: str, stem: str, card: dict) -> None:
+    """``stem``.safetensors (weights, never a pickle) and ``stem``.json (the card) in ``folder``."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(folder, f"{stem}.safetensors"))
+    with open(os.path.join(folder, f"{stem}.json"), "w") as f:
+        json.dump(card, f, indent=1)
+
+
+def load_trained(model, folder: str, stem: str, name: str):
+    """``model`` with the weights of ``folder``/``stem``.safetensors, in eval mode; a UserError
+    naming `dde train NAME` when they are missing."""
+    from safetensors.torch import load_file
+
+    from ..errors import UserError
+
+    path = os.path.join(folder, f"{stem}.safetensors")
+    if not os.path.exists(path):
+        raise UserError(f"{name}: expected trained weights at {path}; run `dde train {name}`")
+    model.load_state_dict(load_file(path))
+    return model.eval()
+
+
+def train_oracle(out: str = ORACLE_DIR, steps: int = 1500, batch: int = 128, seed: int = 0, echo=None) -> dict:
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_classifier()
+    generator = torch.Generator().manual_seed(seed)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    started = time.time()
+
+    def loss_at(step):
+        images, labels = rendered_set(seed * 7919 + 11 + step, batch)
+        return loss_fn(model(_augment(to_input(images), generator)), torch.from_numpy(labels))
+
+    fit(model, loss_at, steps, 2e-3, "oracle", echo)
     metrics = evaluate_oracle(model.eval())
-    os.makedirs(out, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, "classifier.safetensors"))
     card = {"classes": list(CLASSES), "steps": steps, "batch": batch, "seed": seed,
             "train_minutes": round((time.time() - started) / 60, 1), "rendered_val": metrics}
-    with open(os.path.join(out, "classifier.json"), "w") as f:
-        json.dump(card, f, indent=1)
+    save_trained(model, out, "classifier", card)
     return card
 
 
@@ -113,13 +146,4 @@ def evaluate_oracle(model, count: int = 2000) -> dict:
 
 
 def load_oracle(folder: str = ORACLE_DIR):
-    from safetensors.torch import load_file
-
-    from ..errors import UserError
-
-    path = os.path.join(folder, "classifier.safetensors")
-    if not os.path.exists(path):
-        raise UserError(f"oracle: expected trained weights at {path}; run `dde train oracle`")
-    model = build_classifier()
-    model.load_state_dict(load_file(path))
-    return model.eval()
+    return load_trained(build_classifier(), folder, "classifier", "oracle")
