@@ -96,12 +96,15 @@ class _Scores:
     def __init__(self):
         self.conf: dict[str, np.ndarray] = {}
         self.uncertain: dict[str, list[float]] = {}
+        self.foreground: dict[str, np.ndarray] = {}  # class-agnostic: object against background
 
     def add(self, name: str, mask: np.ndarray, truth: np.ndarray) -> None:
         from .segmentation import confusion
 
         self.conf[name] = self.conf.get(name, 0) + confusion(mask, truth, NUM_CLASSES)
         self.uncertain.setdefault(name, []).append(float((mask == 255).mean()))
+        foreground = np.where(mask == 255, 255, mask > 0).astype(np.uint8)
+        self.foreground[name] = self.foreground.get(name, 0) + confusion(foreground, (truth > 0).astype(np.uint8), 2)
 
     def table(self) -> dict:
         from .segmentation import iou_table
@@ -110,6 +113,7 @@ class _Scores:
         for name, conf in self.conf.items():
             miou, per_class = iou_table(conf)
             out[name] = {"mIoU": round(miou, 4), "uncertain_share": round(float(np.mean(self.uncertain[name])), 4),
+                         "foreground_IoU": round(iou_table(self.foreground[name])[1][1], 4),
                          "per_class_IoU": dict(zip(["background", *CLASSES],
                                                    [None if np.isnan(v) else round(v, 4) for v in per_class]))}
         return out
