@@ -187,3 +187,19 @@ def test_bca_job_writes_boxes_that_load_in_pycocotools(spec_data, tiny_model, ra
                                for a in annotations)
     info = json.load(open(os.path.join(spec_data["output"], "job.json")))
     assert info["spec"]["label_head"]["name"] == "bca"
+
+
+def test_box_ap_is_one_for_the_truth_and_lower_for_a_shifted_box():
+    from engine.evals.labels import box_ap
+    from engine.records import Instance
+
+    def square(y, x, side=10):
+        mask = np.zeros((64, 64), bool)
+        mask[y:y + side, x:x + side] = True
+        return mask
+
+    truth = [[Instance("circle", square(5, 5)), Instance("star", square(30, 30))], [Instance("ring", square(0, 40))]]
+    assert box_ap(truth, truth, 64)["AP"] == pytest.approx(1.0)
+    shifted = [[Instance("circle", square(9, 9)), Instance("star", square(30, 30))], [Instance("ring", square(0, 40))]]
+    scores = box_ap(truth, shifted, 64)
+    assert scores["AP50"] < 1.0 and scores["AP"] < 1.0 and scores["detections"] == 3
