@@ -81,7 +81,7 @@ def test_degenerate_images_retry_then_reject(tiny_model, monkeypatch):
 
     def blank(requests, seeds):
         calls.append(list(seeds))
-        return [np.zeros((32, 32, 3)) for _ in requests], [None] * len(requests)
+        return [np.zeros((32, 32, 3)) for _ in requests], [None] * len(requests), [{} for _ in requests]
 
     monkeypatch.setattr(backend, "_sample", blank)
     out = backend.generate([ImageRequest(0, 11, "x")])
