@@ -80,10 +80,10 @@ class DiffusionBackend(Backend):
     def check_spec(cls, spec) -> list[str]:
         """Local models must exist before any work starts; hub ids are checked when a worker loads them."""
         from ..errors import UserError
-        from ..models import resolve_model
+        from ..models import is_hub_id, resolve_model
 
         model = DiffusionParams(**spec.generator.params).model
-        if model.startswith("embedded:") or model.startswith((".", "/")) or model.count("/") != 1:
+        if not is_hub_id(model):
             try:
                 resolve_model(model)
             except UserError as e:

@@ -67,10 +67,10 @@ def _local_unet_config(generator_params: dict) -> dict | None:
     """The UNet config of a local or embedded model (None for a hub id: checked when loaded)."""
     from ..backends.diffusion import DiffusionParams
     from ..errors import UserError
-    from ..models import resolve_model
+    from ..models import is_hub_id, resolve_model
 
     model = DiffusionParams(**generator_params).model
-    if not (model.startswith("embedded:") or os.path.isdir(model)):
+    if is_hub_id(model):
         return None
     try:
         path = os.path.join(resolve_model(model), "unet", "config.json")

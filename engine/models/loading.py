@@ -9,7 +9,13 @@ import os
 
 from ..errors import UserError
 
-__all__ = ["resolve_model", "load_pipeline", "pick_device", "pick_dtype"]
+__all__ = ["resolve_model", "is_hub_id", "load_pipeline", "pick_device", "pick_dtype"]
+
+
+def is_hub_id(model: str) -> bool:
+    """'org/name' that is neither an embedded model nor a local folder: only a loader can check it."""
+    return (not model.startswith("embedded:") and not os.path.isdir(model) and model.count("/") == 1
+            and not model.startswith((".", "/")))
 
 
 def resolve_model(model: str) -> str:
@@ -31,7 +37,7 @@ def resolve_model(model: str) -> str:
             raise UserError(f"generator.params.model: expected a diffusers folder with model_index.json, "
                             f"got {model!r}")
         return model
-    if model.count("/") == 1 and not model.startswith((".", "/")):
+    if is_hub_id(model):
         return _hub_snapshot(model)
     raise UserError(f"generator.params.model: expected 'embedded:shapes', a local diffusers folder or a hub id "
                     f"like 'stabilityai/stable-diffusion-2-1-base', got {model!r}")
