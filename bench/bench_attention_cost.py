@@ -47,7 +47,8 @@ def embedded_ratio(rounds: int, batch: int, steps: int) -> dict:
     head.attach(captured)
     requests = [ImageRequest(k, 1000 + k, f"a photograph of a {CLASSES[k % 6]} and a {CLASSES[(k + 1) % 6]}",
                              classes=[CLASSES[k % 6], CLASSES[(k + 1) % 6]]) for k in range(batch)]
-    plain.generate(requests), captured.generate(requests)  # warm-up: first calls at a new shape are slow
+    for backend in (plain, captured):  # warm-up: first calls at a new shape are slow
+        backend.generate(requests)
     seconds = {"plain": 0.0, "capture": 0.0, "labelling": 0.0}
     for _ in range(rounds):
         for name, backend in (("plain", plain), ("capture", captured)):

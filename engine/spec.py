@@ -19,11 +19,18 @@ from .errors import SpecError, UserError
 
 __all__ = [
     "ClassSpec", "JobSpec", "load_spec", "parse_spec", "apply_overrides", "fingerprint",
-    "diff_fingerprinted", "json_schema", "recorded_spec", "describe_error",
+    "diff_fingerprinted", "json_schema", "recorded_spec", "describe_error", "require_ordered",
 ]
 
 # Fields that only say where or how fast a job runs: changing them keeps the dataset.
 UNFINGERPRINTED = ("name", "output", "storage_options", "resources")
+
+
+def require_ordered(model: BaseModel, low: str, high: str):
+    """For ``model_validator(mode="after")``: fields ``low`` <= ``high``, or the spec's one-line error."""
+    if getattr(model, low) > getattr(model, high):
+        raise ValueError(f"expected {low} <= {high}, got {low}={getattr(model, low)}, {high}={getattr(model, high)}")
+    return model
 
 
 class _Strict(BaseModel):
@@ -97,9 +104,7 @@ class ActorPool(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> "ActorPool":
-        if self.min > self.max:
-            raise ValueError(f"expected min <= max, got min={self.min}, max={self.max}")
-        return self
+        return require_ordered(self, "min", "max")
 
 
 class Resources(_Strict):

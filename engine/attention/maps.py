@@ -35,7 +35,7 @@ def class_maps(captured: dict, size: int, tau: int = 4) -> np.ndarray:
     """
     import torch
 
-    cross = {r: m for r, m in captured["cross"].items()}
+    cross = captured["cross"]
     refine = tau > 0 and "self" in captured
     side = int(round(captured["self"].shape[0] ** 0.5)) if refine else max(cross)
     maps = torch.stack([_resize(_square(m, r), side) for r, m in cross.items()]).mean(0)

@@ -71,9 +71,10 @@ def box_ap(truth: list[list[Instance]], found: list[list[Instance]], size: int) 
     from pycocotools.cocoeval import COCOeval
 
     images = [{"id": k, "width": size, "height": size} for k in range(len(truth))]
-    annotations = [{"id": n + 1, "image_id": k, "category_id": CATEGORY_ID[i.category], "bbox": i.bbox(),
-                    "area": float(i.mask.sum()), "iscrowd": 0}
-                   for n, (k, i) in enumerate((k, i) for k, insts in enumerate(truth) for i in insts)]
+    annotations = [{"image_id": k, "category_id": CATEGORY_ID[i.category], "bbox": i.bbox(),
+                    "area": float(i.mask.sum()), "iscrowd": 0} for k, insts in enumerate(truth) for i in insts]
+    for n, annotation in enumerate(annotations):
+        annotation["id"] = n + 1
     detections = [{"image_id": k, "category_id": CATEGORY_ID[i.category], "bbox": i.bbox(), "score": i.score}
                   for k, insts in enumerate(found) for i in insts]
     if not annotations or not detections:
@@ -178,18 +179,20 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
 
     labeller_params = _head_params(head_params)
     oracle = load_segmenter()
+    with open(os.path.join(SEGMENTER_DIR, "segmenter.json")) as f:
+        oracle_card = json.load(f)
     backend = DiffusionBackend(params=DiffusionParams(model=model, steps=steps, guidance_scale=guidance_scale,
                                                       batch_size=batch_size, strength=(0.2, 0.35)), classes=[])
     head = AttentionHead(params=labeller_params, classes=[ClassSpec(name=c) for c in CLASSES])
     head.attach(backend)
-    min_area = head.min_pixels(np.zeros((backend.size, backend.size)))
+    min_area = head.min_pixels(backend.size, backend.size)
     config = head.store.config
     result: dict = {
         "model": model, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
         "capture": {"cross_resolutions": list(config.cross_resolutions), "self_resolution": config.self_resolution,
                     "timesteps": list(config.timesteps), "blocks": list(config.blocks),
                     "cross_keys": config.cross_keys},
-        "oracle_rendered_val": json.load(open(os.path.join(SEGMENTER_DIR, "segmenter.json"))).get("rendered_val")}
+        "oracle_rendered_val": oracle_card.get("rendered_val")}
     started = time.time()
 
     requests = _txt2img_requests(images, seed)

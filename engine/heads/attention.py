@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from ..backends.base import StrictParams
 from ..records import Generated, ImageRequest, Instance, Labels
-from ..spec import JobSpec
+from ..spec import JobSpec, require_ordered
 from .base import Head
 
 __all__ = ["AttentionHead", "AttentionCaptureHead", "CaptureParams"]
@@ -127,8 +127,8 @@ class AttentionCaptureHead(Head):
     def label_one(self, generated: Generated) -> Labels:
         raise NotImplementedError
 
-    def min_pixels(self, image) -> int:
-        return max(1, math.ceil(self.params.min_area * image.shape[0] * image.shape[1]))
+    def min_pixels(self, height: int, width: int) -> int:
+        return max(1, math.ceil(self.params.min_area * height * width))
 
 
 class AttentionParams(CaptureParams):
@@ -138,9 +138,7 @@ class AttentionParams(CaptureParams):
 
     @model_validator(mode="after")
     def _band(self) -> "AttentionParams":
-        if self.alpha > self.beta:
-            raise ValueError(f"expected alpha <= beta, got alpha={self.alpha}, beta={self.beta}")
-        return self
+        return require_ordered(self, "alpha", "beta")
 
 
 class AttentionHead(AttentionCaptureHead):
@@ -155,5 +153,5 @@ class AttentionHead(AttentionCaptureHead):
         mask, objectness = semantic_mask(maps, [self.category_id[n] for n in names], p.alpha, p.beta)
         instances = [Instance(name, region, score) for name in names
                      for region, score in components(mask == self.category_id[name], objectness,
-                                                     self.min_pixels(generated.image))]
+                                                     self.min_pixels(*generated.image.shape[:2]))]
         return Labels(instances, semantic=mask)

@@ -21,4 +21,4 @@ class BinarisedCrossAttentionHead(AttentionCaptureHead):
         maps = class_maps(captured, generated.image.shape[0], tau=0)
         names = captured["classes"]
         return Labels([Instance(names[m], region, score)
-                       for m, region, score in bca_instances(maps, self.min_pixels(generated.image))])
+                       for m, region, score in bca_instances(maps, self.min_pixels(*generated.image.shape[:2]))])
