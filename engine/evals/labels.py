@@ -82,10 +82,11 @@ def box_ap(truth: list[list[Instance]], found: list[list[Instance]], size: int) 
     gt = COCO()
     gt.dataset = {"images": images, "annotations": annotations,
                   "categories": [{"id": CATEGORY_ID[c], "name": c} for c in CLASSES]}
-    gt.createIndex()
-    evaluator = COCOeval(gt, gt.loadRes(detections), "bbox")
-    evaluator.evaluate(), evaluator.accumulate()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools narrates every stage
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(detections), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
         evaluator.summarize()
     return {"AP": round(float(max(evaluator.stats[0], 0)), 4), "AP50": round(float(max(evaluator.stats[1], 0)), 4),
             "detections": len(detections), "truths": len(annotations)}
