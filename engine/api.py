@@ -224,7 +224,7 @@ class Annotation(BaseModel):
     bbox: list[float] = Field(description="x, y, width, height in pixels.")
     area: float
     score: float
-    segmentation: Rle = Field(description="COCO RLE (pycocotools.mask.decode).")
+    segmentation: Rle | None = Field(description="COCO RLE (pycocotools.mask.decode); null from box-only heads.")
 
 
 class Sample(BaseModel):

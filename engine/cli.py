@@ -35,6 +35,28 @@ def _at_least(minimum, kind=int):
     return parse
 
 
+def _names(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class names, got {value!r}")
+    return names
+
+
+def _unit(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"expected a score in [0, 1], got {value!r}")
+    return number
+
+
+def _add_trainer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=_at_least(1), default=1, help="Ray Train workers (DDP when more than one)")
+    p.add_argument("--gpus", action="store_true", help="one GPU per worker")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dde", description="dde, the diffusion data engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--size", type=int, default=64)
     export.add_argument("--max-objects", type=int, default=4)
+    export.add_argument("--min-scale", type=float, default=0.18, help="smallest object diameter, share of the size")
+    export.add_argument("--max-scale", type=float, default=0.42, help="largest object diameter, share of the size")
 
     train = sub.add_parser("train", help="train the project's own models")
     train_sub = train.add_subparsers(dest="train_command", required=True)
@@ -105,6 +129,35 @@ def _parser() -> argparse.ArgumentParser:
     oracle.add_argument("--steps", type=_at_least(1), default=1500)
     segmenter = train_sub.add_parser("segmenter", help="the segmentation oracle (semantic masks) on rendered scenes")
     segmenter.add_argument("--steps", type=_at_least(1), default=3000)
+
+    adapter = train_sub.add_parser("adapter", help="the Detection-Adapter box head on a COCO folder (Ray Train)")
+    adapter.add_argument("--data", required=True, help="COCO folder: annotations/instances_train.json, images/train/ "
+                                                       "(and a val split, else part of train is held out)")
+    adapter.add_argument("--model", default="embedded:shapes", help="the diffusion model whose features it reads")
+    adapter.add_argument("--out", required=True, help="training folder; rerun the command to resume")
+    adapter.add_argument("--steps", type=_at_least(1), default=3000)
+    adapter.add_argument("--batch-size", type=_at_least(1), default=32)
+    adapter.add_argument("--lr", type=_at_least(0.0, float), default=1e-3)
+    adapter.add_argument("--no-heatmap", action="store_true", help="train without the PROPS heatmap head")
+    adapter.add_argument("--heatmap-weight", type=_at_least(0.0, float), default=10.0)
+    adapter.add_argument("--eval-every", type=_at_least(1), default=250, help="COCOeval on val every K steps")
+    _add_trainer_options(adapter)
+
+    grounding = train_sub.add_parser("grounding", help="the open-vocabulary grounding head: base classes from an "
+                                                       "adapter teacher, then mean-teacher self-training on novel ones")
+    grounding.add_argument("--base", required=True, type=_names, help="comma-separated base classes")
+    grounding.add_argument("--novel", required=True, type=_names, help="comma-separated novel classes")
+    grounding.add_argument("--model", default="embedded:shapes")
+    grounding.add_argument("--teacher", help="trained adapter folder (default: the one shipped for embedded:shapes)")
+    grounding.add_argument("--out", required=True, help="training folder; rerun the command to resume")
+    grounding.add_argument("--images", type=_at_least(1), default=1200, help="generated images per stage")
+    grounding.add_argument("--base-steps", type=_at_least(1), default=2000)
+    grounding.add_argument("--novel-steps", type=_at_least(1), default=1000)
+    grounding.add_argument("--batch-size", type=_at_least(1), default=32)
+    grounding.add_argument("--alpha", type=_unit, default=0.8, help="teacher boxes kept at this score or more")
+    grounding.add_argument("--beta", type=_unit, default=0.4, help="pseudo-labels kept at this score or more")
+    grounding.add_argument("--eval-every", type=_at_least(1), default=250)
+    _add_trainer_options(grounding)
 
     bench = sub.add_parser("bench", help="quality benchmarks against the shapes world")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -231,7 +284,8 @@ def _cmd_world(args) -> int:
     from .world import WorldConfig, export_coco
 
     try:
-        config = WorldConfig(size=args.size, max_objects=args.max_objects)
+        config = WorldConfig(size=args.size, max_objects=args.max_objects, min_scale=args.min_scale,
+                             max_scale=args.max_scale)
     except ValueError as e:
         raise UserError(str(e)) from e
     if args.images < 1:
@@ -251,6 +305,22 @@ def _cmd_train(args) -> int:
         from .train.segmenter import train_segmenter
 
         print(json.dumps(train_segmenter(steps=args.steps), indent=1))
+        return 0
+    if args.train_command == "adapter":
+        from .train.adapter import AdapterRecipe, train_adapter
+
+        recipe = AdapterRecipe(steps=args.steps, batch=args.batch_size, lr=args.lr, heatmap=not args.no_heatmap,
+                               heatmap_weight=args.heatmap_weight, eval_every=args.eval_every)
+        print(json.dumps(train_adapter(args.data, args.model, args.out, recipe, args.workers, args.gpus), indent=1))
+        return 0
+    if args.train_command == "grounding":
+        from .train.grounding import GroundingRecipe, train_grounding
+
+        recipe = GroundingRecipe(base=args.base, novel=args.novel, images=args.images, base_steps=args.base_steps,
+                                 novel_steps=args.novel_steps, batch=args.batch_size, alpha=args.alpha,
+                                 beta=args.beta, eval_every=args.eval_every)
+        print(json.dumps(train_grounding(args.model, args.out, recipe, args.teacher, args.workers, args.gpus),
+                         indent=1))
         return 0
     return _train_diffusion(args)
 

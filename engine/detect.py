@@ -43,7 +43,7 @@ def hungarian_match(logits, boxes, targets: list[dict], costs: MatchCosts = Matc
     with torch.no_grad():
         for b, target in enumerate(targets):
             if len(target["labels"]) == 0:
-                empty = torch.zeros(0, dtype=torch.long)
+                empty = torch.zeros(0, dtype=torch.long, device=logits.device)
                 matches.append((empty, empty))
                 continue
             prob = logits[b].sigmoid()[:, target["labels"]]  # (Q, n)
@@ -52,7 +52,8 @@ def hungarian_match(logits, boxes, targets: list[dict], costs: MatchCosts = Matc
             cost = (costs.klass * (positive - negative) + costs.l1 * torch.cdist(boxes[b], target["boxes"], p=1)
                     - costs.giou * generalized_box_iou(_xyxy(boxes[b]), _xyxy(target["boxes"])))
             rows, cols = linear_sum_assignment(cost.cpu().numpy())
-            matches.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
+            matches.append((torch.as_tensor(rows, dtype=torch.long, device=logits.device),
+                            torch.as_tensor(cols, dtype=torch.long, device=logits.device)))
     return matches
 
 

@@ -51,14 +51,18 @@ def simulated_last_step(pipe, capture: PyramidCapture, images, generator=None) -
     (B, 3, H, W)): z0 = E(x), z1 = forward diffusion to t = 1, one UNet pass with the
     unconditional (empty-prompt) embedding."""
     import torch
+    from diffusers import DDPMScheduler
 
+    # Eq. 1 in closed form, from the training schedule: a sampler's add_noise (DPM-Solver's) looks
+    # t up in its own inference timesteps and can land far noisier than t = 1.
+    forward = DDPMScheduler.from_config(pipe.scheduler.config)
     with torch.no_grad():
         x = images.to(pipe.device, pipe.vae.dtype)
         x = x / 255 if images.dtype == torch.uint8 else x
         z0 = pipe.vae.encode(x * 2 - 1).latent_dist.sample(generator=generator) * pipe.vae.config.scaling_factor
         noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
         t = torch.ones(len(z0), dtype=torch.long, device=z0.device)
-        z1 = pipe.scheduler.add_noise(z0, noise, t)
+        z1 = forward.add_noise(z0, noise, t)
         empty, _ = pipe.encode_prompt([""] * len(z0), pipe.device, 1, False)
         pipe.unet(z1, t, encoder_hidden_states=empty)
     return capture.pyramid()

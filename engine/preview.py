@@ -17,7 +17,7 @@ def _draw(row: dict, colors: list[tuple[int, int, int]], scale: int):
     from pycocotools import mask as mask_utils
 
     image = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")).astype(np.float32)
-    for ann in row["annotations"]:
+    for ann in (a for a in row["annotations"] if a["segmentation"]):  # box heads give boxes only
         mask = mask_utils.decode({"size": ann["segmentation"]["size"],
                                   "counts": ann["segmentation"]["counts"].encode()}).astype(bool)
         image[mask] = 0.55 * image[mask] + 0.45 * np.array(colors[ann["category_id"] % len(colors)])

@@ -25,13 +25,24 @@ class ImageRequest:
 
 @dataclass
 class Instance:
+    """An object: a mask (its box follows from it), or a box alone (the box heads), in pixels."""
+
     category: str
-    mask: np.ndarray  # bool HxW
+    mask: np.ndarray | None = None  # bool HxW
     score: float = 1.0
+    box: tuple[float, float, float, float] | None = None  # x, y, w, h; None: the mask's box
 
     def bbox(self) -> list[float]:
+        if self.box is not None:
+            return [float(v) for v in self.box]
         ys, xs = np.nonzero(self.mask)
         return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+    def area(self) -> float:
+        return float(self.mask.sum()) if self.mask is not None else float(self.box[2] * self.box[3])
+
+    def is_empty(self) -> bool:
+        return not self.mask.any() if self.mask is not None else self.box[2] <= 0 or self.box[3] <= 0
 
 
 @dataclass

@@ -53,7 +53,7 @@ def open_job(spec: JobSpec) -> Store:
     return store
 
 
-def _ensure_ray(address: str | None) -> None:
+def ensure_ray(address: str | None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -129,7 +129,7 @@ class _Driver:
             if self.spec.output.startswith("memory://"):
                 self.executor = InProcessPool(self.spec)
             else:
-                _ensure_ray(address)
+                ensure_ray(address)
                 self.executor = UnitPool(self.spec)
         expanded = [dict(u, requests=[_request(self.pool_items[item], image_id, seed)
                                       for image_id, item, seed in u["images"]]) for u in units]

@@ -123,7 +123,7 @@ class UnitSink:
         if labels.semantic is not None:
             semantic_png = encode_png(labels.semantic, self.palette)
             self._put(f"coco/semantic/{name}", semantic_png)
-        annotations = [self._annotation(inst) for inst in labels.instances if inst.mask.any()]
+        annotations = [self._annotation(inst) for inst in labels.instances if not inst.is_empty()]
         for ann in annotations:
             self.counts[ann["category"]] += 1
         self.rows.append({
@@ -141,7 +141,8 @@ class UnitSink:
         })
         self.shard_annotations.extend(
             {"image_id": request.image_id, "category_id": a["category_id"], "bbox": a["bbox"], "area": a["area"],
-             "segmentation": a["segmentation"], "iscrowd": 0, "score": a["score"]} for a in annotations)
+             "iscrowd": 0, "score": a["score"], **({"segmentation": a["segmentation"]} if a["segmentation"] else {})}
+            for a in annotations)
 
     def reject(self, request: ImageRequest, reason: str) -> None:
         self.rejects.append({"image_id": request.image_id, "reference_id": request.reference_id, "reason": reason})
@@ -189,6 +190,6 @@ class UnitSink:
     def _annotation(self, instance) -> dict:
         return {
             "category_id": self.category_id[instance.category], "category": instance.category,
-            "bbox": instance.bbox(), "area": float(instance.mask.sum()), "score": float(instance.score),
-            "segmentation": _rle(instance.mask),
+            "bbox": instance.bbox(), "area": instance.area(), "score": float(instance.score),
+            "segmentation": None if instance.mask is None else _rle(instance.mask),  # box heads: boxes only
         }

@@ -65,26 +65,31 @@ def _truth_instances(semantic: np.ndarray, min_area: int) -> list[Instance]:
             for region, _ in components(semantic == CATEGORY_ID[c], semantic, min_area)]
 
 
-def box_ap(truth: list[list[Instance]], found: list[list[Instance]], size: int) -> dict:
-    """COCO box AP and AP50 of ``found`` against ``truth`` (lists per image)."""
+def box_ap(truth: list[list[Instance]], found: list[list[Instance]], size: int,
+           classes: list[str] | tuple[str, ...] = CLASSES, evaluate: list[str] | None = None) -> dict:
+    """COCO box AP and AP50 of ``found`` against ``truth`` (lists per image), over ``evaluate``
+    (a subset of ``classes``, e.g. the novel ones) or all of them."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    category_id = {c: k + 1 for k, c in enumerate(classes)}
     images = [{"id": k, "width": size, "height": size} for k in range(len(truth))]
-    annotations = [{"image_id": k, "category_id": CATEGORY_ID[i.category], "bbox": i.bbox(),
-                    "area": float(i.mask.sum()), "iscrowd": 0} for k, insts in enumerate(truth) for i in insts]
+    annotations = [{"image_id": k, "category_id": category_id[i.category], "bbox": i.bbox(),
+                    "area": i.area(), "iscrowd": 0} for k, insts in enumerate(truth) for i in insts]
     for n, annotation in enumerate(annotations):
         annotation["id"] = n + 1
-    detections = [{"image_id": k, "category_id": CATEGORY_ID[i.category], "bbox": i.bbox(), "score": i.score}
+    detections = [{"image_id": k, "category_id": category_id[i.category], "bbox": i.bbox(), "score": i.score}
                   for k, insts in enumerate(found) for i in insts]
     if not annotations or not detections:
         return {"AP": 0.0, "AP50": 0.0, "detections": len(detections), "truths": len(annotations)}
     gt = COCO()
     gt.dataset = {"images": images, "annotations": annotations,
-                  "categories": [{"id": CATEGORY_ID[c], "name": c} for c in CLASSES]}
+                  "categories": [{"id": k, "name": c} for c, k in category_id.items()]}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools narrates every stage
         gt.createIndex()
         evaluator = COCOeval(gt, gt.loadRes(detections), "bbox")
+        if evaluate is not None:
+            evaluator.params.catIds = [category_id[c] for c in evaluate]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -121,7 +126,8 @@ class _Scores:
         return out
 
 
-def _evaluate(generated, truths: list[np.ndarray], truth_instances: list[list[Instance]], min_area: int) -> dict:
+def _evaluate(generated, truths: list[np.ndarray], truth_instances: list[list[Instance]], min_area: int,
+              requests: list[ImageRequest], box_heads: dict) -> dict:
     from ..attention import bca_instances, class_maps, components, semantic_mask
 
     scores = _Scores()
@@ -141,9 +147,35 @@ def _evaluate(generated, truths: list[np.ndarray], truth_instances: list[list[In
         bca.append([Instance(captured["classes"][m], region, score)
                     for m, region, score in bca_instances(maps[0], min_area)])
     size = truths[0].shape[0]
-    return {"images": len(truths), "segmentation": scores.table(),
-            "boxes": {"bca": box_ap(truth_instances, bca, size),
-                      "attention_components": box_ap(truth_instances, attention, size)}}
+    boxes = {"bca": box_ap(truth_instances, bca, size), "attention_components": box_ap(truth_instances, attention, size)}
+    for name, head in box_heads.items():
+        found = [labels.instances for labels in head.label(requests, generated)]
+        boxes[name] = box_ap(truth_instances, found, size)
+        if name.startswith("grounding"):
+            novel = head.card["classes_seen"]["novel"]
+            boxes[name]["novel_AP50"] = box_ap(truth_instances, found, size, evaluate=novel)["AP50"]
+            boxes[name]["base_AP50"] = box_ap(truth_instances, found, size,
+                                              evaluate=[c for c in CLASSES if c not in novel])["AP50"]
+    return {"images": len(truths), "segmentation": scores.table(), "boxes": boxes}
+
+
+def _box_heads(backend) -> dict:
+    """The shipped trained box heads, at COCO's score floor (0.05), attached to ``backend`` (those
+    whose weights are missing are left out)."""
+    from ..heads.adapter import AdapterHead
+    from ..heads.grounding import GroundingHead
+    from ..spec import ClassSpec
+
+    classes = [ClassSpec(name=c) for c in CLASSES]
+    heads = {"adapter": AdapterHead(params=AdapterHead.Params(threshold=0.05), classes=classes),
+             "grounding_base_only": GroundingHead(params=GroundingHead.Params(threshold=0.05, stage="base"),
+                                                  classes=classes),
+             "grounding_self_trained": GroundingHead(params=GroundingHead.Params(threshold=0.05), classes=classes)}
+    heads = {name: head for name, head in heads.items()
+             if os.path.exists(os.path.join(head.shipped, f"{head.load_stem(head.params)}.json"))}
+    for head in heads.values():
+        head.attach(backend)
+    return heads
 
 
 def _generate(backend, requests: list[ImageRequest], batch: int):
@@ -186,6 +218,7 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
                                                       batch_size=batch_size, strength=(0.2, 0.35)), classes=[])
     head = AttentionHead(params=labeller_params, classes=[ClassSpec(name=c) for c in CLASSES])
     head.attach(backend)
+    box_heads = _box_heads(backend) if model == "embedded:shapes" else {}
     min_area = head.min_pixels(backend.size, backend.size)
     config = head.store.config
     result: dict = {
@@ -193,19 +226,21 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
         "capture": {"cross_resolutions": list(config.cross_resolutions), "self_resolution": config.self_resolution,
                     "timesteps": list(config.timesteps), "blocks": list(config.blocks),
                     "cross_keys": config.cross_keys},
-        "oracle_rendered_val": oracle_card.get("rendered_val")}
+        "oracle_rendered_val": oracle_card.get("rendered_val"),
+        "trained_heads_rendered_val": {name: h.card["val"] for name, h in box_heads.items()}}
     started = time.time()
 
     requests = _txt2img_requests(images, seed)
-    _, generated = _generate(backend, requests, batch_size)
+    kept, generated = _generate(backend, requests, batch_size)
     truths = list(segment(oracle, np.stack([g.image for g in generated])))
-    result["txt2img"] = _evaluate(generated, truths, [_truth_instances(t, min_area) for t in truths], min_area)
+    result["txt2img"] = _evaluate(generated, truths, [_truth_instances(t, min_area) for t in truths], min_area,
+                                  [requests[k] for k in kept], box_heads)
 
     requests, scenes = _img2img_requests(images, seed)
     kept, generated = _generate(backend, requests, batch_size)
     truths = [scenes[k].semantic for k in kept]
     result["img2img"] = _evaluate(generated, truths, [[Instance(i.category, i.mask) for i in scenes[k].instances]
-                                                      for k in kept], min_area)
+                                                      for k in kept], min_area, [requests[k] for k in kept], box_heads)
     result["img2img"]["strength"] = [0.2, 0.35]
     result["img2img"]["oracle_vs_reference_truth"] = _oracle_agreement(oracle, generated, truths)
     result["seconds"] = round(time.time() - started, 1)
@@ -257,11 +292,21 @@ def markdown_tables(result: dict) -> str:
               "| alpha-beta | " + " | ".join(f"{a}-{b}" for a, b in BANDS) + " |", "|---" * (len(BANDS) + 1) + "|"]
     for source in sources:
         lines.append(f"| {source} | " + " | ".join(miou(source, f"band{a}-{b}") for a, b in BANDS) + " |")
-    lines += ["", "## Boxes (COCOeval bbox)", "", "| head | AP txt2img | AP50 txt2img | AP img2img | AP50 img2img |",
-              "|---|---|---|---|---|"]
-    for head in ("bca", "attention_components"):
+    lines += ["", "## Boxes (COCOeval bbox)", "", "Rendered val: exact boxes, Eq. 4 features (trained heads only).", "",
+              "| head | AP txt2img | AP50 txt2img | AP img2img | AP50 img2img | AP50 rendered val |",
+              "|---|---|---|---|---|---|"]
+    for head in result["txt2img"]["boxes"]:
         cells = [f"{100 * result[s]['boxes'][head][k]:.1f}" for s in sources for k in ("AP", "AP50")]
-        lines.append(f"| {head} | " + " | ".join(cells) + " |")
+        val = result.get("trained_heads_rendered_val", {}).get(head)
+        rendered = "-" if val is None else f"{100 * val['AP50']:.1f}"
+        lines.append(f"| {head} | " + " | ".join(cells) + f" | {rendered} |")
+    grounding = [h for h in result["txt2img"]["boxes"] if h.startswith("grounding")]
+    if grounding:
+        lines += ["", "### Grounding: base and novel classes (AP50)", "",
+                  "| head | base txt2img | novel txt2img | base img2img | novel img2img |", "|---|---|---|---|---|"]
+        for head in grounding:
+            cells = [f"{100 * result[s]['boxes'][head][k]:.1f}" for s in sources for k in ("base_AP50", "novel_AP50")]
+            lines.append(f"| {head} | " + " | ".join(cells) + " |")
     lines += ["", "## Per-class IoU (tau 4, uncertain pixels ignored)", "",
               "| source | background | " + " | ".join(CLASSES) + " |", "|---" * (len(CLASSES) + 2) + "|"]
     for source in sources:

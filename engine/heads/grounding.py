@@ -1,0 +1,41 @@
+"""``grounding``: InstaGen's open-vocabulary grounding head. Class scores are dot products
+between query features and the class names' embeddings from the generation model's own text
+encoder, so a job may ask for classes the head never saw in training. Trained by
+`dde train grounding --base ... --novel ...` (base supervision, then mean-teacher self-training
+on novel classes); ships trained for embedded:shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..train.grounding import GROUNDING_DIR
+from .trained import TrainedBoxHead, TrainedHeadParams
+
+__all__ = ["GroundingHead"]
+
+
+class GroundingParams(TrainedHeadParams):
+    stage: Literal["self_trained", "base"] = Field(
+        default="self_trained", description="The head after self-training on novel classes, or after base "
+                                            "classes only (for comparison).")
+
+
+class GroundingHead(TrainedBoxHead):
+    Params = GroundingParams
+    name, stem, shipped = "grounding", "grounding", GROUNDING_DIR
+
+    @classmethod
+    def load_stem(cls, params) -> str:
+        return "grounding-base" if params.stage == "base" else cls.stem
+
+    def prepare(self, pipe) -> None:
+        from ..train.grounding import class_text
+
+        self.names = [c.name for c in self.classes]
+        self.text = class_text(pipe, self.names)
+
+    def vocabulary(self):
+        return self.names, self.text

@@ -1,0 +1,105 @@
+"""What the trained box heads (``adapter``, ``grounding``) share: they read the UNet feature
+pyramid of the last denoising step's conditional branch (``engine.features.PyramidCapture``,
+forward hooks on the ``diffusion`` backend's UNet) and run a detector trained by
+``dde train adapter`` / ``dde train grounding`` on it. Boxes only: instances carry no mask.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..backends.base import StrictParams
+from ..records import Generated, ImageRequest, Instance, Labels
+from ..spec import JobSpec
+from .base import Head
+
+__all__ = ["TrainedHeadParams", "TrainedBoxHead"]
+
+
+class TrainedHeadParams(StrictParams):
+    weights: str | None = Field(default=None, description="Folder of a trained head (its .safetensors and .json "
+                                                          "card). Default: the one shipped for embedded:shapes.")
+    threshold: float = Field(default=0.3, ge=0, le=1, description="Keep detections scoring at least this (delta).")
+
+
+class TrainedBoxHead(Head):
+    """Subclasses set ``name`` (the registry and `dde train` name), ``stem`` (weights file stem) and
+    ``shipped`` (the folder shipped for the embedded model), and say which class names to ask for."""
+
+    Params = TrainedHeadParams
+    name = stem = shipped = ""
+
+    @classmethod
+    def check_spec(cls, spec: JobSpec) -> list[str]:
+        from ..backends.diffusion import DiffusionParams
+
+        if spec.generator.name != "diffusion":
+            return [f"label_head.name: expected a head for {spec.generator.name!r} images, got {cls.name!r} "
+                    f"(it reads the UNet features of the 'diffusion' backend)"]
+        params = cls.Params(**spec.label_head.params)
+        model = DiffusionParams(**spec.generator.params).model
+        if params.weights is None and model != "embedded:shapes":
+            return [f"label_head.params.weights: expected the folder of a {cls.name} head trained for {model!r} "
+                    f"(`dde train {cls.name} --model {model}`), got none (the shipped one is for embedded:shapes)"]
+        return cls.check_classes(params, [c.name for c in spec.classes])
+
+    @classmethod
+    def check_classes(cls, params, names: list[str]) -> list[str]:
+        return []
+
+    @classmethod
+    def load_stem(cls, params) -> str:
+        """The weights' file stem in the folder."""
+        return cls.stem
+
+    @classmethod
+    def load(cls, params):
+        from ..train.adapter import load_detector
+
+        return load_detector(params.weights or cls.shipped, cls.load_stem(params), cls.name)
+
+    def attach(self, backend) -> None:
+        from ..features import PyramidCapture
+
+        pipe = backend.pipe
+        self.detector, self.card = self.load(self.params)
+        self.detector.to(pipe.device)
+        self.capture = PyramidCapture(pipe.unet, pipe.vae_scale_factor)
+        self.image_size = backend.size
+        self.prepare(pipe)
+        backend.observers.append(self)
+
+    def prepare(self, pipe) -> None:
+        """Once, after loading: whatever the head needs from the pipeline (text embeddings)."""
+
+    # ---- the backend's observer protocol
+    def begin_batch(self, pipe, requests: list[ImageRequest], start_steps: list[int], steps: int) -> None:
+        self._rows = len(requests)
+
+    def end_batch(self) -> list[dict]:
+        pyramid = self.capture.pyramid(rows=slice(-self._rows, None))  # the conditional half of the CFG pair
+        return [{"features": {s: level[i] for s, level in pyramid.items()}} for i in range(self._rows)]
+
+    # ---- labelling
+    def label(self, requests: list[ImageRequest], generated: list[Generated]) -> list[Labels]:
+        import torch
+
+        from ..detector import detections
+
+        todo = [k for k, g in enumerate(generated) if g.image is not None]
+        labels = [Labels([]) for _ in generated]
+        if not todo:
+            return labels
+        pyramid = {s: torch.stack([generated[k].extras["features"][s] for k in todo])
+                   for s in generated[todo[0]].extras["features"]}
+        names, text = self.vocabulary()
+        with torch.no_grad():
+            found = detections(self.detector(pyramid, text), self.params.threshold, self.image_size)
+        for k, image in zip(todo, found):
+            labels[k] = Labels([Instance(names[c], score=s, box=tuple(box)) for c, s, box in image
+                                if names[c] is not None])
+        return labels
+
+    def vocabulary(self) -> tuple[list[str | None], object]:
+        """The name of each detector class (None: not a class of this job) and the text input."""
+        raise NotImplementedError

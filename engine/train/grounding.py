@@ -1,0 +1,268 @@
+"""``dde train grounding``: InstaGen's open-vocabulary grounding head (section 3.3).
+
+1. Triplets of base classes: the ``diffusion`` backend generates images from prompts naming one
+   or two base classes; the teacher (a trained ``adapter`` head, run on the same generation's
+   last-step features) boxes the prompt's classes, and boxes scoring ``alpha`` or more are kept.
+   The grounding head trains on these (class scores: query features dot class-name embeddings).
+2. Self-training on novel classes: prompts naming novel classes; a mean teacher (EMA of the
+   student, momentum 0.999, no dropout) boxes the prompt's classes and boxes scoring ``beta`` or
+   more train the student (with dropout), while base supervision continues.
+
+Features are generated once and cached (``OUT/cache``). Writes ``grounding-base`` (after stage 1:
+the head without self-training) and ``grounding`` (after stage 2) with cards and curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+__all__ = ["GroundingRecipe", "train_grounding", "GROUNDING_DIR", "class_text"]
+
+GROUNDING_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "grounding")
+
+
+class GroundingRecipe:
+    def __init__(self, *, base: list[str], novel: list[str], images: int = 1200, base_steps: int = 2000,
+                 novel_steps: int = 1000, batch: int = 32, lr: float = 1e-3, alpha: float = 0.8, beta: float = 0.4,
+                 momentum: float = 0.999, sampling_steps: int = 20, eval_every: int = 250, val_images: int = 500,
+                 seed: int = 0):
+        self.base, self.novel, self.images = list(base), list(novel), images
+        self.base_steps, self.novel_steps, self.batch, self.lr = base_steps, novel_steps, batch, lr
+        self.alpha, self.beta, self.momentum, self.sampling_steps = alpha, beta, momentum, sampling_steps
+        self.eval_every, self.val_images, self.seed = eval_every, val_images, seed
+
+    def to_json(self) -> dict:
+        return dict(vars(self))
+
+
+def class_text(pipe, names: list[str]):
+    """(len(names), text width): each name through the pipeline's own text encoder as
+    ``[BOS] name [EOS]``, its output averaged over the name's sub-tokens."""
+    import torch
+
+    tokenizer, rows = pipe.tokenizer, []
+    with torch.no_grad():
+        for name in names:
+            pieces = tokenizer(name.replace("_", " "), add_special_tokens=False).input_ids
+            ids = torch.tensor([[tokenizer.bos_token_id, *pieces, tokenizer.eos_token_id]], device=pipe.device)
+            rows.append(pipe.text_encoder(ids)[0][0, 1:1 + len(pieces)].float().mean(0))
+    return torch.stack(rows)
+
+
+def train_grounding(model: str, out: str, recipe: GroundingRecipe, teacher: str | None = None, workers: int = 1,
+                    gpus: bool = False, device: str | None = None, cache: str | None = None) -> dict:
+    """Train on Ray Train (``device`` set: directly on that device, for benchmark sweeps). ``cache``
+    (default OUT/cache) holds the generated features, which runs that differ only in training
+    settings can share. The curve scores ``val_images`` generated images of all the classes whose
+    truth is the segmentation oracle's (embedded:shapes only). Returns the final card."""
+    from ..errors import UserError
+    from .adapter import ADAPTER_DIR
+    from .detection import run_on_ray
+
+    overlap = set(recipe.base) & set(recipe.novel)
+    if overlap or not recipe.base or not recipe.novel:
+        raise UserError(f"--base/--novel: expected two non-empty, disjoint class lists, got base {recipe.base} and "
+                        f"novel {recipe.novel}")
+    config = {"model": model, "out": os.path.abspath(out), "recipe": recipe.to_json(),
+              "teacher": os.path.abspath(teacher or ADAPTER_DIR),
+              "cache": os.path.abspath(cache or os.path.join(out, "cache"))}
+    os.makedirs(out, exist_ok=True)
+    if device:
+        _grounding_loop({**config, "device": device, "threads": os.cpu_count()})
+    else:
+        run_on_ray(_grounding_loop, config, "grounding", out, workers, gpus)
+    with open(os.path.join(out, "grounding.json")) as f:
+        return json.load(f)
+
+
+def _requests(classes: list[str], count: int, seed: int, offset: int):
+    from ..layout import derive_seed
+    from ..prompts import objects_phrase
+    from ..records import ImageRequest
+
+    rng = np.random.default_rng(seed)
+    requests = []
+    for k in range(count):
+        named = [str(c) for c in rng.choice(classes, size=min(1 + k % 2, len(classes)), replace=False)]
+        requests.append(ImageRequest(offset + k, derive_seed(seed, offset + k), f"a photograph of {objects_phrase(named)}",
+                                     classes=named))
+    return requests
+
+
+def _generate(config: dict, recipe: GroundingRecipe, classes: list[str], rank: int, device: str, offset: int,
+              count: int):
+    """Features of generated images, the adapter teacher's boxes of each prompt's classes, and the images."""
+    import torch
+
+    from ..backends.diffusion import DiffusionBackend, DiffusionParams
+    from ..heads.adapter import AdapterHead
+    from ..spec import ClassSpec
+
+    backend = DiffusionBackend(params=DiffusionParams(model=config["model"], steps=recipe.sampling_steps,
+                                                      batch_size=recipe.batch, device=device), classes=[])
+    teacher = AdapterHead(params=AdapterHead.Params(weights=config["teacher"], threshold=recipe.alpha),
+                          classes=[ClassSpec(name=c) for c in classes])
+    teacher.attach(backend)
+    requests = _requests(classes, count, recipe.seed * 7919 + rank, offset)
+    levels: dict[int, list] = {}
+    boxes, named, images = [], [], []
+    for start in range(0, len(requests), recipe.batch):
+        chunk = requests[start:start + recipe.batch]
+        generated = backend.generate(chunk)
+        for request, gen, labels in zip(chunk, generated, teacher.label(chunk, generated)):
+            if gen.image is None:
+                continue
+            for stride, level in gen.extras["features"].items():
+                levels.setdefault(stride, []).append(level.half().cpu())
+            boxes.append([[request.classes.index(i.category), *i.bbox()] for i in labels.instances
+                          if i.category in request.classes])
+            named.append(request.classes)
+            images.append(gen.image)
+    return {s: torch.stack(v) for s, v in levels.items()}, boxes, named, np.stack(images)
+
+
+def _oracle_boxes(images: np.ndarray) -> list[list]:
+    """``[class, x, y, w, h]`` per connected component of the segmentation oracle's masks."""
+    from ..evals.labels import _truth_instances
+    from ..train.segmenter import load_segmenter, segment
+
+    min_area = int(0.005 * images.shape[1] * images.shape[2])
+    return [[[i.category, *i.bbox()] for i in _truth_instances(mask, min_area)]
+            for mask in segment(load_segmenter(), images)]
+
+
+def _cached_generation(config, recipe, classes, rank, device, name, offset, count):
+    """``_generate``'s output, cached; the ``val`` set also keeps the oracle's boxes as truth."""
+    from .detection import cached, fingerprint
+
+    teacher = (config["teacher"], recipe.alpha) if name == "base" else None  # novel images keep no boxes
+    key = fingerprint(config["model"], teacher, classes, count, recipe.sampling_steps, recipe.seed)
+    path = f"{config['cache']}/{name}-{key}-{rank}"
+
+    def compute():
+        pyramid, boxes, named, images = _generate(config, recipe, classes, rank, device, offset, count)
+        side = {"boxes": boxes, "named": named, "truth": _oracle_boxes(images) if name == "val" else None}
+        with open(path + ".json", "w") as f:
+            json.dump(side, f)
+        return pyramid
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pyramid = cached(path + ".safetensors", compute)
+    with open(path + ".json") as f:
+        side = json.load(f)
+    return pyramid, side["boxes"], side["named"], side["truth"]
+
+
+def _targets(rows: list[list[float]], named: list[str], vocabulary: list[str], size: int) -> dict:
+    """Boxes ``[index into named, x, y, w, h]`` (pixels) as detector targets over ``vocabulary``."""
+    import torch
+
+    boxes = torch.tensor([[x + w / 2, y + h / 2, w, h] for _, x, y, w, h in rows], dtype=torch.float32).reshape(-1, 4)
+    return {"labels": torch.tensor([vocabulary.index(named[int(r[0])]) for r in rows], dtype=torch.long),
+            "boxes": boxes / size}
+
+
+def _grounding_loop(config: dict) -> None:
+    import copy
+
+    import torch
+
+    from ..detector import DetectorConfig, build_detector, detection_loss, detections
+    from ..models import load_pipeline
+    from ..records import Instance
+    from .detection import Schedule, WorkerContext, evaluate_boxes, train_schedule, write_curve
+    from .oracle import save_trained
+
+    worker = WorkerContext(config)
+    torch.set_num_threads(config["threads"])
+    recipe, out, device = GroundingRecipe(**config["recipe"]), config["out"], worker.device
+    base_set = _cached_generation(config, recipe, recipe.base, worker.rank, device, "base", 0, recipe.images)
+    novel_set = _cached_generation(config, recipe, recipe.novel, worker.rank, device, "novel", 10**7, recipe.images)
+    everything = recipe.base + recipe.novel
+    val = None
+    if worker.leader and config["model"] == "embedded:shapes":  # the oracle knows the shapes world only
+        features, _, _, truth = _cached_generation(config, recipe, everything, 0, device, "val", 2 * 10**7,
+                                                   recipe.val_images)
+        val = (features, [[Instance(c, box=tuple(box)) for c, *box in rows] for rows in truth])
+    pipe = load_pipeline(config["model"], device=device)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    base_text, novel_text, all_text = (class_text(pipe, names).to(device)
+                                       for names in (recipe.base, recipe.novel, everything))
+    del pipe
+
+    def evaluate() -> dict:
+        if val is None:
+            return {}
+        return evaluate_boxes(detector, {s: v.to(device) for s, v in val[0].items()}, val[1], everything, size,
+                              text=all_text, groups={"base": recipe.base, "novel": recipe.novel})
+
+    detector_config = DetectorConfig(levels={s: v.shape[1] for s, v in base_set[0].items()}, image_size=size,
+                                     text_width=base_text.shape[1])
+    torch.manual_seed(recipe.seed)
+    detector = build_detector(detector_config)
+    model = worker.prepare(detector)
+    per_worker = max(1, recipe.batch // worker.world)
+
+    def draw(dataset, step: int, salt: int):
+        features = dataset[0]
+        count = len(next(iter(features.values())))
+        drawn = torch.randint(count, (per_worker,), generator=torch.Generator().manual_seed(
+            recipe.seed * 10**7 + salt + step * worker.world + worker.rank)).tolist()
+        return {s: v[drawn].to(device).float() for s, v in features.items()}, drawn
+
+    def base_loss(step: int) -> dict:
+        pyramid, drawn = draw(base_set, step, 0)
+        targets = [_targets(base_set[1][i], base_set[2][i], recipe.base, size) for i in drawn]
+        return detection_loss(model(pyramid, base_text), targets)
+
+    card = {"model": config["model"], "teacher": config["teacher"], "recipe": recipe.to_json(),
+            "base_images": len(base_set[1]), "novel_images": len(novel_set[1]), "workers": worker.world,
+            "detector": detector_config.to_json(), "classes_seen": {"base": recipe.base, "novel": recipe.novel},
+            "teacher_boxes_per_base_image": round(float(np.mean([len(b) for b in base_set[1]])), 3)}
+
+    def finish(stem: str, schedule: Schedule, curve: list[dict], title: str, extra: dict | None = None) -> None:
+        if not worker.leader:
+            return
+        write_curve(curve, f"{out}/{stem}-curve", title)
+        save_trained(detector, out, stem, {**card, **(extra or {}), "head": "grounding", "schedule": schedule.to_json(),
+                                           "train_minutes": curve[-1]["minutes"],
+                                           "val": {k: v for k, v in curve[-1].items() if "AP" in k}})
+
+    stage1 = Schedule(recipe.base_steps, recipe.lr, recipe.batch, eval_every=recipe.eval_every)
+    curve = train_schedule(model, {"detector": detector}, lambda step: base_loss(step), stage1,
+                           f"{out}/checkpoint-base", evaluate, leader=worker.leader, report=worker.report)
+    finish("grounding-base", stage1, curve, "grounding, base classes only: val box AP50")
+
+    teacher = copy.deepcopy(detector).eval()  # weights handed from the student to the teacher (InstaGen)
+    teacher.requires_grad_(False)
+    pseudo_counts: list[int] = []
+
+    def self_training_loss(step: int) -> dict:
+        parts = base_loss(step + recipe.base_steps)
+        pyramid, drawn = draw(novel_set, step, 10**6)
+        with torch.no_grad():
+            found = detections(teacher(pyramid, novel_text), recipe.beta, size)
+        targets = []
+        for image, i in zip(found, drawn):  # the teacher's boxes of the classes the prompt named
+            named = novel_set[2][i]
+            rows = [[named.index(recipe.novel[c]), *box] for c, _, box in image if recipe.novel[c] in named]
+            targets.append(_targets(rows, named, recipe.novel, size))
+        pseudo_counts.append(sum(len(t["labels"]) for t in targets))
+        novel = detection_loss(model(pyramid, novel_text), targets)
+        return {**{f"base_{k}": v for k, v in parts.items() if k != "total"},
+                **{f"novel_{k}": v for k, v in novel.items() if k != "total"}, "total": parts["total"] + novel["total"]}
+
+    def ema(step: int) -> None:
+        with torch.no_grad():
+            for mine, theirs in zip(teacher.parameters(), detector.parameters()):
+                mine.mul_(recipe.momentum).add_(theirs.detach(), alpha=1 - recipe.momentum)
+
+    stage2 = Schedule(recipe.novel_steps, recipe.lr * 0.1, recipe.batch, eval_every=recipe.eval_every)
+    curve = train_schedule(model, {"detector": detector, "teacher": teacher}, self_training_loss, stage2,
+                           f"{out}/checkpoint-novel", evaluate, leader=worker.leader, after_step=ema,
+                           report=worker.report)
+    finish("grounding", stage2, curve, "grounding, self-training on novel classes: val box AP50",
+           {"pseudo_boxes_per_novel_image": round(float(np.mean(pseudo_counts or [0])) / per_worker, 3)})

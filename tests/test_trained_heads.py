@@ -1,0 +1,183 @@
+"""The trained box heads: the detector learns, loads deterministically, decodes boxes; `dde train
+adapter` runs on Ray Train and resumes; `dde train grounding` runs both stages; jobs with each
+head write boxes that load in pycocotools. Tiny random-weight diffusion model, CPU."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from engine.spec import parse_spec
+
+
+def tiny_detector(**overrides):
+    from engine.detector import DetectorConfig, build_detector
+
+    config = dict(levels={4: 6, 8: 10}, image_size=32, num_classes=3, width=32, query_side=4, heads=2, heatmap=True)
+    torch.manual_seed(0)
+    return build_detector(DetectorConfig(**{**config, **overrides}))
+
+
+def pyramid(batch=4, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return {4: torch.randn(batch, 6, 8, 8, generator=generator), 8: torch.randn(batch, 10, 4, 4, generator=generator)}
+
+
+TARGETS = [{"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.25]])},
+           {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])},
+           {"labels": torch.tensor([], dtype=torch.long), "boxes": torch.zeros(0, 4)},
+           {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.2, 0.8, 0.2, 0.2]])}]
+
+
+def test_a_few_training_steps_reduce_every_loss_including_the_heatmap():
+    from engine.detector import detection_loss
+
+    model, features = tiny_detector(), pyramid()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        parts = detection_loss(model(features), TARGETS)
+        first = first or {k: float(v) for k, v in parts.items()}
+        optimizer.zero_grad()
+        parts["total"].backward()
+        optimizer.step()
+    last = {k: float(v) for k, v in detection_loss(model(features), TARGETS).items()}
+    assert set(last) == {"focal", "l1", "giou", "heatmap", "total"}
+    assert last["total"] < 0.5 * first["total"] and last["heatmap"] < first["heatmap"]
+
+
+def test_grounding_scores_any_class_name_embedding():
+    model = tiny_detector(num_classes=0, text_width=12, heatmap=False).eval()
+    out = model(pyramid(2), torch.randn(5, 12))
+    assert out["logits"].shape == (2, 16, 5) and out["heatmap"] is None
+    with pytest.raises(ValueError, match="text embeddings"):
+        model(pyramid(2))
+
+
+def test_saved_head_loads_deterministically(tmp_path):
+    from engine.train.adapter import load_detector
+    from engine.train.oracle import save_trained
+
+    model = tiny_detector()
+    save_trained(model, str(tmp_path), "adapter", {"classes": ["a", "b", "c"], "detector": model.config.to_json()})
+    first, card = load_detector(str(tmp_path), "adapter", "adapter")
+    again, _ = load_detector(str(tmp_path), "adapter", "adapter")
+    features = pyramid()
+    with torch.no_grad():
+        a, b, c = first(features), first(features), again(features)
+    assert card["classes"] == ["a", "b", "c"] and not first.training
+    assert torch.equal(a["logits"], b["logits"]) and torch.equal(a["logits"], c["logits"])
+    assert torch.equal(a["boxes"], c["boxes"])
+
+
+def test_detections_keep_scores_above_the_threshold_in_pixels():
+    from engine.detector import detections
+
+    logits = torch.full((1, 3, 2), -9.0)
+    logits[0, 0, 1], logits[0, 2, 0] = 2.0, -0.5  # sigmoid 0.88 and 0.38
+    boxes = torch.tensor([[[0.5, 0.5, 0.5, 0.25], [0.1, 0.1, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2]]])
+    found = detections({"logits": logits, "boxes": boxes}, threshold=0.3, image_size=64)
+    assert [(c, round(s, 2)) for c, s, _ in found[0]] == [(1, 0.88), (0, 0.38)]
+    assert found[0][0][2] == pytest.approx([16.0, 24.0, 32.0, 16.0])
+    assert detections({"logits": logits, "boxes": boxes}, threshold=0.5, image_size=64)[0][0][0] == 1
+
+
+# ---- training commands and jobs (real Ray Train, tiny model)
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    from engine.world import WorldConfig, export_coco
+
+    folder = tmp_path_factory.mktemp("world")
+    config = WorldConfig(size=32, max_objects=2, min_scale=0.3, max_scale=0.5)
+    export_coco(folder, 24, "train", config=config)
+    export_coco(folder, 8, "val", config=config)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_world, tiny_model, tmp_path_factory, ray_local):
+    from engine.train.adapter import AdapterRecipe, train_adapter
+
+    out = str(tmp_path_factory.mktemp("adapter"))
+    card = train_adapter(tiny_world, tiny_model, out, AdapterRecipe(steps=4, batch=4, eval_every=2))
+    return out, card
+
+
+def test_train_adapter_runs_on_ray_train_and_resumes(tiny_adapter, tiny_world, tiny_model):
+    from engine.train.adapter import AdapterRecipe, train_adapter
+
+    out, card = tiny_adapter
+    assert card["classes"][:2] == ["circle", "square"] and card["train_images"] == 24 and card["val_images"] == 8
+    assert set(card["val"]) == {"AP", "AP50"} and os.path.exists(f"{out}/curve.png")
+    assert [row["step"] for row in json.load(open(f"{out}/checkpoint/meta.json"))["curve"]] == [2, 4]
+    longer = train_adapter(tiny_world, tiny_model, out, AdapterRecipe(steps=6, batch=4, eval_every=2))
+    steps = [int(line.split(",")[0]) for line in open(f"{out}/curve.csv").read().split()[1:]]
+    assert steps == [2, 4, 6] and longer["schedule"]["steps"] == 6  # resumed at 4, not restarted
+
+
+def test_bad_coco_folder_is_one_clear_error(tmp_path):
+    from engine.cli import main
+
+    assert main(["train", "adapter", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def box_job(spec_data, tiny_model, head, params, classes):
+    import pyarrow.parquet as pq
+    from pycocotools.coco import COCO
+
+    from engine.runner import run_job
+
+    spec_data.update(classes=classes, lower_bound=1, budget={"max_images": 4, "max_waves": 1}, unit_size=4,
+                     wave_size=4)
+    spec_data["generator"] = {"name": "diffusion", "params": {"model": tiny_model, "steps": 2, "batch_size": 4}}
+    spec_data["label_head"] = {"name": head, "params": params}
+    run_job(parse_spec(spec_data), quiet=True)
+    out = spec_data["output"]
+    return pq.read_table(os.path.join(out, "parquet")).to_pylist(), COCO(os.path.join(out, "coco", "instances.json"))
+
+
+def check_boxes(rows, coco, classes):
+    annotations = coco.loadAnns(coco.getAnnIds())
+    assert annotations, "threshold 0 keeps every query: there must be boxes"
+    assert {c["name"] for c in coco.loadCats(coco.getCatIds())} == set(classes)
+    for ann in annotations:
+        x, y, w, h = ann["bbox"]
+        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= 32.01 and y + h <= 32.01
+        assert "segmentation" not in ann and ann["area"] == pytest.approx(w * h, rel=1e-4)
+    assert all(a["segmentation"] is None for r in rows for a in r["annotations"])
+    results = coco.loadRes([{**a, "score": a["score"]} for a in annotations])  # loads as detections too
+    assert len(results.getAnnIds()) == len(annotations)
+
+
+def test_adapter_job_writes_boxes_that_load_in_pycocotools(spec_data, tiny_model, tiny_adapter, ray_local):
+    classes = ["circle", "square", "star"]
+    rows, coco = box_job(spec_data, tiny_model, "adapter", {"weights": tiny_adapter[0], "threshold": 0.0}, classes)
+    check_boxes(rows, coco, classes)
+
+
+def test_adapter_rejects_classes_it_was_not_trained_on(spec_data, tiny_model, tiny_adapter):
+    from engine.errors import SpecError
+
+    spec_data.update(classes=["circle", "zebra"])
+    spec_data["generator"] = {"name": "diffusion", "params": {"model": tiny_model}}
+    spec_data["label_head"] = {"name": "adapter", "params": {"weights": tiny_adapter[0]}}
+    with pytest.raises(SpecError, match="zebra"):
+        parse_spec(spec_data)
+
+
+def test_grounding_trains_both_stages_and_its_job_takes_unseen_names(spec_data, tiny_model, tiny_adapter, tmp_path,
+                                                                     ray_local):
+    from engine.train.grounding import GroundingRecipe, train_grounding
+
+    recipe = GroundingRecipe(base=["circle", "square"], novel=["star"], images=8, base_steps=2, novel_steps=2,
+                             batch=4, eval_every=2, val_images=8, alpha=0.0, beta=0.0, sampling_steps=2)
+    out = str(tmp_path / "grounding")
+    card = train_grounding(tiny_model, out, recipe, teacher=tiny_adapter[0], device="cpu")
+    base_card = json.load(open(f"{out}/grounding-base.json"))
+    assert card["val"] == {} and base_card["recipe"]["novel"] == ["star"]  # no oracle for a non-shapes model
+    assert card["teacher_boxes_per_base_image"] > 0 and card["pseudo_boxes_per_novel_image"] > 0
+    classes = ["circle", "hexagon"]  # a name no training ever saw
+    rows, coco = box_job(spec_data, tiny_model, "grounding", {"weights": out, "threshold": 0.0}, classes)
+    check_boxes(rows, coco, classes)
