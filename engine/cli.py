@@ -148,7 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     grounding.add_argument("--base", required=True, type=_names, help="comma-separated base classes")
     grounding.add_argument("--novel", required=True, type=_names, help="comma-separated novel classes")
     grounding.add_argument("--model", default="embedded:shapes")
-    grounding.add_argument("--teacher", help="trained adapter folder (default: the one shipped for embedded:shapes)")
+    grounding.add_argument("--teacher", default="world",
+                           help="'world' (the references' exact boxes) or a trained adapter folder, whose boxes "
+                                "scoring --alpha or more are kept")
     grounding.add_argument("--out", required=True, help="training folder; rerun the command to resume")
     grounding.add_argument("--images", type=_at_least(1), default=1200, help="generated images per stage")
     grounding.add_argument("--base-steps", type=_at_least(1), default=2000)

@@ -5,7 +5,6 @@ head write boxes that load in pycocotools. Tiny random-weight diffusion model, C
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -176,7 +175,7 @@ def test_grounding_trains_both_stages_and_its_job_takes_unseen_names(spec_data, 
     out = str(tmp_path / "grounding")
     card = train_grounding(tiny_model, out, recipe, teacher=tiny_adapter[0], device="cpu")
     base_card = json.load(open(f"{out}/grounding-base.json"))
-    assert card["val"] == {} and base_card["recipe"]["novel"] == ["star"]  # no oracle for a non-shapes model
+    assert {"novel_AP50", "base_AP50"} <= set(card["val"]) and base_card["recipe"]["novel"] == ["star"]
     assert card["teacher_boxes_per_base_image"] > 0 and card["pseudo_boxes_per_novel_image"] > 0
     classes = ["circle", "hexagon"]  # a name no training ever saw
     rows, coco = box_job(spec_data, tiny_model, "grounding", {"weights": out, "threshold": 0.0}, classes)

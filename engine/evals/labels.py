@@ -168,6 +168,8 @@ def _box_heads(backend) -> dict:
 
     classes = [ClassSpec(name=c) for c in CLASSES]
     heads = {"adapter": AdapterHead(params=AdapterHead.Params(threshold=0.05), classes=classes),
+             "adapter_last_step": AdapterHead(params=AdapterHead.Params(threshold=0.05, features="last_step"),
+                                              classes=classes),
              "grounding_base_only": GroundingHead(params=GroundingHead.Params(threshold=0.05, stage="base"),
                                                   classes=classes),
              "grounding_self_trained": GroundingHead(params=GroundingHead.Params(threshold=0.05), classes=classes)}

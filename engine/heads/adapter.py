@@ -19,11 +19,7 @@ class AdapterHead(TrainedBoxHead):
         import json
         import os
 
-        card_path = os.path.join(params.weights or ADAPTER_DIR, "adapter.json")
-        if not os.path.exists(card_path):
-            return [f"label_head.params.weights: expected a trained adapter (adapter.json and .safetensors), "
-                    f"got none at {card_path}; run `dde train adapter`"]
-        with open(card_path) as f:
+        with open(os.path.join(params.weights or ADAPTER_DIR, "adapter.json")) as f:
             known = json.load(f)["classes"]
         unknown = [n for n in names if n not in known]
         if unknown:

@@ -1,10 +1,22 @@
-"""What the trained box heads (``adapter``, ``grounding``) share: they read the UNet feature
-pyramid of the last denoising step's conditional branch (``engine.features.PyramidCapture``,
-forward hooks on the ``diffusion`` backend's UNet) and run a detector trained by
-``dde train adapter`` / ``dde train grounding`` on it. Boxes only: instances carry no mask.
+"""What the trained box heads (``adapter``, ``grounding``) share: they read a UNet feature
+pyramid (``engine.features.PyramidCapture``, forward hooks on the ``diffusion`` backend's UNet)
+and run a detector trained by ``dde train adapter`` / ``dde train grounding`` on it. Boxes only:
+instances carry no mask.
+
+Two sources of features (param ``features``):
+
+- ``simulated`` (default): Eq. 4 applied to the generated image (encode, noise to t = 1, one
+  UNet pass with the empty prompt), exactly what the adapter is trained on. One extra UNet
+  pass per image, against 2 x steps for sampling with CFG.
+- ``last_step``: the last denoising step's conditional branch, as in the paper. Free, but a
+  sampler's last step is not t = 1 (DPM-Solver++ at 20 steps ends at t = 50) and it is
+  conditioned on the prompt, so the features drift from the training ones; on the embedded
+  model the head scores lower there (``bench/results/labels.md``).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -17,6 +29,9 @@ __all__ = ["TrainedHeadParams", "TrainedBoxHead"]
 
 
 class TrainedHeadParams(StrictParams):
+    features: Literal["simulated", "last_step"] = Field(
+        default="simulated", description="Eq. 4 on the generated image (as in training), or the last denoising "
+                                         "step's conditional branch.")
     weights: str | None = Field(default=None, description="Folder of a trained head (its .safetensors and .json "
                                                           "card). Default: the one shipped for embedded:shapes.")
     threshold: float = Field(default=0.3, ge=0, le=1, description="Keep detections scoring at least this (delta).")
@@ -36,11 +51,17 @@ class TrainedBoxHead(Head):
         if spec.generator.name != "diffusion":
             return [f"label_head.name: expected a head for {spec.generator.name!r} images, got {cls.name!r} "
                     f"(it reads the UNet features of the 'diffusion' backend)"]
+        import os
+
         params = cls.Params(**spec.label_head.params)
         model = DiffusionParams(**spec.generator.params).model
         if params.weights is None and model != "embedded:shapes":
             return [f"label_head.params.weights: expected the folder of a {cls.name} head trained for {model!r} "
                     f"(`dde train {cls.name} --model {model}`), got none (the shipped one is for embedded:shapes)"]
+        card = os.path.join(params.weights or cls.shipped, f"{cls.load_stem(params)}.json")
+        if not os.path.exists(card):
+            return [f"label_head.params.weights: expected a trained {cls.name} head ({os.path.basename(card)} and its "
+                    f".safetensors), got none at {os.path.dirname(card)}; run `dde train {cls.name}`"]
         return cls.check_classes(params, [c.name for c in spec.classes])
 
     @classmethod
@@ -64,10 +85,12 @@ class TrainedBoxHead(Head):
         pipe = backend.pipe
         self.detector, self.card = self.load(self.params)
         self.detector.to(pipe.device)
+        self.pipe = pipe
         self.capture = PyramidCapture(pipe.unet, pipe.vae_scale_factor)
         self.image_size = backend.size
         self.prepare(pipe)
-        backend.observers.append(self)
+        if self.params.features == "last_step":
+            backend.observers.append(self)
 
     def prepare(self, pipe) -> None:
         """Once, after loading: whatever the head needs from the pipeline (text embeddings)."""
@@ -78,9 +101,32 @@ class TrainedBoxHead(Head):
 
     def end_batch(self) -> list[dict]:
         pyramid = self.capture.pyramid(rows=slice(-self._rows, None))  # the conditional half of the CFG pair
-        return [{"features": {s: level[i] for s, level in pyramid.items()}} for i in range(self._rows)]
+        return [{self.features_key: {s: level[i] for s, level in pyramid.items()}} for i in range(self._rows)]
 
     # ---- labelling
+    @property
+    def features_key(self) -> str:
+        """Where each image's pyramid is in ``Generated.extras``: "simulated_features" or "last_step_features"."""
+        return f"{self.params.features}_features"
+
+    def features(self, requests: list[ImageRequest], generated: list[Generated], todo: list[int]) -> dict:
+        """The pyramid of the images ``todo``; with ``simulated`` features each image's own is also
+        left in its extras (training reads them there)."""
+        import numpy as np
+        import torch
+
+        from ..features import simulated_last_step
+
+        if self.params.features == "simulated":
+            images = torch.from_numpy(np.stack([generated[k].image for k in todo])).permute(0, 3, 1, 2)
+            noise = torch.Generator(self.pipe.device).manual_seed(requests[todo[0]].seed)  # reruns repeat it
+            pyramid = simulated_last_step(self.pipe, self.capture, images, noise)
+            for i, k in enumerate(todo):
+                generated[k].extras[self.features_key] = {s: level[i] for s, level in pyramid.items()}
+            return pyramid
+        return {s: torch.stack([generated[k].extras[self.features_key][s] for k in todo])
+                for s in generated[todo[0]].extras[self.features_key]}
+
     def label(self, requests: list[ImageRequest], generated: list[Generated]) -> list[Labels]:
         import torch
 
@@ -90,8 +136,7 @@ class TrainedBoxHead(Head):
         labels = [Labels([]) for _ in generated]
         if not todo:
             return labels
-        pyramid = {s: torch.stack([generated[k].extras["features"][s] for k in todo])
-                   for s in generated[todo[0]].extras["features"]}
+        pyramid = self.features(requests, generated, todo)
         names, text = self.vocabulary()
         with torch.no_grad():
             found = detections(self.detector(pyramid, text), self.params.threshold, self.image_size)

@@ -32,17 +32,11 @@ def train_adapter(data: str, model: str, out: str, recipe: AdapterRecipe, worker
                   device: str | None = None) -> dict:
     """Train on Ray Train (see ``run_on_ray``; ``device`` set: directly on that device, for
     benchmark sweeps); returns the model card."""
-    from .detection import load_coco, run_on_ray
+    from .detection import launch, load_coco
 
     load_coco(data, "train")  # a wrong folder fails here, with its message, before Ray starts
-    os.makedirs(out, exist_ok=True)
     config = {"data": os.path.abspath(data), "model": model, "out": os.path.abspath(out), "recipe": recipe.to_json()}
-    if device:
-        _adapter_loop({**config, "device": device, "threads": os.cpu_count()})
-    else:
-        run_on_ray(_adapter_loop, config, "adapter", out, workers, gpus)
-    with open(os.path.join(out, "adapter.json")) as f:
-        return json.load(f)
+    return launch(_adapter_loop, config, "adapter", workers, gpus, device)
 
 
 def _split(data: str, val_images: int):

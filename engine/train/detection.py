@@ -18,8 +18,8 @@ from ..errors import UserError
 from ..records import Instance
 from . import flushed_print
 
-__all__ = ["load_coco", "FeatureExtractor", "cached", "Schedule", "train_schedule", "evaluate_boxes",
-           "write_curve", "run_on_ray", "worker_share", "targets_batch", "WorkerContext"]
+__all__ = ["load_coco", "FeatureExtractor", "cached", "fingerprint", "Schedule", "train_schedule", "evaluate_boxes",
+           "write_curve", "launch", "run_on_ray", "worker_share", "targets_batch", "WorkerContext"]
 
 
 # ---- data
@@ -221,6 +221,19 @@ def write_curve(curve: list[dict], path_stem: str, title: str, metric: str = "AP
 
 
 # ---- Ray Train
+def launch(loop, config: dict, name: str, workers: int = 1, gpus: bool = False, device: str | None = None) -> dict:
+    """``loop(config)`` on Ray Train (or, with ``device``, directly on that device, for benchmark
+    sweeps), then the card ``OUT/NAME.json`` it wrote."""
+    out = config["out"]
+    os.makedirs(out, exist_ok=True)
+    if device:
+        loop({**config, "device": device, "threads": os.cpu_count()})
+    else:
+        run_on_ray(loop, config, name, out, workers, gpus)
+    with open(os.path.join(out, f"{name}.json")) as f:
+        return json.load(f)
+
+
 def run_on_ray(loop, config: dict, name: str, out: str, workers: int = 1, gpus: bool = False) -> None:
     """``loop(config)`` on ``workers`` Ray Train workers (``TorchTrainer``; DDP when more than one).
     A laptop gets one CPU worker with the machine's cores; Ray checkpoints land under ``out``/ray."""

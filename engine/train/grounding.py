@@ -1,14 +1,18 @@
 """``dde train grounding``: InstaGen's open-vocabulary grounding head (section 3.3).
 
-1. Triplets of base classes: the ``diffusion`` backend generates images from prompts naming one
-   or two base classes; the teacher (a trained ``adapter`` head, run on the same generation's
-   last-step features) boxes the prompt's classes, and boxes scoring ``alpha`` or more are kept.
+1. Triplets of base classes: the ``diffusion`` backend generates img2img images (strength
+   0.2-0.5) from rendered references of the shapes world that hold base classes only, prompted
+   with their captions. The teacher boxes them: ``world`` (the references' exact boxes, which
+   low-strength img2img keeps), or a trained ``adapter`` head, whose boxes scoring ``alpha`` or
+   more are kept.
    The grounding head trains on these (class scores: query features dot class-name embeddings).
-2. Self-training on novel classes: prompts naming novel classes; a mean teacher (EMA of the
-   student, momentum 0.999, no dropout) boxes the prompt's classes and boxes scoring ``beta`` or
-   more train the student (with dropout), while base supervision continues.
+2. Self-training on novel classes: references holding novel classes only; a mean teacher (EMA
+   of the student, momentum 0.999, no dropout) boxes the named classes, and boxes scoring
+   ``beta`` or more train the student (with dropout), while base supervision continues.
 
-Features are generated once and cached (``OUT/cache``). Writes ``grounding-base`` (after stage 1:
+The curve is scored on img2img images of all the classes at strength 0.2-0.35, where the
+references' exact boxes are the truth (the layout is kept). Features are generated once and
+cached (``OUT/cache``). Writes ``grounding-base`` (after stage 1:
 the head without self-training) and ``grounding`` (after stage 2) with cards and curves.
 """
 
@@ -52,101 +56,102 @@ def class_text(pipe, names: list[str]):
     return torch.stack(rows)
 
 
-def train_grounding(model: str, out: str, recipe: GroundingRecipe, teacher: str | None = None, workers: int = 1,
+def train_grounding(model: str, out: str, recipe: GroundingRecipe, teacher: str = "world", workers: int = 1,
                     gpus: bool = False, device: str | None = None, cache: str | None = None) -> dict:
     """Train on Ray Train (``device`` set: directly on that device, for benchmark sweeps). ``cache``
     (default OUT/cache) holds the generated features, which runs that differ only in training
-    settings can share. The curve scores ``val_images`` generated images of all the classes whose
-    truth is the segmentation oracle's (embedded:shapes only). Returns the final card."""
+    settings can share. Returns the final card."""
     from ..errors import UserError
-    from .adapter import ADAPTER_DIR
-    from .detection import run_on_ray
+    from .detection import launch
 
     overlap = set(recipe.base) & set(recipe.novel)
     if overlap or not recipe.base or not recipe.novel:
         raise UserError(f"--base/--novel: expected two non-empty, disjoint class lists, got base {recipe.base} and "
                         f"novel {recipe.novel}")
     config = {"model": model, "out": os.path.abspath(out), "recipe": recipe.to_json(),
-              "teacher": os.path.abspath(teacher or ADAPTER_DIR),
+              "teacher": teacher if teacher == "world" else os.path.abspath(teacher),
               "cache": os.path.abspath(cache or os.path.join(out, "cache"))}
-    os.makedirs(out, exist_ok=True)
-    if device:
-        _grounding_loop({**config, "device": device, "threads": os.cpu_count()})
-    else:
-        run_on_ray(_grounding_loop, config, "grounding", out, workers, gpus)
-    with open(os.path.join(out, "grounding.json")) as f:
-        return json.load(f)
+    return launch(_grounding_loop, config, "grounding", workers, gpus, device)
 
 
 def _requests(classes: list[str], count: int, seed: int, offset: int):
+    """img2img requests from rendered references of the model's world holding only ``classes``
+    (one or two of them named as required), captioned with every object, and the scenes."""
     from ..layout import derive_seed
-    from ..prompts import objects_phrase
     from ..records import ImageRequest
+    from ..world import render_scene
+    from .oracle import model_world
 
     rng = np.random.default_rng(seed)
-    requests = []
+    requests, scenes = [], []
     for k in range(count):
         named = [str(c) for c in rng.choice(classes, size=min(1 + k % 2, len(classes)), replace=False)]
-        requests.append(ImageRequest(offset + k, derive_seed(seed, offset + k), f"a photograph of {objects_phrase(named)}",
-                                     classes=named))
-    return requests
+        scene = render_scene(derive_seed(seed, offset + k), named, model_world(), extra_classes=classes)
+        requests.append(ImageRequest(offset + k, derive_seed(seed, 10**8 + offset + k), scene.caption,
+                                     classes=list(dict.fromkeys(i.category for i in scene.instances)),
+                                     reference_id=str(offset + k), reference=scene.image))
+        scenes.append(scene)
+    return requests, scenes
 
 
 def _generate(config: dict, recipe: GroundingRecipe, classes: list[str], rank: int, device: str, offset: int,
-              count: int):
-    """Features of generated images, the adapter teacher's boxes of each prompt's classes, and the images."""
+              count: int, strength: tuple[float, float]):
+    """Eq. 4 features of img2img images from references (what the heads read by default), each
+    image's teacher boxes of its classes, and the references' exact boxes (the truth at low
+    strength). The teacher is ``world`` (those exact boxes) or a trained adapter's folder."""
     import torch
 
     from ..backends.diffusion import DiffusionBackend, DiffusionParams
+    from ..features import PyramidCapture, simulated_last_step
     from ..heads.adapter import AdapterHead
     from ..spec import ClassSpec
 
     backend = DiffusionBackend(params=DiffusionParams(model=config["model"], steps=recipe.sampling_steps,
-                                                      batch_size=recipe.batch, device=device), classes=[])
-    teacher = AdapterHead(params=AdapterHead.Params(weights=config["teacher"], threshold=recipe.alpha),
-                          classes=[ClassSpec(name=c) for c in classes])
-    teacher.attach(backend)
-    requests = _requests(classes, count, recipe.seed * 7919 + rank, offset)
+                                                      batch_size=recipe.batch, device=device, strength=strength),
+                               classes=[])
+    teacher = None
+    if config["teacher"] != "world":
+        teacher = AdapterHead(params=AdapterHead.Params(weights=config["teacher"], threshold=recipe.alpha),
+                              classes=[ClassSpec(name=c) for c in classes])
+        teacher.attach(backend)
+    capture = PyramidCapture(backend.pipe.unet, backend.pipe.vae_scale_factor)
+    requests, scenes = _requests(classes, count, recipe.seed * 7919 + rank, offset)
     levels: dict[int, list] = {}
-    boxes, named, images = [], [], []
+    boxes, named, truth = [], [], []
     for start in range(0, len(requests), recipe.batch):
         chunk = requests[start:start + recipe.batch]
         generated = backend.generate(chunk)
-        for request, gen, labels in zip(chunk, generated, teacher.label(chunk, generated)):
-            if gen.image is None:
-                continue
-            for stride, level in gen.extras["features"].items():
-                levels.setdefault(stride, []).append(level.half().cpu())
-            boxes.append([[request.classes.index(i.category), *i.bbox()] for i in labels.instances
-                          if i.category in request.classes])
+        kept = [k for k, g in enumerate(generated) if g.image is not None]
+        images = torch.from_numpy(np.stack([generated[k].image for k in kept])).permute(0, 3, 1, 2)
+        pyramid = simulated_last_step(backend.pipe, capture, images, torch.Generator(device).manual_seed(chunk[0].seed))
+        for stride, level in pyramid.items():
+            levels.setdefault(stride, []).append(level.half().cpu())
+        labels = teacher.label(chunk, generated) if teacher else None
+        for k in kept:
+            request, scene = chunk[k], scenes[start + k]
+            scale = backend.size / scene.image.shape[0]  # references are resized to the model's size
+            exact = [[i.category, *(v * scale for v in i.bbox)] for i in scene.instances]
+            found = ([[i.category, *i.bbox()] for i in labels[k].instances] if teacher else exact)
+            boxes.append([[request.classes.index(c), *box] for c, *box in found if c in request.classes])
             named.append(request.classes)
-            images.append(gen.image)
-    return {s: torch.stack(v) for s, v in levels.items()}, boxes, named, np.stack(images)
-
-
-def _oracle_boxes(images: np.ndarray) -> list[list]:
-    """``[class, x, y, w, h]`` per connected component of the segmentation oracle's masks."""
-    from ..evals.labels import _truth_instances
-    from ..train.segmenter import load_segmenter, segment
-
-    min_area = int(0.005 * images.shape[1] * images.shape[2])
-    return [[[i.category, *i.bbox()] for i in _truth_instances(mask, min_area)]
-            for mask in segment(load_segmenter(), images)]
+            truth.append(exact)
+    return {s: torch.cat(v) for s, v in levels.items()}, boxes, named, truth
 
 
 def _cached_generation(config, recipe, classes, rank, device, name, offset, count):
-    """``_generate``'s output, cached; the ``val`` set also keeps the oracle's boxes as truth."""
+    """``_generate``'s output, cached; ``val`` images keep the layout (strength 0.2-0.35), so
+    their references' boxes are the truth."""
     from .detection import cached, fingerprint
 
-    teacher = (config["teacher"], recipe.alpha) if name == "base" else None  # novel images keep no boxes
-    key = fingerprint(config["model"], teacher, classes, count, recipe.sampling_steps, recipe.seed)
+    strength = (0.2, 0.35) if name == "val" else (0.2, 0.5)
+    teacher = (config["teacher"], recipe.alpha) if name == "base" else None  # other sets use no teacher boxes
+    key = fingerprint(config["model"], teacher, classes, count, strength, recipe.sampling_steps, recipe.seed)
     path = f"{config['cache']}/{name}-{key}-{rank}"
 
     def compute():
-        pyramid, boxes, named, images = _generate(config, recipe, classes, rank, device, offset, count)
-        side = {"boxes": boxes, "named": named, "truth": _oracle_boxes(images) if name == "val" else None}
+        pyramid, boxes, named, truth = _generate(config, recipe, classes, rank, device, offset, count, strength)
         with open(path + ".json", "w") as f:
-            json.dump(side, f)
+            json.dump({"boxes": boxes, "named": named, "truth": truth}, f)
         return pyramid
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -183,7 +188,7 @@ def _grounding_loop(config: dict) -> None:
     novel_set = _cached_generation(config, recipe, recipe.novel, worker.rank, device, "novel", 10**7, recipe.images)
     everything = recipe.base + recipe.novel
     val = None
-    if worker.leader and config["model"] == "embedded:shapes":  # the oracle knows the shapes world only
+    if worker.leader:
         features, _, _, truth = _cached_generation(config, recipe, everything, 0, device, "val", 2 * 10**7,
                                                    recipe.val_images)
         val = (features, [[Instance(c, box=tuple(box)) for c, *box in rows] for rows in truth])
