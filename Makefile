@@ -18,12 +18,14 @@ demo: $(STAMP)
 	@test -f out/world/annotations/instances_train.json || \
 	  $(BIN)/dde world export --out out/world --images 200 --split train
 	$(BIN)/dde run jobs/examples/shapes-img2img.yaml --output out/shapes-img2img
+	$(BIN)/dde run jobs/examples/shapes-boxes.yaml --output out/shapes-boxes
 	$(BIN)/dde run jobs/examples/shapes-render.yaml --output out/shapes-render
 	$(BIN)/dde status out/shapes-masks
 	@echo
 	@echo "Look at: out/shapes-masks/preview.png (the embedded diffusion model, txt2img on CPU, with"
 	@echo "         masks from its own attention; coco/semantic/ holds the masks, 255 = uncertain),"
 	@echo "         out/shapes-img2img/preview.png (img2img from rendered references),"
+	@echo "         out/shapes-boxes/preview.png (img2img with boxes from the trained Detection-Adapter),"
 	@echo "         out/shapes-render/preview.png (rendered scenes with exact masks and boxes),"
 	@echo "         and in each: README.md (dataset card), coco/instances.json, coco/images/, parquet/"
 

@@ -23,3 +23,19 @@ def test_pyramid_groups_block_outputs_by_stride_and_eq4_is_deterministic(tiny_mo
     capture.remove()
     pipe.unet(torch.zeros(1, 4, 8, 8), 1, encoder_hidden_states=torch.zeros(1, 32, 128))
     assert torch.equal(capture.pyramid()[4], again[4])  # removed hooks record nothing new
+
+
+def test_eq4_noises_to_t1_of_the_training_schedule_whatever_the_sampler(tiny_model):
+    """DPM-Solver's add_noise looks t up among its inference timesteps; Eq. 4 must not."""
+    from engine.features import PyramidCapture, simulated_last_step
+    from engine.models import load_pipeline
+
+    pipe = load_pipeline(tiny_model, device="cpu")  # DPM-Solver++
+    pipe.scheduler.set_timesteps(20)
+    seen = {}
+    pipe.unet.register_forward_pre_hook(lambda module, args: seen.update(z1=args[0]))
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    simulated_last_step(pipe, PyramidCapture(pipe.unet, pipe.vae_scale_factor), images, torch.Generator().manual_seed(0))
+    z0 = pipe.vae.encode(images.float() / 127.5 - 1).latent_dist.sample(torch.Generator().manual_seed(0))
+    z0 = z0 * pipe.vae.config.scaling_factor
+    assert (seen["z1"] - z0).std() < 0.1  # unit noise times sqrt(1 - alpha_bar_1), about 0.03; not about 1

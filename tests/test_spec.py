@@ -20,6 +20,8 @@ def test_example_specs_load():
     for name in ("shapes-render", "shapes-jsonl", "shapes-references"):
         spec = load_spec(f"{REPO}/jobs/examples/{name}.yaml")
         assert spec.budget.max_images >= 400
+    for name in ("shapes-masks", "shapes-boxes", "shapes-open-vocab"):
+        assert load_spec(f"{REPO}/jobs/examples/{name}.yaml").label_head.name in ("attention", "adapter", "grounding")
     spec = load_spec(f"{REPO}/jobs/examples/shapes-render.yaml")
     assert spec.bounds()["cross"] == 400 and spec.bounds()["circle"] == 300
     assert spec.class_specs[0].synonyms == ["disc"]

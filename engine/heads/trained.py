@@ -9,9 +9,9 @@ Two sources of features (param ``features``):
   UNet pass with the empty prompt), exactly what the adapter is trained on. One extra UNet
   pass per image, against 2 x steps for sampling with CFG.
 - ``last_step``: the last denoising step's conditional branch, as in the paper. Free, but a
-  sampler's last step is not t = 1 (DPM-Solver++ at 20 steps ends at t = 50) and it is
-  conditioned on the prompt, so the features drift from the training ones; on the embedded
-  model the head scores lower there (``bench/results/labels.md``).
+  sampler's last step is not t = 1 (DPM-Solver++ ends at t = 50 at 20 steps, 40 at 25) and it is
+  conditioned on the prompt, so the features drift from the training ones. On the embedded
+  model both score about the same (``bench/results/labels.md``, ``adapter_last_step``).
 """
 
 from __future__ import annotations
