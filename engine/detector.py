@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .detect import MatchCosts
+
 __all__ = ["DetectorConfig", "build_detector", "detections", "detection_loss", "LossWeights"]
 
 PRIOR_PROBABILITY = 0.01  # focal-loss prior: every query starts as "nothing here"
@@ -54,12 +56,10 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True)
-class LossWeights:
-    """DINO's loss weights, and the PROPS heatmap MSE weight."""
+class LossWeights(MatchCosts):
+    """DINO's loss weights are its matching costs (focal x2, L1 x5, GIoU x2); plus the PROPS
+    heatmap MSE weight and its target radius rule."""
 
-    focal: float = 2.0
-    l1: float = 5.0
-    giou: float = 2.0
     heatmap: float = 10.0
     min_radius: float = 4.0
     rho: float = 0.5
@@ -145,13 +145,13 @@ def detection_loss(out: dict, targets: list[dict], weights: LossWeights = LossWe
     auxiliary head); ``total`` is their weighted sum."""
     import torch.nn.functional as F
 
-    from .detect import MatchCosts, heatmap_targets, hungarian_match, set_losses
+    from .detect import heatmap_targets, hungarian_match, set_losses
 
     device = out["logits"].device
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-    matches = hungarian_match(out["logits"], out["boxes"], targets, MatchCosts())
-    parts = set_losses(out["logits"], out["boxes"], targets, matches)
-    total = weights.focal * parts["focal"] + weights.l1 * parts["l1"] + weights.giou * parts["giou"]
+    matches = hungarian_match(out["logits"], out["boxes"], targets, weights)
+    parts = set_losses(out["logits"], out["boxes"], targets, matches, weights.alpha, weights.gamma)
+    total = weights.klass * parts["focal"] + weights.l1 * parts["l1"] + weights.giou * parts["giou"]
     if out.get("heatmap") is not None:
         heat = out["heatmap"]
         wanted = heatmap_targets(targets, heat.shape[1], tuple(heat.shape[-2:]), weights.min_radius, weights.rho)
