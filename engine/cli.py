@@ -169,8 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--steps", type=_at_least(1), default=25)
     fidelity.add_argument("--guidance-scale", type=_at_least(0.0, float), default=7.5)
     fidelity.add_argument("--out", default="bench/results")
-    labels = bench_sub.add_parser("labels", help="label quality of the attention heads against ground truth "
-                                                 "(segmentation oracle; low-strength img2img references)")
+    labels = bench_sub.add_parser("labels", help="label quality of the attention heads and the shipped box heads "
+                                                 "against ground truth (segmentation oracle; low-strength img2img "
+                                                 "references)")
     labels.add_argument("--model", default="embedded:shapes")
     labels.add_argument("--images", type=_at_least(2), default=96, help="images per ground-truth source")
     labels.add_argument("--steps", type=_at_least(1), default=25)

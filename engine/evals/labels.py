@@ -10,7 +10,9 @@ Two ground-truth sources, on images the model generates with attention captured:
 Measured on the same images: mIoU (background and the six classes) of cross-attention alone
 and refined by self-attention for tau 1-5, with and without the uncertainty band (uncertain
 pixels ignored; their share reported), alpha/beta bands, per-class IoU, and the box AP and
-AP50 (pycocotools COCOeval) of ``bca`` and of the ``attention`` head's connected components.
+AP50 (pycocotools COCOeval) of ``bca``, of the ``attention`` head's connected components and,
+for embedded:shapes, of the shipped trained box heads (``adapter`` with both feature sources,
+``grounding`` before and after self-training, with base and novel classes apart).
 """
 
 from __future__ import annotations
