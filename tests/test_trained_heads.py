@@ -38,7 +38,7 @@ def test_a_few_training_steps_reduce_every_loss_including_the_heatmap():
     first = None
     for _ in range(40):
         parts = detection_loss(model(features), TARGETS)
-        first = first or {k: float(v) for k, v in parts.items()}
+        first = first or {k: float(v.detach()) for k, v in parts.items()}
         optimizer.zero_grad()
         parts["total"].backward()
         optimizer.step()
