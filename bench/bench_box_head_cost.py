@@ -28,10 +28,11 @@ def main() -> None:
     import torch
 
     from engine.backends.diffusion import DiffusionBackend, DiffusionParams
+    from engine.features import SIMULATED
     from engine.heads.adapter import AdapterHead
     from engine.heads.grounding import GroundingHead
     from engine.spec import ClassSpec
-    from engine.train.grounding import _requests
+    from engine.train.grounding import reference_requests
     from engine.world import CLASSES
 
     torch.set_num_threads(args.threads)
@@ -44,7 +45,7 @@ def main() -> None:
              "grounding (simulated features)": GroundingHead(params=GroundingHead.Params(), classes=classes)}
     for head in heads.values():
         head.attach(backend)
-    requests, _ = _requests(list(CLASSES), args.batch * (args.rounds + 1), seed=5, offset=0)
+    requests, _ = reference_requests(list(CLASSES), args.batch * (args.rounds + 1), seed=5, offset=0)
     generate, label = 0.0, {name: 0.0 for name in heads}
     for r in range(args.rounds + 1):  # round 0 warms up every shape
         chunk = requests[r * args.batch:(r + 1) * args.batch]
@@ -53,6 +54,8 @@ def main() -> None:
         took = time.perf_counter() - started
         generate += took if r else 0.0
         for name, head in heads.items():
+            for gen in generated:  # each head pays for its own features, as it would alone in a job
+                gen.extras.pop(SIMULATED, None)
             started = time.perf_counter()
             head.label(chunk, generated)
             label[name] += (time.perf_counter() - started) if r else 0.0

@@ -14,7 +14,9 @@ noised to t = 1 and passed once through the UNet with the unconditional embeddin
 
 from __future__ import annotations
 
-__all__ = ["PyramidCapture", "simulated_last_step"]
+__all__ = ["PyramidCapture", "simulated_last_step", "simulated_features", "SIMULATED"]
+
+SIMULATED = "simulated_features"  # the key of each generated image's Eq. 4 pyramid in its extras
 
 
 class PyramidCapture:
@@ -66,3 +68,19 @@ def simulated_last_step(pipe, capture: PyramidCapture, images, generator=None) -
         empty, _ = pipe.encode_prompt([""] * len(z0), pipe.device, 1, False)
         pipe.unet(z1, t, encoder_hidden_states=empty)
     return capture.pyramid()
+
+
+def simulated_features(pipe, capture: PyramidCapture, generated: list, seed: int) -> dict[int, object]:
+    """Eq. 4 features of generated images (``Generated`` with an image), each image's kept in its
+    ``extras[SIMULATED]`` so that every head reading the same images computes them once; returns
+    the batch's pyramid. ``seed`` (a request's) makes a rerun draw the same noise."""
+    import numpy as np
+    import torch
+
+    todo = [g for g in generated if SIMULATED not in g.extras]
+    if todo:
+        images = torch.from_numpy(np.stack([g.image for g in todo])).permute(0, 3, 1, 2)
+        pyramid = simulated_last_step(pipe, capture, images, torch.Generator(pipe.device).manual_seed(seed))
+        for i, g in enumerate(todo):
+            g.extras[SIMULATED] = {s: level[i] for s, level in pyramid.items()}
+    return {s: torch.stack([g.extras[SIMULATED][s] for g in generated]) for s in generated[0].extras[SIMULATED]}

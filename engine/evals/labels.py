@@ -68,9 +68,11 @@ def _truth_instances(semantic: np.ndarray, min_area: int) -> list[Instance]:
 
 
 def box_ap(truth: list[list[Instance]], found: list[list[Instance]], size: int,
-           classes: list[str] | tuple[str, ...] = CLASSES, evaluate: list[str] | None = None) -> dict:
-    """COCO box AP and AP50 of ``found`` against ``truth`` (lists per image), over ``evaluate``
-    (a subset of ``classes``, e.g. the novel ones) or all of them."""
+           classes: list[str] | tuple[str, ...] = CLASSES, groups: dict[str, list[str]] | None = None) -> dict:
+    """COCO box AP and AP50 of ``found`` against ``truth`` (lists per image), over all classes
+    and, as ``NAME_AP``/``NAME_AP50``, over each of ``groups`` (subsets of ``classes``, e.g. the
+    novel ones), from one COCOeval: a group's AP is the mean of its classes' precision, as
+    COCOeval gives when restricted to them."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -83,20 +85,27 @@ def box_ap(truth: list[list[Instance]], found: list[list[Instance]], size: int,
     detections = [{"image_id": k, "category_id": category_id[i.category], "bbox": i.bbox(), "score": i.score}
                   for k, insts in enumerate(found) for i in insts]
     if not annotations or not detections:
-        return {"AP": 0.0, "AP50": 0.0, "detections": len(detections), "truths": len(annotations)}
+        return {**{f"{prefix}{k}": 0.0 for prefix in ["", *(f"{g}_" for g in groups or {})] for k in ("AP", "AP50")},
+                "detections": len(detections), "truths": len(annotations)}
     gt = COCO()
     gt.dataset = {"images": images, "annotations": annotations,
                   "categories": [{"id": k, "name": c} for c, k in category_id.items()]}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools narrates every stage
         gt.createIndex()
         evaluator = COCOeval(gt, gt.loadRes(detections), "bbox")
-        if evaluate is not None:
-            evaluator.params.catIds = [category_id[c] for c in evaluate]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {"AP": round(float(max(evaluator.stats[0], 0)), 4), "AP50": round(float(max(evaluator.stats[1], 0)), 4),
-            "detections": len(detections), "truths": len(annotations)}
+    result = {"AP": round(float(max(evaluator.stats[0], 0)), 4), "AP50": round(float(max(evaluator.stats[1], 0)), 4),
+              "detections": len(detections), "truths": len(annotations)}
+    # precision: (IoU thresholds, recall points, classes in id order, area ranges, max detections); all areas, 100
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    for name, members in (groups or {}).items():
+        mine = precision[:, :, [category_id[c] - 1 for c in members]]
+        for key, part in (("AP", mine), ("AP50", mine[0])):
+            known = part[part > -1]
+            result[f"{name}_{key}"] = round(float(known.mean()) if known.size else 0.0, 4)
+    return result
 
 
 class _Scores:
@@ -152,12 +161,9 @@ def _evaluate(generated, truths: list[np.ndarray], truth_instances: list[list[In
     boxes = {"bca": box_ap(truth_instances, bca, size), "attention_components": box_ap(truth_instances, attention, size)}
     for name, head in box_heads.items():
         found = [labels.instances for labels in head.label(requests, generated)]
-        boxes[name] = box_ap(truth_instances, found, size)
-        if name.startswith("grounding"):
-            novel = head.card["classes_seen"]["novel"]
-            boxes[name]["novel_AP50"] = box_ap(truth_instances, found, size, evaluate=novel)["AP50"]
-            boxes[name]["base_AP50"] = box_ap(truth_instances, found, size,
-                                              evaluate=[c for c in CLASSES if c not in novel])["AP50"]
+        seen = head.card.get("classes_seen")  # grounding: base and novel apart
+        boxes[name] = box_ap(truth_instances, found, size, groups=seen and {
+            "novel": seen["novel"], "base": [c for c in CLASSES if c not in seen["novel"]]})
     return {"images": len(truths), "segmentation": scores.table(), "boxes": boxes}
 
 

@@ -16,6 +16,7 @@ Two sources of features (param ``features``):
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field
@@ -51,8 +52,6 @@ class TrainedBoxHead(Head):
         if spec.generator.name != "diffusion":
             return [f"label_head.name: expected a head for {spec.generator.name!r} images, got {cls.name!r} "
                     f"(it reads the UNet features of the 'diffusion' backend)"]
-        import os
-
         params = cls.Params(**spec.label_head.params)
         model = DiffusionParams(**spec.generator.params).model
         if params.weights is None and model != "embedded:shapes":
@@ -106,24 +105,17 @@ class TrainedBoxHead(Head):
     # ---- labelling
     @property
     def features_key(self) -> str:
-        """Where each image's pyramid is in ``Generated.extras``: "simulated_features" or "last_step_features"."""
+        """Where each image's pyramid is in ``Generated.extras``: ``features.SIMULATED`` or "last_step_features"."""
         return f"{self.params.features}_features"
 
     def features(self, requests: list[ImageRequest], generated: list[Generated], todo: list[int]) -> dict:
-        """The pyramid of the images ``todo``; with ``simulated`` features each image's own is also
-        left in its extras (training reads them there)."""
-        import numpy as np
+        """The pyramid of the images ``todo``."""
         import torch
 
-        from ..features import simulated_last_step
+        from ..features import simulated_features
 
         if self.params.features == "simulated":
-            images = torch.from_numpy(np.stack([generated[k].image for k in todo])).permute(0, 3, 1, 2)
-            noise = torch.Generator(self.pipe.device).manual_seed(requests[todo[0]].seed)  # reruns repeat it
-            pyramid = simulated_last_step(self.pipe, self.capture, images, noise)
-            for i, k in enumerate(todo):
-                generated[k].extras[self.features_key] = {s: level[i] for s, level in pyramid.items()}
-            return pyramid
+            return simulated_features(self.pipe, self.capture, [generated[k] for k in todo], requests[todo[0]].seed)
         return {s: torch.stack([generated[k].extras[self.features_key][s] for k in todo])
                 for s in generated[todo[0]].extras[self.features_key]}
 

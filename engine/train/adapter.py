@@ -32,9 +32,9 @@ def train_adapter(data: str, model: str, out: str, recipe: AdapterRecipe, worker
                   device: str | None = None) -> dict:
     """Train on Ray Train (see ``run_on_ray``; ``device`` set: directly on that device, for
     benchmark sweeps); returns the model card."""
-    from .detection import launch, load_coco
+    from .detection import coco_annotations, launch
 
-    load_coco(data, "train")  # a wrong folder fails here, with its message, before Ray starts
+    coco_annotations(data, "train")  # a wrong folder fails here, with its message, before Ray starts
     config = {"data": os.path.abspath(data), "model": model, "out": os.path.abspath(out), "recipe": recipe.to_json()}
     return launch(_adapter_loop, config, "adapter", workers, gpus, device)
 
@@ -57,6 +57,7 @@ def _adapter_loop(config: dict) -> None:
     from ..detector import DetectorConfig, LossWeights, build_detector, detection_loss
     from .detection import (FeatureExtractor, Schedule, WorkerContext, cached, evaluate_boxes, fingerprint,
                             targets_batch, train_schedule, worker_share, write_curve)
+    from .oracle import save_trained
 
     worker = WorkerContext(config)
     rank, world, device = worker.rank, worker.world, worker.device
@@ -68,7 +69,10 @@ def _adapter_loop(config: dict) -> None:
     key = fingerprint(config["data"], config["model"], len(train_images), world)
     train = cached(f"{out}/cache/train-{key}-{rank}.safetensors",
                    lambda: extractor(train_images[mine], seed=recipe.seed * 1000 + rank))
-    val = cached(f"{out}/cache/val-{key}.safetensors", lambda: extractor(val_images, seed=recipe.seed + 999))
+    val = None
+    if worker.leader:  # the only one that evaluates
+        val = cached(f"{out}/cache/val-{key}.safetensors", lambda: extractor(val_images, seed=recipe.seed + 999))
+        val = {s: v.to(device) for s, v in val.items()}
     size = extractor.image_size
     targets = targets_batch([train_instances[i] for i in mine], classes, size)
     detector_config = DetectorConfig(levels={s: v.shape[1] for s, v in train.items()}, image_size=size,
@@ -86,16 +90,14 @@ def _adapter_loop(config: dict) -> None:
         return detection_loss(model(pyramid), [targets[i] for i in drawn.tolist()], weights)
 
     def evaluate() -> dict:
-        return evaluate_boxes(detector, {s: v.to(device) for s, v in val.items()}, val_instances, classes, size)
+        return evaluate_boxes(detector, val, val_instances, classes, size)
 
-    schedule = Schedule(recipe.steps, recipe.lr, recipe.batch, eval_every=recipe.eval_every)
+    schedule = Schedule(recipe.steps, recipe.lr, eval_every=recipe.eval_every)
     curve = train_schedule(model, {"detector": detector}, loss_at, schedule, f"{out}/checkpoint", evaluate,
                            leader=worker.leader, report=worker.report)
     if not worker.leader:
         return
     write_curve(curve, f"{out}/curve", f"adapter{' + heatmap head' if recipe.heatmap else ''}: val box AP50")
-    from .oracle import save_trained
-
     card = {"head": "adapter", "classes": classes, "model": config["model"], "data": config["data"],
             "train_images": len(train_images), "val_images": len(val_images), "workers": world,
             "detector": detector_config.to_json(), "recipe": recipe.to_json(), "schedule": schedule.to_json(),

@@ -18,11 +18,20 @@ from ..errors import UserError
 from ..records import Instance
 from . import flushed_print
 
-__all__ = ["load_coco", "FeatureExtractor", "cached", "fingerprint", "Schedule", "train_schedule", "evaluate_boxes",
+__all__ = ["coco_annotations", "load_coco", "FeatureExtractor", "cached", "fingerprint", "Schedule", "train_schedule", "evaluate_boxes",
            "write_curve", "launch", "run_on_ray", "worker_share", "targets_batch", "WorkerContext"]
 
 
 # ---- data
+def coco_annotations(folder: str, split: str) -> str:
+    """The split's instances file of a COCO folder, or one clear error."""
+    path = os.path.join(folder, "annotations", f"instances_{split}.json")
+    if not os.path.exists(path):
+        raise UserError(f"--data: expected a COCO folder with annotations/instances_{split}.json and images/{split}/ "
+                        f"(as `dde world export --out DIR --split {split}` writes), got {folder!r}")
+    return path
+
+
 def load_coco(folder: str, split: str) -> tuple[np.ndarray, list[list[Instance]], list[str]]:
     """uint8 images (N,H,W,3), each image's box instances and the category names of a COCO
     folder laid out as ``dde world export`` writes it (annotations/instances_SPLIT.json, images/SPLIT/)."""
@@ -32,12 +41,8 @@ def load_coco(folder: str, split: str) -> tuple[np.ndarray, list[list[Instance]]
     from PIL import Image
     from pycocotools.coco import COCO
 
-    path = os.path.join(folder, "annotations", f"instances_{split}.json")
-    if not os.path.exists(path):
-        raise UserError(f"--data: expected a COCO folder with annotations/instances_{split}.json and images/{split}/ "
-                        f"(as `dde world export --out DIR --split {split}` writes), got {folder!r}")
     with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(path)
+        coco = COCO(coco_annotations(folder, split))
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     ids = sorted(coco.getImgIds())
     images = np.stack([np.asarray(Image.open(os.path.join(folder, "images", split, coco.imgs[i]["file_name"]))
@@ -127,20 +132,17 @@ def evaluate_boxes(model, pyramid: dict, truth: list[list[Instance]], classes: l
             for image in detections(model(part, text), 0.05, image_size):
                 found.append([Instance(classes[c], score=s, box=tuple(b)) for c, s, b in image])
     model.train(was_training)
-    result = {"": box_ap(truth, found, image_size, classes)}
-    for name, members in (groups or {}).items():
-        result[name] = box_ap(truth, found, image_size, classes, evaluate=members)
-    return {f"{name}_{k}" if name else k: v for name, scores in result.items()
-            for k, v in scores.items() if k in ("AP", "AP50")}
+    scores = box_ap(truth, found, image_size, classes, groups)
+    return {k: v for k, v in scores.items() if k.endswith(("AP", "AP50"))}
 
 
 # ---- the schedule
 class Schedule:
     """AdamW with one step decay (x0.1 at ``decay_at`` of the steps, as DiffusionEngine's 80k/90k)."""
 
-    def __init__(self, steps: int, lr: float, batch: int, decay_at: float = 0.8, eval_every: int = 250,
+    def __init__(self, steps: int, lr: float, decay_at: float = 0.8, eval_every: int = 250,
                  weight_decay: float = 1e-4, clip: float = 0.1):
-        self.steps, self.lr, self.batch, self.decay_at = steps, lr, batch, decay_at
+        self.steps, self.lr, self.decay_at = steps, lr, decay_at
         self.eval_every, self.weight_decay, self.clip = eval_every, weight_decay, clip
 
     def lr_at(self, step: int) -> float:

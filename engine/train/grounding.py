@@ -23,7 +23,9 @@ import os
 
 import numpy as np
 
-__all__ = ["GroundingRecipe", "train_grounding", "GROUNDING_DIR", "class_text"]
+from ..records import Instance
+
+__all__ = ["GroundingRecipe", "train_grounding", "GROUNDING_DIR", "class_text", "reference_requests"]
 
 GROUNDING_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "grounding")
 
@@ -74,7 +76,7 @@ def train_grounding(model: str, out: str, recipe: GroundingRecipe, teacher: str 
     return launch(_grounding_loop, config, "grounding", workers, gpus, device)
 
 
-def _requests(classes: list[str], count: int, seed: int, offset: int):
+def reference_requests(classes: list[str], count: int, seed: int, offset: int):
     """img2img requests from rendered references of the model's world holding only ``classes``
     (one or two of them named as required), captioned with every object, and the scenes."""
     from ..layout import derive_seed
@@ -102,7 +104,7 @@ def _generate(config: dict, recipe: GroundingRecipe, classes: list[str], rank: i
     import torch
 
     from ..backends.diffusion import DiffusionBackend, DiffusionParams
-    from ..features import PyramidCapture, simulated_last_step
+    from ..features import PyramidCapture, simulated_features
     from ..heads.adapter import AdapterHead
     from ..spec import ClassSpec
 
@@ -115,24 +117,23 @@ def _generate(config: dict, recipe: GroundingRecipe, classes: list[str], rank: i
                               classes=[ClassSpec(name=c) for c in classes])
         teacher.attach(backend)
     capture = PyramidCapture(backend.pipe.unet, backend.pipe.vae_scale_factor)
-    requests, scenes = _requests(classes, count, recipe.seed * 7919 + rank, offset)
+    requests, scenes = reference_requests(classes, count, recipe.seed * 7919 + rank, offset)
     levels: dict[int, list] = {}
     boxes, named, truth = [], [], []
     for start in range(0, len(requests), recipe.batch):
         chunk = requests[start:start + recipe.batch]
         generated = backend.generate(chunk)
         kept = [k for k, g in enumerate(generated) if g.image is not None]
-        images = torch.from_numpy(np.stack([generated[k].image for k in kept])).permute(0, 3, 1, 2)
-        pyramid = simulated_last_step(backend.pipe, capture, images, torch.Generator(device).manual_seed(chunk[0].seed))
+        pyramid = simulated_features(backend.pipe, capture, [generated[k] for k in kept], chunk[0].seed)
         for stride, level in pyramid.items():
             levels.setdefault(stride, []).append(level.half().cpu())
-        labels = teacher.label(chunk, generated) if teacher else None
+        labels = teacher.label(chunk, generated) if teacher else None  # reads the features just made
         for k in kept:
             request, scene = chunk[k], scenes[start + k]
             scale = backend.size / scene.image.shape[0]  # references are resized to the model's size
             exact = [[i.category, *(v * scale for v in i.bbox)] for i in scene.instances]
             found = ([[i.category, *i.bbox()] for i in labels[k].instances] if teacher else exact)
-            boxes.append([[request.classes.index(c), *box] for c, *box in found if c in request.classes])
+            boxes.append([row for row in found if row[0] in request.classes])
             named.append(request.classes)
             truth.append(exact)
     return {s: torch.cat(v) for s, v in levels.items()}, boxes, named, truth
@@ -145,7 +146,8 @@ def _cached_generation(config, recipe, classes, rank, device, name, offset, coun
 
     strength = (0.2, 0.35) if name == "val" else (0.2, 0.5)
     teacher = (config["teacher"], recipe.alpha) if name == "base" else None  # other sets use no teacher boxes
-    key = fingerprint(config["model"], teacher, classes, count, strength, recipe.sampling_steps, recipe.seed)
+    key = fingerprint(config["model"], teacher, classes, count, strength, recipe.sampling_steps, recipe.seed,
+                      "boxes as [class, x, y, w, h]")
     path = f"{config['cache']}/{name}-{key}-{rank}"
 
     def compute():
@@ -161,13 +163,9 @@ def _cached_generation(config, recipe, classes, rank, device, name, offset, coun
     return pyramid, side["boxes"], side["named"], side["truth"]
 
 
-def _targets(rows: list[list[float]], named: list[str], vocabulary: list[str], size: int) -> dict:
-    """Boxes ``[index into named, x, y, w, h]`` (pixels) as detector targets over ``vocabulary``."""
-    import torch
-
-    boxes = torch.tensor([[x + w / 2, y + h / 2, w, h] for _, x, y, w, h in rows], dtype=torch.float32).reshape(-1, 4)
-    return {"labels": torch.tensor([vocabulary.index(named[int(r[0])]) for r in rows], dtype=torch.long),
-            "boxes": boxes / size}
+def _instances(rows: list[list[list]]) -> list[list[Instance]]:
+    """Cached ``[class, x, y, w, h]`` rows per image as box instances."""
+    return [[Instance(c, box=tuple(box)) for c, *box in image] for image in rows]
 
 
 def _grounding_loop(config: dict) -> None:
@@ -177,8 +175,7 @@ def _grounding_loop(config: dict) -> None:
 
     from ..detector import DetectorConfig, build_detector, detection_loss, detections
     from ..models import load_pipeline
-    from ..records import Instance
-    from .detection import Schedule, WorkerContext, evaluate_boxes, train_schedule, write_curve
+    from .detection import Schedule, WorkerContext, evaluate_boxes, targets_batch, train_schedule, write_curve
     from .oracle import save_trained
 
     worker = WorkerContext(config)
@@ -191,18 +188,20 @@ def _grounding_loop(config: dict) -> None:
     if worker.leader:
         features, _, _, truth = _cached_generation(config, recipe, everything, 0, device, "val", 2 * 10**7,
                                                    recipe.val_images)
-        val = (features, [[Instance(c, box=tuple(box)) for c, *box in rows] for rows in truth])
+        val = ({s: v.to(device) for s, v in features.items()}, _instances(truth))
     pipe = load_pipeline(config["model"], device=device)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     base_text, novel_text, all_text = (class_text(pipe, names).to(device)
                                        for names in (recipe.base, recipe.novel, everything))
     del pipe
 
+    base_targets = targets_batch(_instances(base_set[1]), recipe.base, size)
+
     def evaluate() -> dict:
         if val is None:
             return {}
-        return evaluate_boxes(detector, {s: v.to(device) for s, v in val[0].items()}, val[1], everything, size,
-                              text=all_text, groups={"base": recipe.base, "novel": recipe.novel})
+        return evaluate_boxes(detector, val[0], val[1], everything, size, text=all_text,
+                              groups={"base": recipe.base, "novel": recipe.novel})
 
     detector_config = DetectorConfig(levels={s: v.shape[1] for s, v in base_set[0].items()}, image_size=size,
                                      text_width=base_text.shape[1])
@@ -220,8 +219,7 @@ def _grounding_loop(config: dict) -> None:
 
     def base_loss(step: int) -> dict:
         pyramid, drawn = draw(base_set, step, 0)
-        targets = [_targets(base_set[1][i], base_set[2][i], recipe.base, size) for i in drawn]
-        return detection_loss(model(pyramid, base_text), targets)
+        return detection_loss(model(pyramid, base_text), [base_targets[i] for i in drawn])
 
     card = {"model": config["model"], "teacher": config["teacher"], "recipe": recipe.to_json(),
             "base_images": len(base_set[1]), "novel_images": len(novel_set[1]), "workers": worker.world,
@@ -236,8 +234,8 @@ def _grounding_loop(config: dict) -> None:
                                            "train_minutes": curve[-1]["minutes"],
                                            "val": {k: v for k, v in curve[-1].items() if "AP" in k}})
 
-    stage1 = Schedule(recipe.base_steps, recipe.lr, recipe.batch, eval_every=recipe.eval_every)
-    curve = train_schedule(model, {"detector": detector}, lambda step: base_loss(step), stage1,
+    stage1 = Schedule(recipe.base_steps, recipe.lr, eval_every=recipe.eval_every)
+    curve = train_schedule(model, {"detector": detector}, base_loss, stage1,
                            f"{out}/checkpoint-base", evaluate, leader=worker.leader, report=worker.report)
     finish("grounding-base", stage1, curve, "grounding, base classes only: val box AP50")
 
@@ -250,11 +248,9 @@ def _grounding_loop(config: dict) -> None:
         pyramid, drawn = draw(novel_set, step, 10**6)
         with torch.no_grad():
             found = detections(teacher(pyramid, novel_text), recipe.beta, size)
-        targets = []
-        for image, i in zip(found, drawn):  # the teacher's boxes of the classes the prompt named
-            named = novel_set[2][i]
-            rows = [[named.index(recipe.novel[c]), *box] for c, _, box in image if recipe.novel[c] in named]
-            targets.append(_targets(rows, named, recipe.novel, size))
+        pseudo = [[Instance(recipe.novel[c], box=tuple(box)) for c, _, box in image  # of the classes named
+                   if recipe.novel[c] in novel_set[2][i]] for image, i in zip(found, drawn)]
+        targets = targets_batch(pseudo, recipe.novel, size)
         pseudo_counts.append(sum(len(t["labels"]) for t in targets))
         novel = detection_loss(model(pyramid, novel_text), targets)
         return {**{f"base_{k}": v for k, v in parts.items() if k != "total"},
@@ -265,7 +261,7 @@ def _grounding_loop(config: dict) -> None:
             for mine, theirs in zip(teacher.parameters(), detector.parameters()):
                 mine.mul_(recipe.momentum).add_(theirs.detach(), alpha=1 - recipe.momentum)
 
-    stage2 = Schedule(recipe.novel_steps, recipe.lr * 0.1, recipe.batch, eval_every=recipe.eval_every)
+    stage2 = Schedule(recipe.novel_steps, recipe.lr * 0.1, eval_every=recipe.eval_every)
     curve = train_schedule(model, {"detector": detector, "teacher": teacher}, self_training_loss, stage2,
                            f"{out}/checkpoint-novel", evaluate, leader=worker.leader, after_step=ema,
                            report=worker.report)
