@@ -122,6 +122,20 @@ def test_bad_coco_folder_is_one_clear_error(tmp_path):
     assert main(["train", "adapter", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
 
 
+@pytest.mark.parametrize("args, field", [
+    (["--base", "circle,zebra", "--novel", "star"], "--base/--novel"),
+    (["--base", "circle", "--novel", "circle"], "--base/--novel"),
+    (["--base", "circle", "--novel", "star", "--model", "embedded:nope"], "--model"),
+    (["--base", "circle", "--novel", "star", "--teacher", "NOWHERE"], "--teacher"),
+])
+def test_bad_grounding_inputs_fail_before_ray_with_the_field_named(tmp_path, capsys, args, field):
+    from engine.cli import main
+
+    args = [a.replace("NOWHERE", str(tmp_path / "none")) for a in args]
+    assert main(["train", "grounding", *args, "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {field}:")
+
+
 def box_job(spec_data, tiny_model, head, params, classes):
     import pyarrow.parquet as pq
     from pycocotools.coco import COCO

@@ -32,9 +32,10 @@ def train_adapter(data: str, model: str, out: str, recipe: AdapterRecipe, worker
                   device: str | None = None) -> dict:
     """Train on Ray Train (see ``run_on_ray``; ``device`` set: directly on that device, for
     benchmark sweeps); returns the model card."""
-    from .detection import coco_annotations, launch
+    from .detection import check_model, coco_annotations, launch
 
-    coco_annotations(data, "train")  # a wrong folder fails here, with its message, before Ray starts
+    coco_annotations(data, "train")  # wrong inputs fail here, each with its message, before Ray starts
+    check_model(model)
     config = {"data": os.path.abspath(data), "model": model, "out": os.path.abspath(out), "recipe": recipe.to_json()}
     return launch(_adapter_loop, config, "adapter", workers, gpus, device)
 

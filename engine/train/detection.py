@@ -18,8 +18,20 @@ from ..errors import UserError
 from ..records import Instance
 from . import flushed_print
 
-__all__ = ["coco_annotations", "load_coco", "FeatureExtractor", "cached", "fingerprint", "Schedule", "train_schedule", "evaluate_boxes",
+__all__ = ["check_model", "coco_annotations", "load_coco", "FeatureExtractor", "cached", "fingerprint", "Schedule", "train_schedule", "evaluate_boxes",
            "write_curve", "launch", "run_on_ray", "worker_share", "targets_batch", "WorkerContext"]
+
+
+# ---- inputs
+def check_model(model: str) -> None:
+    """A local or embedded ``--model`` must exist before Ray starts (a hub id is checked when loaded)."""
+    from ..models import is_hub_id, resolve_model
+
+    if not is_hub_id(model):
+        try:
+            resolve_model(model)
+        except UserError as e:
+            raise UserError(str(e).replace("generator.params.model", "--model", 1)) from e
 
 
 # ---- data

@@ -64,16 +64,36 @@ def train_grounding(model: str, out: str, recipe: GroundingRecipe, teacher: str 
     (default OUT/cache) holds the generated features, which runs that differ only in training
     settings can share. Returns the final card."""
     from ..errors import UserError
-    from .detection import launch
+    from ..world import CLASSES
+    from .detection import check_model, launch
 
     overlap = set(recipe.base) & set(recipe.novel)
     if overlap or not recipe.base or not recipe.novel:
         raise UserError(f"--base/--novel: expected two non-empty, disjoint class lists, got base {recipe.base} and "
                         f"novel {recipe.novel}")
+    unknown = [c for c in recipe.base + recipe.novel if c not in CLASSES]
+    if unknown:  # the training images are drawn from the shapes world
+        raise UserError(f"--base/--novel: expected shapes-world classes {list(CLASSES)}, got {unknown}")
+    check_model(model)
+    if teacher != "world":
+        _check_teacher(teacher, recipe.base)
     config = {"model": model, "out": os.path.abspath(out), "recipe": recipe.to_json(),
               "teacher": teacher if teacher == "world" else os.path.abspath(teacher),
               "cache": os.path.abspath(cache or os.path.join(out, "cache"))}
     return launch(_grounding_loop, config, "grounding", workers, gpus, device)
+
+
+def _check_teacher(folder: str, base: list[str]) -> None:
+    from ..errors import UserError
+
+    card = os.path.join(folder, "adapter.json")
+    if not os.path.exists(card):
+        raise UserError(f"--teacher: expected 'world' or a trained adapter folder (adapter.json and its "
+                        f".safetensors, from `dde train adapter`), got {folder!r}")
+    with open(card) as f:
+        missing = [c for c in base if c not in json.load(f)["classes"]]
+    if missing:
+        raise UserError(f"--teacher: expected an adapter trained on every base class, got one without {missing}")
 
 
 def reference_requests(classes: list[str], count: int, seed: int, offset: int):
