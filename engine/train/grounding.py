@@ -25,7 +25,8 @@ import numpy as np
 
 from ..records import Instance
 
-__all__ = ["GroundingRecipe", "train_grounding", "GROUNDING_DIR", "class_text", "reference_requests"]
+__all__ = ["GroundingRecipe", "train_grounding", "GROUNDING_DIR", "class_text", "reference_requests",
+           "generate_triplets"]
 
 GROUNDING_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "grounding")
 
@@ -116,7 +117,7 @@ def reference_requests(classes: list[str], count: int, seed: int, offset: int):
     return requests, scenes
 
 
-def _generate(config: dict, recipe: GroundingRecipe, classes: list[str], rank: int, device: str, offset: int,
+def generate_triplets(config: dict, recipe: GroundingRecipe, classes: list[str], rank: int, device: str, offset: int,
               count: int, strength: tuple[float, float]):
     """Eq. 4 features of img2img images from references (what the heads read by default), each
     image's teacher boxes of its classes, and the references' exact boxes (the truth at low
@@ -160,7 +161,7 @@ def _generate(config: dict, recipe: GroundingRecipe, classes: list[str], rank: i
 
 
 def _cached_generation(config, recipe, classes, rank, device, name, offset, count):
-    """``_generate``'s output, cached; ``val`` images keep the layout (strength 0.2-0.35), so
+    """``generate_triplets``'s output, cached; ``val`` images keep the layout (strength 0.2-0.35), so
     their references' boxes are the truth."""
     from .detection import cached, fingerprint
 
@@ -171,7 +172,8 @@ def _cached_generation(config, recipe, classes, rank, device, name, offset, coun
     path = f"{config['cache']}/{name}-{key}-{rank}"
 
     def compute():
-        pyramid, boxes, named, truth = _generate(config, recipe, classes, rank, device, offset, count, strength)
+        pyramid, boxes, named, truth = generate_triplets(config, recipe, classes, rank, device, offset, count,
+                                                         strength)
         with open(path + ".json", "w") as f:
             json.dump({"boxes": boxes, "named": named, "truth": truth}, f)
         return pyramid
