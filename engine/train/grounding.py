@@ -92,7 +92,8 @@ def _check_teacher(folder: str, base: list[str]) -> None:
         raise UserError(f"--teacher: expected 'world' or a trained adapter folder (adapter.json and its "
                         f".safetensors, from `dde train adapter`), got {folder!r}")
     with open(card) as f:
-        missing = [c for c in base if c not in json.load(f)["classes"]]
+        known = json.load(f)["classes"]
+    missing = [c for c in base if c not in known]
     if missing:
         raise UserError(f"--teacher: expected an adapter trained on every base class, got one without {missing}")
 
