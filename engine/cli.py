@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="submit a job spec to a Ray cluster (Ray Jobs); idempotent")
     submit.add_argument("spec")
     submit.add_argument("--address", required=True, help="Ray dashboard, e.g. http://HEAD:8265")
-    submit.add_argument("--output", help="override the spec's output URI")
+    submit.add_argument("--output", help="override the spec's output: an s3:// URI or a path every node shares "
+                        "(a relative path only for a cluster on this machine)")
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--image", action="store_true",
                         help="the cluster's image already has dde: do not upload this checkout")
@@ -216,8 +217,11 @@ def _cmd_submit(args) -> int:
     from .submit import submit
 
     spec = load_spec(args.spec, args.overrides, output=args.output)
+    from .location import resolve_submitted_output
     from .storage import public_options
 
+    # a relative output would land in Ray's temporary copy of the working dir: resolve or refuse it first
+    spec = spec.model_copy(update={"output": resolve_submitted_output(spec.output, args.address)})
     sid, outcome = submit(spec, args.address, use_working_dir=not args.image, driver_gpus=args.driver_gpus)
     print(f"{outcome}: {sid}")
     if public_options(spec.storage_options) != spec.storage_options:

@@ -68,3 +68,24 @@ def test_submit_to_nothing_is_a_clear_error(spec_data, tmp_path):
     proc = subprocess.run([DDE, "submit", str(spec_path), "--address", f"http://127.0.0.1:{free_port()}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--address: expected a reachable Ray dashboard" in proc.stderr
+
+
+def test_a_relative_output_is_resolved_against_the_submitters_cwd(ray_head, spec_data, tmp_path):
+    """The examples' `output: out/...` submitted to a cluster on this machine: the spec sent carries
+    the absolute path under the submitter's cwd, not one inside Ray's temporary working dir copy."""
+    address, env = ray_head
+    spec_data["output"] = "data/shapes"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec_data))
+    proc = subprocess.run([DDE, "submit", "job.yaml", "--address", address], capture_output=True, text=True,
+                          timeout=180, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = str(tmp_path / "data" / "shapes")
+    assert f"output: {out}   watch: dde status {out}   " in proc.stdout
+    sid = proc.stdout.split()[1]
+    deadline = time.time() + 240
+    while not os.path.exists(os.path.join(out, "job.json")):
+        assert time.time() < deadline, dde(env, "logs", sid, "--address", address)[-3000:]
+        time.sleep(1)
+    job = json.load(open(os.path.join(out, "job.json")))
+    status = json.loads(dde(env, "status", out, "--json"))  # the printed watch line, from another cwd
+    assert status["state"] == "finalized" and status["images"] == job["images"]
