@@ -280,10 +280,14 @@ def _cmd_finalize(args) -> int:
     from .finalize import finalize_job
     from .storage import Store
 
+    from .lease import refuse_if_held
+
     spec = _recorded_spec(args.uri)
-    job = finalize_job(Store(args.uri, spec.storage_options), spec)
+    store = Store(args.uri, spec.storage_options)
+    refuse_if_held(store, "dde finalize")
+    job = finalize_job(store, spec)
     print(f"finalized {args.uri}: {job['images']} images, {job['instances']} instances "
-          f"({job['orphans_removed']} orphan file(s) removed)")
+          f"({job['attempts_removed']} abandoned attempt folder(s) removed)")
     return 0
 
 

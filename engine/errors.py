@@ -1,6 +1,6 @@
 """Errors a user can fix. The CLI prints them and exits with code 2."""
 
-__all__ = ["UserError", "SpecError", "StorageUnavailable"]
+__all__ = ["UserError", "SpecError", "StorageUnavailable", "InputChanged"]
 
 
 class UserError(Exception):
@@ -24,3 +24,9 @@ class StorageUnavailable(UserError):
     The CLI prints it in one line like any UserError, with its own exit code."""
 
     exit_code = 75  # EX_TEMPFAIL: try again later
+
+
+class InputChanged(UserError):
+    """An input the job planned with (a prompts, annotations or captions file, a reference
+    image) differs from what the job recorded when it first read it. Resuming would plan
+    or generate from other inputs than the committed units did, so the job stops."""

@@ -1,8 +1,10 @@
 """Finalize: publish the committed files under their final names, merge COCO, clean up.
 
 Idempotent and safe to rerun after a crash at any point: a file is either still in its
-attempt's staging folder (moved now) or already at its final name (left alone); files
-that no marker references are deleted. Memory stays flat: one unit at a time.
+attempt's staging folder (moved now) or already at its final name (left alone). Clean-up
+removes only attempt folders that no marker lists and that no live driver may still be
+writing (``ownership.remove_stale_attempts``); nothing else under the output is deleted.
+Memory stays flat: one marker at a time.
 """
 
 from __future__ import annotations
@@ -11,36 +13,33 @@ import json
 import uuid
 
 from .errors import UserError
-from .layout import CARD_FILE, COCO_FILE, JOB_FILE, STAGING_DIR
+from .layout import CARD_FILE, COCO_FILE, JOB_FILE, PUBLISHED_DIRS, STAGING_DIR
 from .ledger import Ledger, iter_markers
+from .ownership import remove_stale_attempts
 from .spec import JobSpec, fingerprint, recorded_spec
 from .storage import Store
 
-__all__ = ["finalize_job", "PUBLISHED_DIRS"]
-
-PUBLISHED_DIRS = ("parquet", "coco/images", "coco/semantic")
+__all__ = ["finalize_job"]
 
 
-def _publish(store: Store, marker: dict) -> None:
-    staged = set(store.find(marker["staging"]))
+def _publish(store: Store, marker: dict, staged: set[str]) -> None:
     for rel in marker["files"]:
         src = f"{marker['staging']}/{rel}"
         if src in staged:
             store.move(src, rel)
 
 
-def _delete_orphans(store: Store, stagings: set[str], expected: set[str]) -> int:
-    removed = 0
-    for name in store.list_names(STAGING_DIR):
-        if f"{STAGING_DIR}/{name}" not in stagings:
-            store.delete(f"{STAGING_DIR}/{name}", recursive=True)
-            removed += 1
-    for folder in PUBLISHED_DIRS:
-        for rel in store.find(folder):
-            if rel not in expected:
-                store.delete(rel)
-                removed += 1
-    return removed
+def _missing(store: Store, owner: dict[str, str], staged: set[str], shards: list[str]) -> dict[str, list[str]]:
+    """Committed files at neither place, by unit id (``owner``: final name -> unit id)."""
+    final = {rel for folder in PUBLISHED_DIRS for rel in store.find(folder)}
+    missing: dict[str, list[str]] = {}
+    for rel, uid in owner.items():
+        if rel not in final:
+            missing.setdefault(uid, []).append(rel)
+    for shard in shards:
+        if shard not in staged:
+            missing.setdefault(shard.split("/")[1].split(".")[0], []).append(shard)
+    return missing
 
 
 def _write_json_stream(store: Store, rel: str, chunks) -> None:
@@ -114,21 +113,27 @@ import ray; ds = ray.data.read_parquet("parquet/")
 """
 
 
-def finalize_job(store: Store, spec: JobSpec, stop: str | None = None) -> dict:
+def finalize_job(store: Store, spec: JobSpec, stop: str | None = None, lease: str | None = None) -> dict:
+    """Publish, merge and describe what is committed. ``lease``: the finishing driver's own
+    lease, whose attempts are over. Raises UserError if committed files are missing
+    (``dde resume`` regenerates those units)."""
     if not store.exists("_job/spec.json"):
         raise UserError(f"URI: expected the output of a dde job, got {store.uri!r}")
-    stagings, expected, shards = set(), set(), []
+    staged = set(store.find(STAGING_DIR))
+    stagings, owner, shards = set(), {}, []
     images_with: dict[str, int] = {c.name: 0 for c in spec.class_specs}
     for marker in iter_markers(store):
-        _publish(store, marker)
+        _publish(store, marker, staged)
         stagings.add(marker["staging"])
-        expected.update(marker["files"])
+        owner.update(dict.fromkeys(marker["files"], marker["unit_id"]))
         shards.append(f"{marker['staging']}/{marker['shard']}")
-    missing = [f for folder in PUBLISHED_DIRS for f in sorted(set(x for x in expected if x.startswith(folder + "/"))
-                                                               - set(store.find(folder)))]
+    missing = _missing(store, owner, staged, shards)
     if missing:
-        raise RuntimeError(f"committed files are missing from storage: {missing[:5]} ({len(missing)} in all)")
-    removed = _delete_orphans(store, stagings, expected)
+        units = "; ".join(f"{uid}: {len(files)} file(s), e.g. {files[0]}" for uid, files in sorted(missing.items())[:5])
+        raise UserError(f"output: expected every committed file in storage, got {len(missing)} committed unit(s) "
+                        f"with files missing ({units}); `dde resume {store.uri}` regenerates them with their "
+                        f"planned seeds, then finalizes")
+    removed, kept = remove_stale_attempts(store, stagings, own_lease=lease)
     _write_json_stream(store, COCO_FILE, _coco_chunks(store, spec, shards, images_with))
     from .status import job_status
 
@@ -142,7 +147,7 @@ def finalize_job(store: Store, spec: JobSpec, stop: str | None = None) -> dict:
     }
     from .preview import write_preview
 
-    grid = write_preview(store, sorted(f for f in expected if f.startswith("parquet/")))
+    grid = write_preview(store, sorted(f for f in owner if f.startswith("parquet/")))
     store.write_bytes(CARD_FILE, _card(spec, stats).encode())
     job = {"spec": recorded_spec(spec), "fingerprint": fingerprint(spec), **stats,
            "units": status["units_done"]}
@@ -150,4 +155,4 @@ def finalize_job(store: Store, spec: JobSpec, stop: str | None = None) -> dict:
     from .report import write_report
 
     write_report(store, grid=grid)  # after job.json: the page shows the job as finalized, with its stop reason
-    return {**job, "orphans_removed": removed}
+    return {**job, "attempts_removed": removed, "attempts_kept": kept}

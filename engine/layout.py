@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 
 __all__ = [
-    "SPEC_FILE", "PLANS_DIR", "COMMITS_DIR", "STAGING_DIR", "SHARD_FILE", "JOB_FILE", "CARD_FILE",
-    "COCO_FILE", "REPORT_FILE", "unit_id", "plan_file", "marker_file", "image_name", "derive_seed",
+    "SPEC_FILE", "LEASES_DIR", "PLANS_DIR", "COMMITS_DIR", "STAGING_DIR", "SHARD_FILE", "JOB_FILE", "CARD_FILE",
+    "COCO_FILE", "REPORT_FILE", "PUBLISHED_DIRS", "unit_id", "plan_file", "marker_file", "image_name", "derive_seed",
 ]
 
-SPEC_FILE = "_job/spec.json"        # resolved spec + fingerprint, written create-only at start
+SPEC_FILE = "_job/spec.json"        # resolved spec, fingerprint and input digests, written create-only at start
+LEASES_DIR = "_job/leases"          # _job/leases/<lease>.json: one per running driver, with a heartbeat
 PLANS_DIR = "_plans"                # _plans/wave-000003.json, create-only, one per wave
 COMMITS_DIR = "_commits"            # _commits/unit-000123.json, create-only: the only truth
 STAGING_DIR = "_staging"            # _staging/unit-000123.<attempt>/... files of one attempt
@@ -18,6 +19,7 @@ JOB_FILE = "job.json"               # written by finalize
 CARD_FILE = "README.md"             # dataset card, written by finalize
 COCO_FILE = "coco/instances.json"   # merged by finalize
 REPORT_FILE = "report.html"         # the job report: finalize and `dde report` write it
+PUBLISHED_DIRS = ("parquet", "coco/images", "coco/semantic")  # where finalize moves committed files
 
 
 def unit_id(index: int) -> str:

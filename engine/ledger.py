@@ -47,8 +47,13 @@ class Ledger:
             blobs = self.store.fs.cat([self.store.path(p) for p in new])
             for blob in blobs.values():
                 marker = json.loads(blob)
-                self.units[marker["unit_id"]] = {k: marker[k] for k in _SUMMARY_KEYS}
+                self.units[marker["unit_id"]] = {**{k: marker[k] for k in _SUMMARY_KEYS},
+                                                 "references": marker.get("references", {})}
         return self.units
+
+    def reference_digests(self) -> dict[str, str]:
+        """sha256 of each reference image as committed units read it, by URI."""
+        return {uri: digest for unit in self.units.values() for uri, digest in unit["references"].items()}
 
     def counts(self, before_wave: int | None = None) -> dict[str, int]:
         total: Counter = Counter()

@@ -6,6 +6,7 @@ item carries the job classes it names.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import posixpath
@@ -64,15 +65,30 @@ class _ClassMatcher:
         return self.by_word.get(name.lower())
 
 
-def build_pool(spec: JobSpec) -> list[PromptItem]:
-    source = spec.prompts
+def build_pool(spec: JobSpec, inputs: dict | None = None) -> list[PromptItem]:
+    """The prompt pool. ``inputs``, if given, receives what each input file was when read:
+    {"prompts.<field>": {"uri", "size", "sha256"}}, so a resume can tell that a file changed."""
+    source, inputs = spec.prompts, {} if inputs is None else inputs
     if isinstance(source, CombinationPrompts):
         return _combination_pool(spec.class_specs, source)
     if isinstance(source, ReferencePrompts):
-        return _reference_pool(spec, source)
+        return _reference_pool(spec, source, inputs)
     if isinstance(source, JsonlPrompts):
-        return _jsonl_pool(spec, source)
+        return _jsonl_pool(spec, source, inputs)
     raise TypeError(f"unhandled prompt source {type(source).__name__}")
+
+
+def _read_input(uri: str, field_name: str, expected: str, storage_options: dict, inputs: dict) -> bytes:
+    """The bytes of an input file, recorded in ``inputs`` (size and sha256) under its field."""
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb", **(storage_options if "://" in uri else {})) as f:
+            data = f.read()
+    except FileNotFoundError as e:
+        raise UserError(f"prompts.{field_name}: expected an existing {expected}, got {uri!r} (not found)") from e
+    inputs[f"prompts.{field_name}"] = {"uri": uri, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return data
 
 
 def _combination_pool(classes: list[ClassSpec], source: CombinationPrompts) -> list[PromptItem]:
@@ -85,21 +101,17 @@ def _combination_pool(classes: list[ClassSpec], source: CombinationPrompts) -> l
     return items
 
 
-def _load_json(uri: str, field_name: str, storage_options: dict) -> dict:
-    import fsspec
-
+def _load_json(uri: str, field_name: str, storage_options: dict, inputs: dict) -> dict:
+    data = _read_input(uri, field_name, "COCO JSON file", storage_options, inputs)
     try:
-        with fsspec.open(uri, "rb", **storage_options) as f:
-            return json.load(f)
-    except FileNotFoundError as e:
-        raise UserError(f"prompts.{field_name}: expected an existing COCO JSON file, got {uri!r} (not found)") from e
+        return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"prompts.{field_name}: expected valid JSON, got a parse error in {uri!r}: {e}") from e
 
 
-def _reference_pool(spec: JobSpec, source: ReferencePrompts) -> list[PromptItem]:
-    opts = spec.storage_options if "://" in source.annotations else {}
-    coco = _load_json(source.annotations, "annotations", opts)
+def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> list[PromptItem]:
+    opts = spec.storage_options
+    coco = _load_json(source.annotations, "annotations", opts, inputs)
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco.get(key), list):
             raise UserError(f"prompts.annotations: expected a COCO file with a {key!r} list, got none in {source.annotations!r}")
@@ -112,7 +124,7 @@ def _reference_pool(spec: JobSpec, source: ReferencePrompts) -> list[PromptItem]
             classes_of.setdefault(ann["image_id"], []).append(name)
     captions: dict[int, str] = {}
     if source.captions:
-        for ann in _load_json(source.captions, "captions", opts).get("annotations", []):
+        for ann in _load_json(source.captions, "captions", opts, inputs).get("annotations", []):
             captions.setdefault(ann["image_id"], ann["caption"])
     root = source.images or posixpath.dirname(source.annotations)
     items = []
@@ -130,17 +142,14 @@ def _reference_pool(spec: JobSpec, source: ReferencePrompts) -> list[PromptItem]
     return items
 
 
-def _jsonl_pool(spec: JobSpec, source: JsonlPrompts) -> list[PromptItem]:
-    import fsspec
-
+def _jsonl_pool(spec: JobSpec, source: JsonlPrompts, inputs: dict) -> list[PromptItem]:
     matcher = _ClassMatcher(spec.class_specs)
     items = []
+    data = _read_input(source.path, "path", "JSONL file", spec.storage_options, inputs)
     try:
-        with fsspec.open(source.path, "rt", encoding="utf-8",
-                         **(spec.storage_options if "://" in source.path else {})) as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError as e:
-        raise UserError(f"prompts.path: expected an existing JSONL file, got {source.path!r} (not found)") from e
+        lines = data.decode("utf-8-sig").splitlines()  # a byte-order mark (Windows editors) is not part of line 1
+    except UnicodeDecodeError as e:
+        raise UserError(f"prompts.path: expected UTF-8 text, got undecodable bytes in {source.path!r} ({e})") from e
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import StorageUnavailable, UserError
-from .layout import SPEC_FILE, plan_file
+from .errors import InputChanged, StorageUnavailable, UserError
+from .layout import COMMITS_DIR, PLANS_DIR, SPEC_FILE, plan_file
+from .lease import Lease, live_leases
 from .ledger import Ledger, read_job_spec
+from .ownership import check_owned, repair_broken_units
 from .planner import Planner, stop_reason, stuck_classes
 from .progress import Progress
 from .prompts import PromptItem, build_pool
@@ -36,21 +39,63 @@ class JobResult:
     stuck: list[str] = field(default_factory=list)
 
 
-def open_job(spec: JobSpec) -> Store:
-    """Check the output and record the spec, or refuse a spec that differs from the recorded one."""
+def open_job(spec: JobSpec, inputs: dict | None = None) -> Store:
+    """Check the output and record the spec with its inputs, or refuse: an output that holds
+    files dde did not write, a recorded job with another spec, or inputs that changed since
+    the job first read them. ``inputs``: what ``build_pool`` read (size and sha256 by field)."""
     store = Store(spec.output, spec.storage_options)
-    store.check_writable()
     recorded = read_job_spec(store)
+    if recorded is None:
+        check_owned(store, spec.name)
+    store.check_writable()
     if recorded is not None:
-        old_spec, old_fp = recorded
-        if old_fp != fingerprint(spec):
-            changes = "\n".join(f"  - {d}" for d in diff_fingerprinted(old_spec, spec))
-            raise UserError(f"output {spec.output!r} holds a job with a different spec; resume refuses to mix "
-                            f"datasets. Fields that differ:\n{changes}\nUse a new output, or restore these fields.")
-        return store
-    record = {"spec": recorded_spec(spec), "fingerprint": fingerprint(spec)}
+        try:
+            _check_same_job(store, spec, recorded, inputs or {})
+            return store
+        except UserError:
+            if not _nothing_committed(store):
+                raise
+            # a job that never committed a unit may start over with a corrected spec or inputs
+            print(f"note: {spec.output!r} held a job that committed nothing; starting it over with this spec",
+                  file=sys.stderr)
+            _forget_plans(store)
+    record = {"spec": recorded_spec(spec), "fingerprint": fingerprint(spec), "inputs": inputs or {}}
     store.create_only(SPEC_FILE, json.dumps(record, indent=1).encode())
     return store
+
+
+def _check_same_job(store: Store, spec: JobSpec, recorded: tuple[JobSpec, str], inputs: dict) -> None:
+    old_spec, old_fp = recorded
+    if old_fp != fingerprint(spec):
+        changes = "\n".join(f"  - {d}" for d in diff_fingerprinted(old_spec, spec))
+        raise UserError(f"output {spec.output!r} holds a job with a different spec; resume refuses to mix "
+                        f"datasets. Fields that differ:\n{changes}\nUse a new output, or restore these fields.")
+    _check_inputs(store, spec, inputs)
+
+
+def _nothing_committed(store: Store) -> bool:
+    """No unit committed and no driver running: the recorded spec and plans bind nothing yet."""
+    return not store.list_names(COMMITS_DIR) and not live_leases(store)
+
+
+def _forget_plans(store: Store) -> None:
+    for name in store.list_names(PLANS_DIR):
+        store.delete(f"{PLANS_DIR}/{name}")
+    store.delete(SPEC_FILE)
+
+
+def _check_inputs(store: Store, spec: JobSpec, inputs: dict) -> None:
+    """Refuse a resume whose input files differ from those the job recorded at its start
+    (outputs made before inputs were recorded have none to compare)."""
+    recorded = json.loads(store.read_bytes(SPEC_FILE)).get("inputs", {})
+    changed = [f"  - {field}: {old['uri']} ({old['size']} bytes, sha256 {old['sha256'][:12]}) is now "
+               + (f"{new['uri']} ({new['size']} bytes, sha256 {new['sha256'][:12]})" if new else "not read")
+               for field, old in sorted(recorded.items())
+               if (new := inputs.get(field)) is None or new["sha256"] != old["sha256"]]
+    if changed:
+        raise InputChanged(f"output {spec.output!r} holds a job planned from other input files; resume refuses "
+                           f"to mix datasets. Inputs that changed since the job started:\n" + "\n".join(changed)
+                           + "\nRestore these files, or use a new output.")
 
 
 def ensure_ray(address: str | None) -> None:
@@ -65,15 +110,17 @@ def ensure_ray(address: str | None) -> None:
         ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
 
 
-def _request(item: PromptItem, image_id: int, seed: int) -> dict:
+def _request(item: PromptItem, image_id: int, seed: int, digests: dict[str, str] | None = None) -> dict:
+    """``digests``: sha256 of references as committed units read them, so a changed one is caught."""
     return {"image_id": image_id, "seed": seed, "prompt": item.prompt, "negative_prompt": item.negative_prompt,
-            "classes": list(item.classes), "reference_id": item.reference_id, "reference_uri": item.reference_uri}
+            "classes": list(item.classes), "reference_id": item.reference_id, "reference_uri": item.reference_uri,
+            "reference_sha256": (digests or {}).get(item.reference_uri)}
 
 
 class _Driver:
-    def __init__(self, spec: JobSpec, store: Store, progress: Progress):
-        self.spec, self.store, self.progress = spec, store, progress
-        self.pool_items = build_pool(spec)
+    def __init__(self, spec: JobSpec, store: Store, pool: list[PromptItem], lease: Lease, progress: Progress):
+        self.spec, self.store, self.lease, self.progress = spec, store, lease, progress
+        self.pool_items = pool
         self.planner = Planner(spec, self.pool_items)
         self.ledger = Ledger(store)
         self.uses = np.zeros(len(self.pool_items))
@@ -82,6 +129,7 @@ class _Driver:
     def run(self, address: str | None) -> JobResult:
         wave = first_unit = images_planned = 0
         bounds = self.spec.bounds()
+        repair_broken_units(self.store)
         self.ledger.refresh()
         self.progress.start(self.ledger)
         while True:
@@ -131,8 +179,9 @@ class _Driver:
             else:
                 ensure_ray(address)
                 self.executor = UnitPool(self.spec)
-        expanded = [dict(u, requests=[_request(self.pool_items[item], image_id, seed)
-                                      for image_id, item, seed in u["images"]]) for u in units]
+        digests = self.ledger.reference_digests()
+        expanded = [dict(u, lease=self.lease.id, requests=[_request(self.pool_items[item], image_id, seed, digests)
+                                                           for image_id, item, seed in u["images"]]) for u in units]
         for u in expanded:
             del u["images"]
         self.executor.run(expanded, self.progress.unit_done)
@@ -147,11 +196,15 @@ class _Driver:
 
 
 def run_job(spec: JobSpec, *, address: str | None = None, quiet: bool = False, finalize: bool = True) -> JobResult:
-    """Run (or continue) ``spec``. Storage that stays unreachable through every retry ends the
-    run with StorageUnavailable: a clean stop that ``dde resume`` continues from the markers."""
-    store = open_job(spec)
+    """Run (or continue) ``spec``. Every input is read and checked before anything is written.
+    Storage that stays unreachable through every retry ends the run with StorageUnavailable:
+    a clean stop that ``dde resume`` continues from the markers."""
+    inputs: dict = {}
+    pool = build_pool(spec, inputs)
+    store = open_job(spec, inputs)
     try:
-        return _run(spec, store, address, quiet, finalize)
+        with Lease(store, f"the driver of job {spec.name!r}") as lease:
+            return _run(spec, store, pool, lease, address, quiet, finalize)
     except Exception as e:
         if not unreachable(e):
             raise
@@ -160,8 +213,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, quiet: bool = False, f
                                  f"`dde resume {spec.output}` continues once it is back") from e
 
 
-def _run(spec: JobSpec, store: Store, address: str | None, quiet: bool, finalize: bool) -> JobResult:
-    driver = _Driver(spec, store, Progress(spec, quiet=quiet))
+def _run(spec: JobSpec, store: Store, pool: list[PromptItem], lease: Lease, address: str | None, quiet: bool,
+         finalize: bool) -> JobResult:
+    driver = _Driver(spec, store, pool, lease, Progress(spec, quiet=quiet))
     try:
         result = driver.run(address)
     finally:
@@ -170,5 +224,5 @@ def _run(spec: JobSpec, store: Store, address: str | None, quiet: bool, finalize
     if finalize:
         from .finalize import finalize_job
 
-        finalize_job(store, spec, stop=result.stop_reason)
+        finalize_job(store, spec, stop=result.stop_reason, lease=lease.id)
     return result

@@ -16,12 +16,12 @@ import hashlib
 import io
 import json
 import time
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
 from .layout import SHARD_FILE, STAGING_DIR, image_name, marker_file
+from .lease import new_attempt_id
 from .records import Generated, ImageRequest, Labels
 from .storage import Store
 
@@ -104,13 +104,14 @@ class UnitSink:
 
     # ---- lifecycle
     def on_write_start(self) -> None:
-        self.attempt = uuid.uuid4().hex[:12]
+        self.attempt = new_attempt_id(self.unit.get("lease"))
         self.staging = f"{STAGING_DIR}/{self.unit['unit_id']}.{self.attempt}"
         self.rows: list[dict] = []
         self.files: list[str] = []
         self.shard_images: list[dict] = []
         self.shard_annotations: list[dict] = []
         self.rejects: list[dict] = []
+        self.references: dict[str, str] = {}  # reference URI -> sha256 of the bytes read
         self.counts = {name: 0 for name in self.context.categories}
         self.started = time.time()
 
@@ -164,9 +165,10 @@ class UnitSink:
             "shard": SHARD_FILE, "shard_sha256": hashlib.sha256(shard_bytes).hexdigest(),
             "parquet_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
             "images": len(self.rows), "instances": sum(self.counts.values()), "counts": self.counts,
-            "rejects": self.rejects, "backend_seconds": round(backend_seconds, 4),
+            "rejects": self.rejects, "references": self.references, "backend_seconds": round(backend_seconds, 4),
             "seconds": round(time.time() - self.started, 4), "committed_at": time.time(),
         }
+        self._check_staged()
         won = self.store.create_only(marker_file(self.unit["unit_id"]), json.dumps(marker).encode())
         if not won:  # another attempt committed first: its files are the unit's, ours are garbage
             self.on_write_failed()
@@ -177,6 +179,16 @@ class UnitSink:
         self.store.delete(self.staging, recursive=True)
 
     # ---- helpers
+    def _check_staged(self) -> None:
+        """Every file the marker will list is in storage (one listing): a marker never
+        commits files that something else removed while this attempt ran."""
+        staged = set(self.store.find(self.staging))
+        missing = [rel for rel in [*self.files, SHARD_FILE] if f"{self.staging}/{rel}" not in staged]
+        if missing:
+            raise RuntimeError(f"{self.unit['unit_id']}: {len(missing)} staged file(s) vanished before the commit "
+                               f"(e.g. {missing[0]}); this attempt is not committed and the unit is retried")
+
+
     @property
     def palette(self) -> list[int]:
         if self._palette is None:

@@ -93,7 +93,7 @@ class Store:
         self.fs.invalidate_cache(self.path(rel_dir))
         try:
             entries = self.fs.ls(self.path(rel_dir), detail=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
@@ -116,6 +116,19 @@ class Store:
             return
         headers = {"ContentType": content_type} if content_type and self.is_s3 else {}
         self.fs.pipe_file(path, data, **headers)
+
+    def replace_bytes(self, rel: str, data: bytes) -> None:
+        """Overwrite ``rel`` so that readers see the old or the new bytes, never part of them
+        (a rename on local disks; a PUT is atomic on S3 and in memory://)."""
+        if not self.is_local:
+            self.write_bytes(rel, data)
+            return
+        path = self.path(rel)
+        self._makedirs(posixpath.dirname(path))
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
 
     def _makedirs(self, directory: str) -> None:
         if directory not in self._made_dirs:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
 
 import numpy as np
 
+from .errors import InputChanged
 from .layout import marker_file
 from .records import ImageRequest
 from .registry import BACKENDS, HEADS
@@ -24,14 +26,30 @@ def summary_of(marker: dict, won: bool) -> dict:
     return {**{k: marker[k] for k in keys}, "rejects": len(marker["rejects"]), "won": won}
 
 
-def _load_reference(uri: str, storage_options: dict) -> np.ndarray:
+def _read_reference(uri: str, storage_options: dict, expected_sha256: str | None) -> tuple[np.ndarray, str]:
+    """The reference as uint8 HxWx3 RGB, and the sha256 of its bytes.
+
+    Raises InputChanged if committed units of this job read other bytes under ``uri``
+    (``expected_sha256``): a dataset never mixes two versions of one reference."""
     import fsspec
     from PIL import Image
 
-    with fsspec.open(uri, "rb", **(storage_options if "://" in uri else {})) as f:
-        data = f.read()
+    try:
+        with fsspec.open(uri, "rb", **(storage_options if "://" in uri else {})) as f:
+            data = f.read()
+    except FileNotFoundError:
+        if expected_sha256:
+            raise InputChanged(f"prompts.images: the reference {uri!r} was read by committed units of this job "
+                               f"(sha256 {expected_sha256[:12]}) and is now missing; restore it, or use a new "
+                               f"output") from None
+        raise
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 and digest != expected_sha256:
+        raise InputChanged(f"prompts.images: the reference {uri!r} changed since committed units of this job read "
+                           f"it (sha256 {expected_sha256[:12]} -> {digest[:12]}, now {len(data)} bytes); resuming "
+                           f"would mix both versions in one dataset. Restore the file, or use a new output")
     with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(image.convert("RGB")), digest
 
 
 class UnitMaker:
@@ -68,7 +86,10 @@ class UnitMaker:
                                    list(image["classes"]), image["reference_id"])
             if image["reference_uri"]:
                 try:
-                    request.reference = _load_reference(image["reference_uri"], self.spec.storage_options)
+                    request.reference, sink.references[image["reference_uri"]] = _read_reference(
+                        image["reference_uri"], self.spec.storage_options, image.get("reference_sha256"))
+                except InputChanged:
+                    raise
                 except Exception as e:  # missing or corrupt reference: record it, never crash the job
                     sink.reject(request, f"reference {image['reference_uri']!r} unusable: {type(e).__name__}: {e}")
                     continue

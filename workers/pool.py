@@ -75,6 +75,8 @@ class UnitPool:
                 except RayTaskError as e:
                     self._idle.append(actor)
                     cause = getattr(e, "cause", e)
+                    if isinstance(cause, UserError):  # e.g. an input changed: a retry would meet it again
+                        raise cause from None
                     self._retry(queue, unit, attempt, repr(cause), cause)
                 else:
                     self._idle.append(actor)
