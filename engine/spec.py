@@ -24,6 +24,9 @@ __all__ = [
 
 # Fields that only say where or how fast a job runs: changing them keeps the dataset.
 UNFINGERPRINTED = ("name", "output", "storage_options", "resources")
+# ...except these ``resources`` fields, which change the bytes. Each is fingerprinted only when
+# it differs from its default, so specs written before it existed keep their fingerprint.
+FINGERPRINTED_RESOURCES = ("threads_per_actor",)
 
 
 def require_ordered(model: BaseModel, low: str, high: str):
@@ -113,6 +116,10 @@ class Resources(_Strict):
     num_gpus: float = Field(default=0.0, ge=0, description="Per actor.")
     unit_timeout_s: float = Field(default=1800.0, gt=0, description="A unit running longer is retried elsewhere.")
     max_attempts: int = Field(default=3, ge=1, description="Attempts per unit before the job fails.")
+    threads_per_actor: int = Field(
+        default=1, ge=1, description="torch intra-op threads in each actor, whatever num_cpus is. The thread count "
+                                     "changes how CPU kernels split their work, hence float rounding and image "
+                                     "bytes, so unlike the other resources it is part of the fingerprint.")
 
 
 class JobSpec(_Strict):
@@ -312,10 +319,18 @@ def load_spec(path: str, overrides: list[str] = (), *, max_images: int | None = 
 # ---------------------------------------------------------------- fingerprint
 
 
-def _fingerprinted(spec: JobSpec) -> dict:
+def _fingerprinted(spec: JobSpec, *, defaults: bool = False) -> dict:
+    """What the fingerprint hashes. ``FINGERPRINTED_RESOURCES`` at their default are left out
+    (so old fingerprints hold) unless ``defaults``: for listing differences, where a field
+    left out and one at its default are the same value."""
     data = spec.model_dump(mode="json")
+    resources = data["resources"]
     for key in UNFINGERPRINTED:
         data.pop(key, None)
+    kept = {key: resources[key] for key in FINGERPRINTED_RESOURCES
+            if defaults or resources[key] != Resources.model_fields[key].default}
+    if kept:
+        data["resources"] = kept
     return data
 
 
@@ -349,7 +364,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def diff_fingerprinted(old: JobSpec, new: JobSpec) -> list[str]:
     """Dotted paths of fingerprinted fields that differ, with both values."""
-    a, b = _flatten(_fingerprinted(old)), _flatten(_fingerprinted(new))
+    a, b = _flatten(_fingerprinted(old, defaults=True)), _flatten(_fingerprinted(new, defaults=True))
     return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}"
             for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
 

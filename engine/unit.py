@@ -60,6 +60,11 @@ class UnitMaker:
         self.store = Store(spec.output, spec.storage_options)
         classes = spec.class_specs
         backend_cls, head_cls = BACKENDS.get(spec.generator.name), HEADS.get(spec.label_head.name)
+        if backend_cls.uses_torch:  # before anything loads or computes: the bytes depend on it
+            import torch  # not for render: its actors start without torch
+
+            # Ray sets OMP_NUM_THREADS from num_cpus, and torch splits kernels by thread count
+            torch.set_num_threads(spec.resources.threads_per_actor)
         self.backend = backend_cls(params=backend_cls.Params(**spec.generator.params), classes=classes)
         self.head = head_cls(params=head_cls.Params(**spec.label_head.params), classes=classes)
         self.head.attach(self.backend)

@@ -21,5 +21,12 @@ class UnitWorker:
     def ready(self) -> int:
         return os.getpid()
 
+    def threads(self) -> int | None:
+        """torch's intra-op thread count here (resources.threads_per_actor, not Ray's num_cpus), or
+        None when the backend runs without torch."""
+        import sys
+
+        return sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+
     def make(self, unit: dict) -> dict:
         return self.maker.make(unit)

@@ -17,6 +17,10 @@ class StrictParams(BaseModel):
 class Backend:
     Params: type[StrictParams] = StrictParams
     batch_size: int | None = None  # images per generate() call; None means the whole unit
+    # Computes with torch: the worker then fixes torch's intra-op thread count to
+    # resources.threads_per_actor before the backend loads (the bytes depend on it).
+    # False only for a backend (and its heads) that never import torch.
+    uses_torch: bool = True
 
     def __init__(self, *, params: StrictParams, classes: list[ClassSpec]):
         self.params = params

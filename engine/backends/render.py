@@ -35,6 +35,7 @@ def _world_name(words: list[str]) -> str | None:
 
 class RenderBackend(Backend):
     Params = RenderParams
+    uses_torch = False  # numpy only: its actors start without importing torch
 
     def __init__(self, *, params: RenderParams, classes):
         super().__init__(params=params, classes=classes)
