@@ -4,7 +4,7 @@ finalize), with the same steps and batch size, in one run.
 
     .venv/bin/python bench/bench_diffusion_overhead.py --images 256 --batch 32 --steps 20
 
-Both sides use both cores (the actor asks for num_cpus=2, so torch gets 2 threads).
+Both sides use both cores (the actor asks for num_cpus=2 and threads_per_actor=2).
 Results go to bench/results/diffusion_overhead.json.
 """
 
@@ -50,7 +50,7 @@ def engine_run(images: int, batch: int, steps: int, out: str) -> tuple[float, fl
         "generator": {"name": "diffusion", "params": {"model": "embedded:shapes", "steps": steps,
                                                       "batch_size": batch}},
         "label_head": {"name": "none"}, "prompts": {"source": "combinations", "max_classes": 1},
-        "resources": {"actors": {"min": 1, "max": 1}, "num_cpus": 2},
+        "resources": {"actors": {"min": 1, "max": 1}, "num_cpus": 2, "threads_per_actor": 2},
     }
     path = os.path.join(os.path.dirname(out), "overhead.yaml")
     with open(path, "w") as f:

@@ -18,6 +18,7 @@ from .errors import InputChanged, StorageUnavailable, UserError
 from .layout import COMMITS_DIR, PLANS_DIR, SPEC_FILE, plan_file
 from .lease import Lease, live_leases
 from .ledger import Ledger, read_job_spec
+from .location import refuse_temporary_output
 from .ownership import check_owned, repair_broken_units
 from .planner import Planner, stop_reason, stuck_classes
 from .progress import Progress
@@ -43,6 +44,7 @@ def open_job(spec: JobSpec, inputs: dict | None = None) -> Store:
     """Check the output and record the spec with its inputs, or refuse: an output that holds
     files dde did not write, a recorded job with another spec, or inputs that changed since
     the job first read them. ``inputs``: what ``build_pool`` read (size and sha256 by field)."""
+    refuse_temporary_output(spec.output)
     store = Store(spec.output, spec.storage_options)
     recorded = read_job_spec(store)
     if recorded is None:
