@@ -14,7 +14,7 @@ import uuid
 
 from .errors import UserError
 from .layout import CARD_FILE, COCO_FILE, JOB_FILE, PUBLISHED_DIRS, STAGING_DIR
-from .ledger import Ledger, iter_markers
+from .ledger import Ledger, iter_markers, marker_names
 from .ownership import remove_stale_attempts
 from .spec import JobSpec, fingerprint, recorded_spec
 from .storage import Store
@@ -26,7 +26,11 @@ def _publish(store: Store, marker: dict, staged: set[str]) -> None:
     for rel in marker["files"]:
         src = f"{marker['staging']}/{rel}"
         if src in staged:
-            store.move(src, rel)
+            try:
+                store.move(src, rel)
+            except FileNotFoundError:  # a concurrent finalize (another driver ending) moved it first
+                if not store.exists(rel):
+                    raise
 
 
 def _missing(store: Store, owner: dict[str, str], staged: set[str], shards: list[str]) -> dict[str, list[str]]:
@@ -119,10 +123,11 @@ def finalize_job(store: Store, spec: JobSpec, stop: str | None = None, lease: st
     (``dde resume`` regenerates those units)."""
     if not store.exists("_job/spec.json"):
         raise UserError(f"URI: expected the output of a dde job, got {store.uri!r}")
+    names = marker_names(store)  # before the staging listing: see ownership.broken_units
     staged = set(store.find(STAGING_DIR))
     stagings, owner, shards = set(), {}, []
     images_with: dict[str, int] = {c.name: 0 for c in spec.class_specs}
-    for marker in iter_markers(store):
+    for marker in iter_markers(store, names):
         _publish(store, marker, staged)
         stagings.add(marker["staging"])
         owner.update(dict.fromkeys(marker["files"], marker["unit_id"]))

@@ -13,7 +13,7 @@ from .layout import COMMITS_DIR, SPEC_FILE
 from .spec import JobSpec, parse_spec
 from .storage import Store
 
-__all__ = ["Ledger", "read_job_spec", "iter_markers"]
+__all__ = ["Ledger", "read_job_spec", "iter_markers", "marker_names"]
 
 _SUMMARY_KEYS = ("unit_id", "index", "wave", "images", "instances", "counts", "rejects",
                  "backend_seconds", "seconds", "committed_at")
@@ -27,11 +27,16 @@ def read_job_spec(store: Store) -> tuple[JobSpec, str] | None:
     return parse_spec(data["spec"]), data["fingerprint"]
 
 
-def iter_markers(store: Store):
-    """Full markers in unit order, read one at a time (summaries are in ``Ledger``)."""
-    for name in store.list_names(COMMITS_DIR):
-        if name.endswith(".json"):
-            yield json.loads(store.read_bytes(f"{COMMITS_DIR}/{name}"))
+def marker_names(store: Store) -> list[str]:
+    """The committed units' marker file names, in unit order (a fresh listing)."""
+    return [n for n in store.list_names(COMMITS_DIR) if n.endswith(".json")]
+
+
+def iter_markers(store: Store, names: list[str] | None = None):
+    """Full markers in unit order, read one at a time (summaries are in ``Ledger``).
+    ``names``: a listing taken earlier (``marker_names``), to read just those."""
+    for name in marker_names(store) if names is None else names:
+        yield json.loads(store.read_bytes(f"{COMMITS_DIR}/{name}"))
 
 
 class Ledger:
@@ -40,7 +45,7 @@ class Ledger:
         self.units: dict[str, dict] = {}
 
     def refresh(self) -> dict[str, dict]:
-        names = [n for n in self.store.list_names(COMMITS_DIR) if n.endswith(".json")]
+        names = marker_names(self.store)
         new = [f"{COMMITS_DIR}/{n}" for n in names if n[:-5] not in self.units]
         if new:
             # one batched read: s3fs fetches the markers concurrently

@@ -20,9 +20,9 @@ from __future__ import annotations
 import sys
 
 from .errors import UserError
-from .layout import COMMITS_DIR, PUBLISHED_DIRS, STAGING_DIR, marker_file
+from .layout import PUBLISHED_DIRS, SPEC_FILE, STAGING_DIR, marker_file
 from .lease import attempt_lease, live_leases
-from .ledger import iter_markers
+from .ledger import iter_markers, marker_names
 from .storage import Store
 
 __all__ = ["check_owned", "remove_stale_attempts", "broken_units", "repair_broken_units", "describe_broken"]
@@ -33,7 +33,7 @@ _OWN_TOP = "_job"  # probe and lease files of an earlier start may be all an out
 def check_owned(store: Store, job_name: str) -> None:
     """UserError (exit 2) unless the output is empty or holds a dde job. Reads one listing."""
     foreign = [n for n in store.list_names("") if n != _OWN_TOP]
-    if not foreign:
+    if not foreign or store.exists(SPEC_FILE):  # a concurrent driver of a job may have just recorded it
         return
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
     suggestion = f"{store.uri.rstrip('/')}/dde-{job_name}"
@@ -67,14 +67,16 @@ def remove_stale_attempts(store: Store, committed: set[str], own_lease: str | No
 def broken_units(store: Store) -> dict[str, tuple[dict, list[str]]]:
     """Committed units some of whose files are in neither their staging folder nor at their
     final name: {unit id: (marker, missing files)}."""
-    if not store.list_names(COMMITS_DIR):
+    # Markers first: a unit commits only once its files are staged, so every listed marker's
+    # files were staged before the staging listing. Staging before the final names: a
+    # concurrent finalize moves files from staging to final, where the later listing sees them.
+    names = marker_names(store)
+    if not names:
         return {}
-    # Staging first: a concurrent finalize moves files from staging to their final names, so a
-    # file missed by this listing is already final, and the later listings see it there.
     staged = set(store.find(STAGING_DIR))
     final = {rel for folder in PUBLISHED_DIRS for rel in store.find(folder)}
     broken = {}
-    for marker in iter_markers(store):
+    for marker in iter_markers(store, names):
         missing = [rel for rel in [*marker["files"], marker["shard"]]
                    if rel not in final and f"{marker['staging']}/{rel}" not in staged]
         if missing:

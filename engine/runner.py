@@ -50,20 +50,27 @@ def open_job(spec: JobSpec, inputs: dict | None = None) -> Store:
     if recorded is None:
         check_owned(store, spec.name)
     store.check_writable()
-    if recorded is not None:
-        try:
-            _check_same_job(store, spec, recorded, inputs or {})
-            return store
-        except UserError:
-            if not _nothing_committed(store):
-                raise
-            # a job that never committed a unit may start over with a corrected spec or inputs
-            print(f"note: {spec.output!r} held a job that committed nothing; starting it over with this spec",
-                  file=sys.stderr)
-            _forget_plans(store)
+    if recorded is not None and _continues(store, spec, recorded, inputs or {}):
+        return store
     record = {"spec": recorded_spec(spec), "fingerprint": fingerprint(spec), "inputs": inputs or {}}
-    store.create_only(SPEC_FILE, json.dumps(record, indent=1).encode())
+    if not store.create_only(SPEC_FILE, json.dumps(record, indent=1).encode()):  # a concurrent driver was first
+        _check_same_job(store, spec, read_job_spec(store), inputs or {})
     return store
+
+
+def _continues(store: Store, spec: JobSpec, recorded: tuple[JobSpec, str], inputs: dict) -> bool:
+    """True if the output holds this job; False if it held another that committed nothing
+    (forgotten now, so a corrected spec or input can start over); else UserError."""
+    try:
+        _check_same_job(store, spec, recorded, inputs)
+        return True
+    except UserError:
+        if not _nothing_committed(store):
+            raise
+    print(f"note: {spec.output!r} held a job that committed nothing; starting it over with this spec",
+          file=sys.stderr)
+    _forget_plans(store)
+    return False
 
 
 def _check_same_job(store: Store, spec: JobSpec, recorded: tuple[JobSpec, str], inputs: dict) -> None:

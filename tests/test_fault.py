@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import yaml
 
 from .conftest import BASE_SPEC, DDE
@@ -25,26 +26,53 @@ def run(*args, timeout=600, env=None):
     return proc
 
 
-def test_sigkill_then_resume_gives_the_same_dataset(tmp_path):
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    run("run", str(write_spec(tmp_path, "a", reference)))
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reference")
+    run("run", str(write_spec(tmp, "a", tmp / "out")))
+    return str(tmp / "out")
 
-    driver = subprocess.Popen([DDE, "run", str(write_spec(tmp_path, "b", killed)), "--quiet"],
+
+def start_and_stop(tmp_path, output, sig, commits=5) -> None:
+    """Start a driver, then send it ``sig`` once ``commits`` units are committed."""
+    driver = subprocess.Popen([DDE, "run", str(write_spec(tmp_path, "b", output)), "--quiet"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    commits = killed / "_commits"
+    markers = output / "_commits"
     while time.time() < deadline and driver.poll() is None:
-        if commits.exists() and len([n for n in os.listdir(commits) if n.endswith(".json")]) >= 5:
+        if markers.exists() and len([n for n in os.listdir(markers) if n.endswith(".json")]) >= commits:
             break
         time.sleep(0.05)
-    assert driver.poll() is None, "the job finished before it could be killed"
-    os.kill(driver.pid, signal.SIGKILL)
+    assert driver.poll() is None, "the job finished before it could be stopped"
+    os.kill(driver.pid, sig)
     driver.wait()
-    assert not (killed / "job.json").exists()
+    assert not (output / "job.json").exists()
     time.sleep(1.0)  # let the orphaned actors notice; any that still commit are fine (create-only)
 
+
+def assert_same_dataset(output, reference) -> None:
+    assert dataset_digest(str(output)) == dataset_digest(reference)
+    assert job_record(str(output)) == job_record(reference)
+    ids = sorted(int(n[:-4]) for n in os.listdir(output / "coco/images"))
+    assert len(ids) == len(set(ids)) == job_record(reference)["images"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_stopped_driver_then_resume_gives_the_same_dataset(tmp_path, reference, sig):
+    killed = tmp_path / "killed"
+    start_and_stop(tmp_path, killed, sig)
     run("resume", str(killed))
-    assert dataset_digest(str(killed)) == dataset_digest(str(reference))
-    assert job_record(str(killed)) == job_record(str(reference))
-    ids = sorted(int(n[:-4]) for n in os.listdir(killed / "coco/images"))
-    assert len(ids) == len(set(ids)) == job_record(str(reference))["images"]
+    assert_same_dataset(killed, reference)
+
+
+def test_two_drivers_on_one_output_give_the_same_dataset(tmp_path, reference):
+    """Both run to the end; each unit commits once; the first to finish finalizes without
+    removing the other's running attempts, and the second finalizes again."""
+    output = tmp_path / "shared"
+    spec = str(write_spec(tmp_path, "b", output))
+    drivers = [subprocess.Popen([DDE, "run", spec, "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+               for _ in range(2)]
+    for driver in drivers:
+        assert driver.wait(timeout=600) == 0, driver.stderr.read().decode()[-3000:]
+    assert_same_dataset(output, reference)
+    assert os.listdir(output / "_job" / "leases") == []
