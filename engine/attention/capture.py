@@ -173,7 +173,10 @@ class AttentionStore:
         return [*self._cross.values(), *([self._self] if self._self is not None else [])]
 
     def end(self) -> list[dict]:
+        """Per image, the captured maps. Raises FloatingPointError if any sum is NaN or inf
+        (a NaN map would otherwise threshold to an all-background mask, silently)."""
         self.recording = False
+        self._check_finite()
         maps = []
         for b in range(self._batch):
             entry = {"cross": {r: (s[b] / self._counts[("cross", r)][b].clamp(min=1e-8)).float().cpu()
@@ -184,6 +187,18 @@ class AttentionStore:
             maps.append(entry)
         self._batch, self._cross, self._self, self._class_keys = 0, {}, None, {}
         return maps
+
+    def _check_finite(self) -> None:
+        import torch
+
+        sums = {f"cross-attention at {r}x{r}": s for r, s in self._cross.items()}
+        if self._self is not None:
+            sums[f"self-attention at {self.config.self_resolution}x{self.config.self_resolution}"] = self._self
+        bad = [name for name, total in sums.items() if not bool(torch.isfinite(total).all())]
+        if bad:
+            self._batch, self._cross, self._self, self._class_keys = 0, {}, None, {}
+            raise FloatingPointError(f"attention capture: NaN or inf in the {', '.join(bad)} maps (the model's "
+                                     f"activations overflowed); no masks are made from them")
 
     def _on_step(self, module, args) -> None:
         if not self._batch:
@@ -214,7 +229,9 @@ class AttentionStore:
                 total = self._cross[processor.resolution]
             probs = 0
             for h in range(attn.heads):  # one head at a time: the transient stays (B, N, L)
-                scores = (query[:, h] @ key[:, h].transpose(-1, -2)).float() * attn.scale
+                # upcast before the product, as diffusers' get_attention_scores does with
+                # upcast_attention: an fp16 q·kᵀ can overflow to inf before any scaling
+                scores = (query[:, h].float() @ key[:, h].float().transpose(-1, -2)) * attn.scale
                 if processor.kind == "cross":
                     scores = scores + self._key_bias
                 probs = probs + torch.softmax(scores, dim=-1)
