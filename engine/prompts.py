@@ -9,10 +9,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import posixpath
-import re
 from dataclasses import asdict, dataclass
 
+from .classnames import ClassMatcher
 from .errors import UserError
 from .spec import ClassSpec, CombinationPrompts, JobSpec, JsonlPrompts, ReferencePrompts
 
@@ -48,21 +47,6 @@ def class_append_prompt(caption: str, names: list[str]) -> str:
 
 def _unique_in_order(names) -> list[str]:
     return list(dict.fromkeys(names))
-
-
-class _ClassMatcher:
-    """Maps words in text or category names to job classes (names and synonyms)."""
-
-    def __init__(self, classes: list[ClassSpec]):
-        self.by_word = {w.lower(): c.name for c in classes for w in c.words}
-        words = sorted(self.by_word, key=len, reverse=True)
-        self.pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")(?:e?s)?\b", re.IGNORECASE)
-
-    def in_text(self, text: str) -> tuple[str, ...]:
-        return tuple(self.by_word[m.group(1).lower()] for m in self.pattern.finditer(text))
-
-    def category(self, name: str) -> str | None:
-        return self.by_word.get(name.lower())
 
 
 def build_pool(spec: JobSpec, inputs: dict | None = None) -> list[PromptItem]:
@@ -110,40 +94,29 @@ def _load_json(uri: str, field_name: str, storage_options: dict, inputs: dict) -
 
 
 def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> list[PromptItem]:
-    opts = spec.storage_options
-    coco = _load_json(source.annotations, "annotations", opts, inputs)
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(coco.get(key), list):
-            raise UserError(f"prompts.annotations: expected a COCO file with a {key!r} list, got none in {source.annotations!r}")
-    matcher = _ClassMatcher(spec.class_specs)
-    category_of = {c["id"]: matcher.category(c["name"]) for c in coco["categories"]}
-    classes_of: dict[int, list[str]] = {}
-    for ann in coco["annotations"]:
-        name = category_of.get(ann["category_id"])
-        if name is not None:
-            classes_of.setdefault(ann["image_id"], []).append(name)
-    captions: dict[int, str] = {}
+    from .references import id_key, load_references
+
+    references = load_references(spec, _load_json(source.annotations, "annotations", spec.storage_options, inputs),
+                                 inputs)
+    captions: dict[str, str] = {}
     if source.captions:
-        for ann in _load_json(source.captions, "captions", opts, inputs).get("annotations", []):
-            captions.setdefault(ann["image_id"], ann["caption"])
-    root = source.images or posixpath.dirname(source.annotations)
+        for i, ann in enumerate(_load_json(source.captions, "captions", spec.storage_options, inputs).get("annotations", [])):
+            captions.setdefault(id_key(ann.get("image_id"), f"prompts.captions: annotations[{i}].image_id"), ann["caption"])
     items = []
-    for image in sorted(coco["images"], key=lambda im: im["id"]):
-        names = sorted(classes_of.get(image["id"], []), key=[c.name for c in spec.class_specs].index)
-        unique = _unique_in_order(names)
+    for ref in references:
+        unique = _unique_in_order(ref.classes)
         if source.style == "caption_append":
-            prompt = class_append_prompt(captions.get(image["id"], f"A {source.domain}"), unique)
-        else:
+            prompt = class_append_prompt(captions.get(ref.id, f"A {source.domain}"), unique)
+        elif unique:
             prompt = generic_prompt(source.domain, unique)
-        uri = posixpath.join(root, image["file_name"])
-        items.append(PromptItem(prompt, tuple(names), source.negative_prompt, str(image["id"]), uri))
-    if not items:
-        raise UserError(f"prompts.annotations: expected at least one image, got none in {source.annotations!r}")
+        else:  # an image with no class of the job: 'A photograph.', not 'A photograph, with  in the ...'
+            prompt = f"A {source.domain}."
+        items.append(PromptItem(prompt, ref.classes, source.negative_prompt, ref.id, ref.uri))
     return items
 
 
 def _jsonl_pool(spec: JobSpec, source: JsonlPrompts, inputs: dict) -> list[PromptItem]:
-    matcher = _ClassMatcher(spec.class_specs)
+    matcher = ClassMatcher(spec.class_specs)
     items = []
     data = _read_input(source.path, "path", "JSONL file", spec.storage_options, inputs)
     try:

@@ -97,14 +97,18 @@ def _check_inputs(store: Store, spec: JobSpec, inputs: dict) -> None:
     """Refuse a resume whose input files differ from those the job recorded at its start
     (outputs made before inputs were recorded have none to compare)."""
     recorded = json.loads(store.read_bytes(SPEC_FILE)).get("inputs", {})
-    changed = [f"  - {field}: {old['uri']} ({old['size']} bytes, sha256 {old['sha256'][:12]}) is now "
-               + (f"{new['uri']} ({new['size']} bytes, sha256 {new['sha256'][:12]})" if new else "not read")
+    changed = [f"  - {field}: {_describe_input(old)} is now " + (_describe_input(new) if new else "not read")
                for field, old in sorted(recorded.items())
                if (new := inputs.get(field)) is None or new["sha256"] != old["sha256"]]
     if changed:
         raise InputChanged(f"output {spec.output!r} holds a job planned from other input files; resume refuses "
                            f"to mix datasets. Inputs that changed since the job started:\n" + "\n".join(changed)
                            + "\nRestore these files, or use a new output.")
+
+
+def _describe_input(record: dict) -> str:
+    """'uri (123 bytes, sha256 ...)'; a folder's record counts images present instead of bytes."""
+    return f"{record['uri']} ({record['size']} {record.get('unit', 'bytes')}, sha256 {record['sha256'][:12]})"
 
 
 def ensure_ray(address: str | None) -> None:

@@ -27,6 +27,9 @@ UNFINGERPRINTED = ("name", "output", "storage_options", "resources")
 # ...except these ``resources`` fields, which change the bytes. Each is fingerprinted only when
 # it differs from its default, so specs written before it existed keep their fingerprint.
 FINGERPRINTED_RESOURCES = ("threads_per_actor",)
+# Fields added after outputs were made: left out of the fingerprint at their default, so the
+# fingerprints of those outputs hold; any other value changes the dataset and is fingerprinted.
+ADDED_FIELDS = ("prompts.max_image_pixels",)
 
 
 def require_ordered(model: BaseModel, low: str, high: str):
@@ -84,6 +87,9 @@ class ReferencePrompts(_Strict):
     style: Literal["generic", "caption_append"] = "generic"
     domain: str = Field(default="photograph", description="[domain] of the generic prompt.")
     negative_prompt: str = ""
+    max_image_pixels: int = Field(
+        default=89_478_485, ge=1, description="A reference image with more pixels is rejected (a decompression-bomb "
+                                              "guard; the default is Pillow's, about 9459 x 9459).")
 
     @model_validator(mode="after")
     def _captions_for_append(self) -> "ReferencePrompts":
@@ -331,7 +337,20 @@ def _fingerprinted(spec: JobSpec, *, defaults: bool = False) -> dict:
             if defaults or resources[key] != Resources.model_fields[key].default}
     if kept:
         data["resources"] = kept
+    if not defaults:
+        _drop_added_defaults(spec, data)
     return data
+
+
+def _drop_added_defaults(spec: JobSpec, data: dict) -> None:
+    for path in ADDED_FIELDS:
+        *parents, last = path.split(".")
+        model, node = spec, data
+        for part in parents:
+            model, node = getattr(model, part), node[part]
+        field = type(model).model_fields.get(last)
+        if field is not None and getattr(model, last) == field.get_default(call_default_factory=True):
+            del node[last]
 
 
 def recorded_spec(spec: JobSpec) -> dict:

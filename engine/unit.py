@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 
@@ -26,13 +25,15 @@ def summary_of(marker: dict, won: bool) -> dict:
     return {**{k: marker[k] for k in keys}, "rejects": len(marker["rejects"]), "won": won}
 
 
-def _read_reference(uri: str, storage_options: dict, expected_sha256: str | None) -> tuple[np.ndarray, str]:
-    """The reference as uint8 HxWx3 RGB, and the sha256 of its bytes.
+def _read_reference(uri: str, storage_options: dict, expected_sha256: str | None,
+                    max_pixels: int) -> tuple[np.ndarray, str]:
+    """The reference as uint8 HxWx3 RGB as it looks (``images.decode_rgb``), and the sha256 of its bytes.
 
     Raises InputChanged if committed units of this job read other bytes under ``uri``
     (``expected_sha256``): a dataset never mixes two versions of one reference."""
     import fsspec
-    from PIL import Image
+
+    from .images import decode_rgb
 
     try:
         with fsspec.open(uri, "rb", **(storage_options if "://" in uri else {})) as f:
@@ -48,8 +49,7 @@ def _read_reference(uri: str, storage_options: dict, expected_sha256: str | None
         raise InputChanged(f"prompts.images: the reference {uri!r} changed since committed units of this job read "
                            f"it (sha256 {expected_sha256[:12]} -> {digest[:12]}, now {len(data)} bytes); resuming "
                            f"would mix both versions in one dataset. Restore the file, or use a new output")
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB")), digest
+    return decode_rgb(data, max_pixels), digest
 
 
 class UnitMaker:
@@ -92,7 +92,8 @@ class UnitMaker:
             if image["reference_uri"]:
                 try:
                     request.reference, sink.references[image["reference_uri"]] = _read_reference(
-                        image["reference_uri"], self.spec.storage_options, image.get("reference_sha256"))
+                        image["reference_uri"], self.spec.storage_options, image.get("reference_sha256"),
+                        self.spec.prompts.max_image_pixels)
                 except InputChanged:
                     raise
                 except Exception as e:  # missing or corrupt reference: record it, never crash the job
