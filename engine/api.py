@@ -183,6 +183,7 @@ class ClassProgress(BaseModel):
     count: int
     lower_bound: int
     met: bool
+    state: str = Field(description="met, below, stuck, or 'not labelled' (the job's head makes no labels).")
 
 
 class Reject(BaseModel):

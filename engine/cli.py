@@ -255,6 +255,10 @@ def _cmd_resume(args) -> int:
 def _report(result) -> int:
     print(f"{result.stop_reason}: {result.images} images, {result.instances} instances in {result.waves} wave(s)"
           + (f"; stuck: {', '.join(result.stuck)}" if result.stuck else ""))
+    if not result.images:  # a job that made nothing has failed, whatever stopped it
+        reason = f"; the first reject: {result.rejects[0]['reason']}" if result.rejects else ""
+        print(f"error: the job made no image{reason}. See `dde status {result.output}`", file=sys.stderr)
+        return 1
     print(f"dataset: {result.output}/coco/instances.json, {result.output}/parquet/, card {result.output}/README.md")
     return 0
 

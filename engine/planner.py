@@ -15,7 +15,7 @@ from .layout import derive_seed, unit_id
 from .prompts import PromptItem
 from .spec import JobSpec
 
-__all__ = ["Planner", "stuck_classes", "stop_reason", "STUCK_PATIENCE"]
+__all__ = ["Planner", "stuck_classes", "job_stuck_classes", "class_state", "stop_reason", "STUCK_PATIENCE"]
 
 STUCK_PATIENCE = 2  # waves without growth before a class is reported stuck
 
@@ -29,6 +29,23 @@ def stuck_classes(history: list[dict[str, int]], bounds: dict[str, int]) -> list
         return []
     now, before = history[-1], history[-1 - STUCK_PATIENCE]
     return [c for c, b in bounds.items() if now.get(c, 0) < b and now.get(c, 0) <= before.get(c, 0)]
+
+
+def job_stuck_classes(spec: JobSpec, history: list[dict[str, int]]) -> list[str]:
+    """``stuck_classes`` of the job; none when its head makes no labels (``none``): nothing is
+    counted, so a class is "not labelled" and the job runs to its image or wave budget."""
+    from .registry import HEADS
+
+    return stuck_classes(history, spec.bounds()) if HEADS.get(spec.label_head.name).makes_labels else []
+
+
+def class_state(spec: JobSpec, count: int, bound: int, stuck: bool) -> str:
+    """What status, the card and the report say of a class."""
+    from .registry import HEADS
+
+    if not HEADS.get(spec.label_head.name).makes_labels:
+        return "not labelled"
+    return "met" if count >= bound else ("stuck" if stuck else "below")
 
 
 def stop_reason(spec: JobSpec, wave: int, counts: dict[str, int], stuck: list[str], images_planned: int) -> str | None:

@@ -48,7 +48,9 @@ def committed_shards(store, images: int) -> list[str]:
     for marker in iter_markers(store):
         if seen >= images:
             break
-        rel = next(f for f in marker["files"] if f.startswith("parquet/"))
+        rel = next((f for f in marker["files"] if f.startswith("parquet/")), None)
+        if rel is None:  # every image of the unit was rejected: it has no parquet file
+            continue
         staged = f"{marker['staging']}/{rel}"
         shards.append(staged if store.exists(staged) else rel)
         seen += marker["images"]

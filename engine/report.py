@@ -124,8 +124,7 @@ def _summary(status: dict) -> str:
 
 def _class_table(status: dict) -> str:
     rows = [[_cell(name), _cell(c["count"], "n"), _cell(c["lower_bound"], "n"),
-             _cell("met" if c["met"] else ("stuck" if name in status["stuck"] else "below"),
-                   css="met" if c["met"] else "short")]
+             _cell(c["state"], css={"met": "met", "stuck": "short", "below": "short"}.get(c["state"], ""))]
             for name, c in status["classes"].items()]
     return _table(["class", "instances", "lower bound", "status"], rows)
 

@@ -20,7 +20,7 @@ from .lease import Lease, live_leases
 from .ledger import Ledger, read_job_spec
 from .location import refuse_temporary_output
 from .ownership import check_owned, repair_broken_units
-from .planner import Planner, stop_reason, stuck_classes
+from .planner import Planner, job_stuck_classes, stop_reason
 from .progress import Progress
 from .prompts import PromptItem, build_pool
 from .spec import JobSpec, diff_fingerprinted, fingerprint, recorded_spec
@@ -38,6 +38,7 @@ class JobResult:
     instances: int
     counts: dict[str, int]
     stuck: list[str] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)  # the first few, with their reasons
 
 
 def open_job(spec: JobSpec, inputs: dict | None = None) -> Store:
@@ -141,7 +142,6 @@ class _Driver:
 
     def run(self, address: str | None) -> JobResult:
         wave = first_unit = images_planned = 0
-        bounds = self.spec.bounds()
         repair_broken_units(self.store)
         self.ledger.refresh()
         self.progress.start(self.ledger)
@@ -149,7 +149,7 @@ class _Driver:
             units = self._load_plan(wave)
             if units is None:
                 history = self.ledger.history(wave)
-                stuck = stuck_classes(history, bounds)
+                stuck = job_stuck_classes(self.spec, history)
                 reason = stop_reason(self.spec, wave, history[-1], stuck, images_planned)
                 if reason:
                     return self._result(reason, wave, stuck)
@@ -168,7 +168,7 @@ class _Driver:
             missing = [u["unit_id"] for u in units if u["unit_id"] not in self.ledger.refresh()]
             if missing:
                 raise RuntimeError(f"wave {wave} ended with uncommitted units: {missing[:5]}")
-            self.progress.wave_done(wave, stuck_classes(self.ledger.history(wave + 1), bounds))
+            self.progress.wave_done(wave, job_stuck_classes(self.spec, self.ledger.history(wave + 1)))
             images_planned += sum(len(u["images"]) for u in units)
             first_unit += len(units)
             wave += 1
@@ -201,7 +201,8 @@ class _Driver:
 
     def _result(self, reason: str, waves: int, stuck: list[str]) -> JobResult:
         images, instances = self.ledger.totals()
-        return JobResult(self.spec.output, reason, waves, images, instances, self.ledger.counts(), stuck)
+        rejects = [r for u in sorted(self.ledger.units.values(), key=lambda u: u["index"]) for r in u["rejects"]]
+        return JobResult(self.spec.output, reason, waves, images, instances, self.ledger.counts(), stuck, rejects[:5])
 
     def close(self) -> None:
         if self.executor is not None:

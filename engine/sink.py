@@ -152,10 +152,13 @@ class UnitSink:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist(self.rows, schema=parquet_schema())
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        self._put(f"parquet/{self.unit['unit_id']}.parquet", buf.getvalue())
+        parquet = None
+        if self.rows:  # a 0-row file breaks datasets.load_dataset for the whole folder: none is written
+            table = pa.Table.from_pylist(self.rows, schema=parquet_schema())
+            buf = io.BytesIO()
+            pq.write_table(table, buf, compression="zstd")
+            parquet = buf.getvalue()
+            self._put(f"parquet/{self.unit['unit_id']}.parquet", parquet)
         shard = {"unit_id": self.unit["unit_id"], "images": self.shard_images, "annotations": self.shard_annotations}
         shard_bytes = json.dumps(shard, separators=(",", ":")).encode()
         self.store.write_bytes(f"{self.staging}/{SHARD_FILE}", shard_bytes)
@@ -163,7 +166,7 @@ class UnitSink:
             "unit_id": self.unit["unit_id"], "index": self.unit["index"], "wave": self.unit["wave"],
             "attempt": self.attempt, "staging": self.staging, "files": self.files,
             "shard": SHARD_FILE, "shard_sha256": hashlib.sha256(shard_bytes).hexdigest(),
-            "parquet_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+            "parquet_sha256": parquet and hashlib.sha256(parquet).hexdigest(),
             "images": len(self.rows), "instances": sum(self.counts.values()), "counts": self.counts,
             "rejects": self.rejects, "references": self.references, "backend_seconds": round(backend_seconds, 4),
             "seconds": round(time.time() - self.started, 4), "committed_at": time.time(),

@@ -178,13 +178,44 @@ def _read_text(path: str) -> str:
         raise UserError(f"spec file {path!r}: expected a readable YAML or JSON file, got {e.strerror}") from e
 
 
+def _unique_key_loader(text: str):
+    """A yaml SafeLoader for ``text`` that notes each key a mapping repeats (``.duplicates``:
+    key, first line, line), where PyYAML alone keeps the last value without a word."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def __init__(self, stream):
+            super().__init__(stream)
+            self.duplicates: list[tuple] = []
+
+        def construct_mapping(self, node, deep=False):
+            lines: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' may be overridden: that is its use
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    self.duplicates.append((key, lines[key], line))
+                lines.setdefault(key, line)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader(text)
+
+
 def _parse_mapping(text: str, origin: str) -> dict:
     import yaml  # YAML is a superset of JSON, one parser serves both
 
+    loader = _unique_key_loader(text)
     try:
-        data = yaml.safe_load(text)
+        data = loader.get_single_data()
     except yaml.YAMLError as e:
         raise UserError(f"spec file {origin!r}: expected valid YAML or JSON, got a parse error: {e}") from e
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise SpecError([f"spec file {origin!r}: expected each key once in a mapping, got {key!r} twice (lines "
+                         f"{first} and {again}); keep one" for key, first, again in loader.duplicates])
     if not isinstance(data, dict):
         raise UserError(f"spec file {origin!r}: expected a mapping at the top level, got {type(data).__name__}")
     return data

@@ -7,7 +7,7 @@ import json
 from .errors import UserError
 from .layout import JOB_FILE, PLANS_DIR
 from .ledger import Ledger, read_job_spec
-from .planner import stuck_classes
+from .planner import class_state, job_stuck_classes
 from .storage import Store
 
 __all__ = ["job_status", "format_status"]
@@ -29,14 +29,15 @@ def job_status(store: Store, ledger: Ledger | None = None) -> dict:
     rejects = [r for u in sorted(units.values(), key=lambda u: u["index"]) for r in u["rejects"]]
     finalized = store.exists(JOB_FILE)
     remaining = spec.budget.max_images - images - len(rejects)
+    stuck = job_stuck_classes(spec, ledger.history(completed_waves))
     return {
         "name": spec.name, "output": store.uri, "fingerprint": fp,
         "state": "finalized" if finalized else ("running or interrupted" if units else "started"),
         "stop_reason": json.loads(store.read_bytes(JOB_FILE)).get("stop_reason") if finalized else None,
         "waves_planned": waves, "units_done": len(units), "images": images, "instances": instances,
-        "classes": {c: {"count": counts.get(c, 0), "lower_bound": b, "met": counts.get(c, 0) >= b}
-                    for c, b in bounds.items()},
-        "stuck": stuck_classes(ledger.history(completed_waves), bounds),
+        "classes": {c: {"count": counts.get(c, 0), "lower_bound": b, "met": counts.get(c, 0) >= b,
+                        "state": class_state(spec, counts.get(c, 0), b, c in stuck)} for c, b in bounds.items()},
+        "stuck": stuck,
         "rejects": len(rejects), "reject_samples": rejects[:20],
         "images_per_s": round(rate, 2) if rate else None,
         "eta_s_at_budget": round(remaining / rate, 1) if rate and not finalized else None,
@@ -53,7 +54,7 @@ def format_status(status: dict) -> str:
                      + (f", ETA at budget {status['eta_s_at_budget']:.0f}s" if status["eta_s_at_budget"] else ""))
     width = max(len(c) for c in status["classes"])
     for name, c in status["classes"].items():
-        mark = "ok" if c["met"] else ("STUCK" if name in status["stuck"] else "..")
+        mark = {"met": "ok", "stuck": "STUCK", "below": ".."}.get(c["state"], c["state"])
         lines.append(f"  {name:<{width}} {c['count']:>8} / {c['lower_bound']:<8} {mark}")
     for r in status["reject_samples"][:5]:
         lines.append(f"  reject image {r['image_id']}: {r['reason']}")

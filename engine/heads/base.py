@@ -11,6 +11,7 @@ __all__ = ["Head"]
 
 class Head:
     Params: type[StrictParams] = StrictParams
+    makes_labels = True  # False: the job's classes are reported "not labelled", never "stuck"
 
     def __init__(self, *, params: StrictParams, classes: list[ClassSpec]):
         self.params = params

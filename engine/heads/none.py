@@ -9,5 +9,6 @@ __all__ = ["NoLabelsHead"]
 
 
 class NoLabelsHead(Head):
+    makes_labels = False
     def label(self, requests: list[ImageRequest], generated: list[Generated]) -> list[Labels]:
         return [Labels([]) for _ in generated]
