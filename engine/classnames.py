@@ -51,5 +51,7 @@ class ClassMatcher:
         return tuple(self.by_word[normalise(m.group(1))] for m in self.pattern.finditer(text))
 
     def category(self, name: str) -> str | None:
+        """The class a category name names: the same word, its plural, or its singular."""
         key = normalise(name)
-        return self.by_word.get(key) or self.by_plural.get(key)
+        singular = next((self.by_word[p] for p in sorted(_plurals(key)) if p in self.by_word), None)
+        return self.by_word.get(key) or self.by_plural.get(key) or singular
