@@ -128,3 +128,44 @@ def test_cli_schema_is_json_schema():
     proc = subprocess.run([DDE, "schema"], capture_output=True, text=True, timeout=60, check=True)
     schema = json.loads(proc.stdout)
     assert schema["title"] == "JobSpec" and "budget" in schema["properties"]
+
+
+FIELD = f"{REPO}/tests/fixtures/field"
+
+
+def test_duplicate_keys_are_refused_naming_each_key_and_its_lines(tmp_path):
+    """Case 16: a copied example left a second 'seed' and 'prompts' further down."""
+    with pytest.raises(SpecError) as info:
+        load_spec(f"{FIELD}/spec_duplicate_keys.yaml")
+    assert info.value.problems == [
+        f"spec file '{FIELD}/spec_duplicate_keys.yaml': expected each key once in a mapping, got 'seed' twice "
+        f"(lines 5 and 20); keep one",
+        f"spec file '{FIELD}/spec_duplicate_keys.yaml': expected each key once in a mapping, got 'prompts' twice "
+        f"(lines 13 and 21); keep one"]
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ('{"name": "a",\n "budget": {"max_images": 3,\n  "max_images": 4}}', "max_images", (2, 3)),  # JSON, nested
+    ("name: a\nclasses: [circle]\nbudget: {max_images: 3}\nname: b\n", "name", (1, 4)),
+])
+def test_duplicate_keys_in_json_and_nested_mappings(tmp_path, text, key, lines):
+    path = tmp_path / "spec.json"
+    path.write_text(text)
+    proc = subprocess.run([DDE, "run", str(path), "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"got {key!r} twice (lines {lines[0]} and {lines[1]})" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_yaml_merge_keys_may_be_overridden():
+    """'<<: *base' then a key of its own is YAML's way to override, not a duplicate."""
+    from engine.spec import _parse_mapping
+
+    assert _parse_mapping("a: &x {p: 1, q: 1}\nb:\n  <<: *x\n  p: 2\n", "t")["b"] == {"p": 2, "q": 1}
+
+
+def test_a_spec_with_a_byte_order_mark_and_crlf_loads(tmp_path):
+    """Case 15's spec, saved by Notepad: BOM and CRLF line ends."""
+    text = open(f"{FIELD}/spec_bom_crlf.yaml", "rb").read()
+    assert text.startswith(b"\xef\xbb\xbf") and b"\r\n" in text
+    assert load_spec(f"{FIELD}/spec_bom_crlf.yaml").name
