@@ -6,6 +6,7 @@ item carries the job classes it names.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import itertools
 import json
@@ -117,30 +118,36 @@ def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> li
 
 def _jsonl_pool(spec: JobSpec, source: JsonlPrompts, inputs: dict) -> list[PromptItem]:
     matcher = ClassMatcher(spec.class_specs)
-    items = []
     data = _read_input(source.path, "path", "JSONL file", spec.storage_options, inputs)
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UserError(f"prompts.path: expected UTF-8 text, got a UTF-16 file {source.path!r} (it starts with a "
+                        f"UTF-16 byte-order mark); save it as UTF-8")
     try:
         lines = data.decode("utf-8-sig").splitlines()  # a byte-order mark (Windows editors) is not part of line 1
     except UnicodeDecodeError as e:
         raise UserError(f"prompts.path: expected UTF-8 text, got undecodable bytes in {source.path!r} ({e})") from e
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            prompt = row["prompt"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"prompts.path line {number}: expected a JSON object with a 'prompt' string, "
-                            f"got {line[:80]!r}") from None
-        named = row.get("classes")
-        if named is None:
-            classes = matcher.in_text(prompt)
-        else:
-            unknown = [n for n in named if matcher.category(n) is None]
-            if unknown:
-                raise UserError(f"prompts.path line {number}: expected classes from the job's classes, got {unknown}")
-            classes = tuple(matcher.category(n) for n in named)
-        items.append(PromptItem(prompt, classes, row.get("negative_prompt", source.negative_prompt)))
+    items = [_jsonl_item(line, number, matcher, source) for number, line in enumerate(lines, 1) if line.strip()]
     if not items:
         raise UserError(f"prompts.path: expected at least one prompt, got an empty file {source.path!r}")
     return items
+
+
+def _jsonl_item(line: str, number: int, matcher: ClassMatcher, source: JsonlPrompts) -> PromptItem:
+    try:
+        row = json.loads(line)
+        prompt = row["prompt"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        prompt = None
+    if not isinstance(prompt, str):
+        raise UserError(f"prompts.path line {number}: expected a JSON object with a 'prompt' string, "
+                        f"got {line[:80]!r}")
+    named = row.get("classes")
+    if named is None:
+        return PromptItem(prompt, matcher.in_text(prompt), row.get("negative_prompt", source.negative_prompt))
+    if not isinstance(named, list) or not all(isinstance(n, str) for n in named):
+        raise UserError(f"prompts.path line {number}: expected 'classes' to be a list of class names, got {named!r}")
+    unknown = [n for n in named if matcher.category(n) is None]
+    if unknown:
+        raise UserError(f"prompts.path line {number}: expected classes from the job's classes, got {unknown}")
+    return PromptItem(prompt, tuple(matcher.category(n) for n in named),
+                      row.get("negative_prompt", source.negative_prompt))
