@@ -184,6 +184,6 @@ class DiffusionBackend(Backend):
             left, top = (image.width - side) // 2, (image.height - side) // 2
             image = image.crop((left, top, left + side, top + side))
         image = image.resize((self.size, self.size), Image.BICUBIC)
-        x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float().div(127.5).sub(1)[None]
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(127.5).sub(1)[None]
         x = x.to(pipe.device, pipe.vae.dtype)
         return pipe.vae.encode(x).latent_dist.sample(generator=generator)[0] * pipe.vae.config.scaling_factor
