@@ -10,8 +10,8 @@ The rules (README, "Reference datasets"):
   image or category is not listed are dropped; images missing on disk are skipped.
 - refused (exit 2, nothing written): an id that is neither integer nor string (null, bool, list,
   1.5), an id listed twice with different files or names, an image without a ``file_name``, a job
-  class that matches no category (with the closest category names), a class with a lower bound
-  that no usable image shows, and a file whose images are all missing.
+  class that matches no category (with the closest category names), and a file whose images are
+  all missing. A class with a lower bound that no usable image shows is warned about.
 
 Class names match category names by ``classnames.normalise`` (case, ``_``/``-``/space, plural).
 """
@@ -172,12 +172,13 @@ def _keep_present(references: list[Reference], root: str, storage_options: dict,
     return [r for r in references if r.uri in present]
 
 
-def _check_bounds_reachable(spec: JobSpec, references: list[Reference]) -> None:
+def _warn_unreachable(spec: JobSpec, references: list[Reference]) -> None:
+    """A class no usable image shows can only get stuck; said now, not after the waves it wastes."""
     shown = {name for r in references for name in r.classes}
     lacking = [c.name for c in spec.class_specs if spec.bound(c) > 0 and c.name not in shown]
     if lacking:
-        raise UserError(f"classes: expected each class with a lower bound on at least one usable image of {FIELD}, "
-                        f"got none for {lacking}; add such images, or set the class's lower_bound to 0")
+        warn(f"classes: no usable image of {FIELD} shows {lacking}: their lower bounds cannot be met from these "
+             f"references (the job will report them stuck); add such images, or set their lower_bound to 0")
 
 
 def load_references(spec: JobSpec, coco: dict, inputs: dict) -> list[Reference]:
@@ -199,5 +200,5 @@ def load_references(spec: JobSpec, coco: dict, inputs: dict) -> list[Reference]:
     references = [Reference(ident, _file_uri(root, files[ident]), tuple(sorted(classes_of.get(ident, []), key=order.index)))
                   for ident in sorted(files, key=_id_order)]
     references = _keep_present(references, root, spec.storage_options, inputs)
-    _check_bounds_reachable(spec, references)
+    _warn_unreachable(spec, references)
     return references

@@ -75,7 +75,8 @@ def test_resume_refuses_an_edited_annotations_file(tmp_path, ray_local):
     annotations = export_coco(tmp_path / "refs", 6, split="train", seed=3)
     spec = parse_spec({**BASE_SPEC, "output": str(tmp_path / "out"), "lower_bound": 2,
                        "budget": {"max_images": 16, "max_waves": 2}, "wave_size": 16,
-                       "prompts": {"source": "references", "annotations": str(annotations)}})
+                       "prompts": {"source": "references", "annotations": str(annotations),
+                                   "images": str(tmp_path / "refs" / "images" / "train")}})
     run_job(spec, quiet=True, finalize=False)
     coco = json.loads(open(annotations).read())
     coco["annotations"] = coco["annotations"][1:]

