@@ -50,6 +50,13 @@ class ClassMatcher:
     def in_text(self, text: str) -> tuple[str, ...]:
         return tuple(self.by_word[normalise(m.group(1))] for m in self.pattern.finditer(text))
 
+    def first_mentions(self, text: str) -> dict[str, int]:
+        """Class -> where its first mention in ``text`` ends (a character offset)."""
+        ends: dict[str, int] = {}
+        for m in self.pattern.finditer(text):
+            ends.setdefault(self.by_word[normalise(m.group(1))], m.end())
+        return ends
+
     def category(self, name: str) -> str | None:
         """The class a category name names: the same word, its plural, or its singular."""
         key = normalise(name)

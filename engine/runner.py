@@ -213,8 +213,10 @@ def run_job(spec: JobSpec, *, address: str | None = None, quiet: bool = False, f
     """Run (or continue) ``spec``. Every input is read and checked before anything is written.
     Storage that stays unreachable through every retry ends the run with StorageUnavailable:
     a clean stop that ``dde resume`` continues from the markers."""
+    from .prompt_limits import limit_prompts
+
     inputs: dict = {}
-    pool = build_pool(spec, inputs)
+    pool = limit_prompts(spec, build_pool(spec, inputs), inputs)
     store = open_job(spec, inputs)
     try:
         with Lease(store, f"the driver of job {spec.name!r}") as lease:

@@ -29,7 +29,7 @@ UNFINGERPRINTED = ("name", "output", "storage_options", "resources")
 FINGERPRINTED_RESOURCES = ("threads_per_actor",)
 # Fields added after outputs were made: left out of the fingerprint at their default, so the
 # fingerprints of those outputs hold; any other value changes the dataset and is fingerprinted.
-ADDED_FIELDS = ("prompts.max_image_pixels",)
+ADDED_FIELDS = ("prompts.max_image_pixels", "long_prompts")
 
 
 def require_ordered(model: BaseModel, low: str, high: str):
@@ -142,6 +142,11 @@ class JobSpec(_Strict):
     label_head: Component = Field(default_factory=lambda: Component(name="ground_truth"))
     prompts: PromptSource = Field(default_factory=lambda: CombinationPrompts(source="combinations"))
     resources: Resources = Field(default_factory=Resources)
+    long_prompts: Literal["error", "reject"] = Field(
+        default="error", description="A prompt with a class word past the text encoder's token limit (or a class "
+                                     "the attention head's class-only prompt cannot hold): 'error' stops the job "
+                                     "before anything is written; 'reject' leaves such prompts out of the pool and "
+                                     "counts them in status, the card and the report.")
 
     @field_validator("classes")
     @classmethod

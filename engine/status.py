@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from .errors import UserError
-from .layout import JOB_FILE, PLANS_DIR
+from .layout import JOB_FILE, PLANS_DIR, SPEC_FILE
 from .ledger import Ledger, read_job_spec
 from .planner import class_state, job_stuck_classes
 from .storage import Store
@@ -38,10 +38,17 @@ def job_status(store: Store, ledger: Ledger | None = None) -> dict:
         "classes": {c: {"count": counts.get(c, 0), "lower_bound": b, "met": counts.get(c, 0) >= b,
                         "state": class_state(spec, counts.get(c, 0), b, c in stuck)} for c, b in bounds.items()},
         "stuck": stuck,
-        "rejects": len(rejects), "reject_samples": rejects[:20],
+        "rejects": len(rejects), "reject_samples": rejects[:20], "long_prompts": _long_prompts(store),
         "images_per_s": round(rate, 2) if rate else None,
         "eta_s_at_budget": round(remaining / rate, 1) if rate and not finalized else None,
     }
+
+
+def _long_prompts(store: Store) -> dict | None:
+    """What the job's prompt-length check found (``prompt_limits``), as recorded with its inputs."""
+    from .prompt_limits import RECORD
+
+    return json.loads(store.read_bytes(SPEC_FILE)).get("inputs", {}).get(RECORD)
 
 
 def format_status(status: dict) -> str:
@@ -52,6 +59,10 @@ def format_status(status: dict) -> str:
     if status["images_per_s"]:
         lines.append(f"  rate {status['images_per_s']} img/s"
                      + (f", ETA at budget {status['eta_s_at_budget']:.0f}s" if status["eta_s_at_budget"] else ""))
+    from .prompt_limits import describe_limit
+
+    if line := describe_limit(status["long_prompts"]):
+        lines.append(f"  prompts: {line}")
     width = max(len(c) for c in status["classes"])
     for name, c in status["classes"].items():
         mark = {"met": "ok", "stuck": "STUCK", "below": ".."}.get(c["state"], c["state"])

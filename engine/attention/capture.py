@@ -82,7 +82,7 @@ def encode_class_prompts(pipe, class_lists: list[list[str]], keys: str = "start_
         row = [tokenizer.bos_token_id]
         for m, name in enumerate(names):
             pieces = tokenizer(name.replace("_", " "), add_special_tokens=False).input_ids
-            if len(row) + len(pieces) >= length:  # no room left: later classes get no map
+            if len(row) + len(pieces) >= length:  # no room left (prompt_limits refuses such items before a job)
                 break
             weights[b, len(row):len(row) + len(pieces), m] = 1.0 / len(pieces)
             row += pieces

@@ -40,5 +40,11 @@ class Backend:
         """An upper bound on instances per image, if the backend knows one (used to reject impossible bounds)."""
         return None
 
+    @classmethod
+    def text_encoders(cls, spec: JobSpec):
+        """``prompt_limits.TextEncoders`` for a backend that reads prompts through a tokenizer with a
+        limit (loaded in the driver, before generation); None for one that has no such limit."""
+        return None
+
     def generate(self, requests: list[ImageRequest]) -> list[Generated]:
         raise NotImplementedError

@@ -90,6 +90,30 @@ class DiffusionBackend(Backend):
                 return [str(e)]
         return []
 
+    @classmethod
+    def text_encoders(cls, spec):
+        """The pipeline's own tokenizer, read from the model folder (a hub model's tokenizer files
+        only); None, with a warning, if a hub model's tokenizer cannot be fetched from here."""
+        import os
+        import sys
+
+        from transformers import CLIPTokenizer
+
+        from ..models import is_hub_id, resolve_model
+        from ..prompt_limits import TextEncoders
+
+        params = DiffusionParams(**spec.generator.params)
+        try:
+            if is_hub_id(params.model):
+                tokenizer = CLIPTokenizer.from_pretrained(params.model, subfolder="tokenizer")
+            else:
+                tokenizer = CLIPTokenizer.from_pretrained(os.path.join(resolve_model(params.model), "tokenizer"))
+        except OSError as e:
+            print(f"warning: generator.params.model: prompt lengths not checked, the tokenizer of {params.model!r} "
+                  f"is not reachable here ({type(e).__name__})", file=sys.stderr)
+            return None
+        return TextEncoders(f"{params.model} tokenizer", [tokenizer], params.quality_suffix)
+
     def generate(self, requests: list[ImageRequest]) -> list[Generated]:
         results: list[Generated | None] = [None] * len(requests)
         seeds = [r.seed for r in requests]

@@ -85,6 +85,7 @@ class AttentionCaptureHead(Head):
 
     Params = CaptureParams
     uses_self_attention = True
+    builds_class_prompts = True
 
     @classmethod
     def check_spec(cls, spec: JobSpec) -> list[str]:

@@ -12,6 +12,7 @@ __all__ = ["Head"]
 class Head:
     Params: type[StrictParams] = StrictParams
     makes_labels = True  # False: the job's classes are reported "not labelled", never "stuck"
+    builds_class_prompts = False  # True: its class-only prompt must hold every class (prompt_limits)
 
     def __init__(self, *, params: StrictParams, classes: list[ClassSpec]):
         self.params = params
