@@ -34,8 +34,8 @@ def marker_file(uid: str) -> str:
     return f"{COMMITS_DIR}/{uid}.json"
 
 
-def image_name(image_id: int) -> str:
-    return f"{image_id:012d}.png"
+def image_name(image_id: int, extension: str = "png") -> str:
+    return f"{image_id:012d}.{extension}"
 
 
 def derive_seed(job_seed: int, image_id: int) -> int:

@@ -16,16 +16,20 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .layout import SHARD_FILE, STAGING_DIR, image_name, marker_file
 from .lease import new_attempt_id
 from .records import Generated, ImageRequest, Labels
+from .spec import ImageFormat
 from .storage import Store
 
-__all__ = ["SinkContext", "UnitSink", "parquet_schema", "encode_png", "semantic_palette"]
+__all__ = ["SinkContext", "UnitSink", "parquet_schema", "encode_png", "encode_image", "semantic_palette",
+           "ROW_GROUP_BYTES"]
+
+ROW_GROUP_BYTES = 100 * 2**20  # the HF dataset viewer refuses row groups over 286 MiB
 
 
 @dataclass(frozen=True)
@@ -33,9 +37,10 @@ class SinkContext:
     categories: tuple[str, ...]  # job classes; category id = index + 1
     model: str
     label_head: str
+    image_format: ImageFormat = field(default_factory=ImageFormat)
 
 
-def parquet_schema():
+def parquet_schema(image_format: ImageFormat | None = None):
     import pyarrow as pa
 
     rle = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
@@ -52,7 +57,8 @@ def parquet_schema():
         ("annotations", pa.list_(annotation)), ("semantic_mask", pa.binary()),
     ])
     features = {f.name: _hf_feature(f.type, f.name) for f in schema}
-    return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+    return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}}),
+                                 "dde": json.dumps({"image_format": (image_format or ImageFormat()).model_dump()})})
 
 
 def _hf_feature(arrow_type, name: str = "") -> dict:
@@ -89,6 +95,17 @@ def encode_png(array: np.ndarray, palette: list[int] | None = None) -> bytes:
     return buf.getvalue()
 
 
+def encode_image(array: np.ndarray, image_format: ImageFormat) -> bytes:
+    """A generated image in the job's format (``image_format``)."""
+    if image_format.format == "png":
+        return encode_png(array)
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=image_format.format.upper(), quality=image_format.quality)
+    return buf.getvalue()
+
+
 def _rle(mask: np.ndarray) -> dict:
     from pycocotools import mask as mask_utils
 
@@ -117,18 +134,18 @@ class UnitSink:
 
     def write(self, request: ImageRequest, generated: Generated, labels: Labels) -> None:
         height, width = generated.image.shape[:2]
-        png = encode_png(generated.image)
-        name = image_name(request.image_id)
-        self._put(f"coco/images/{name}", png)
+        encoded = encode_image(generated.image, self.context.image_format)
+        name = image_name(request.image_id, self.context.image_format.extension)
+        self._put(f"coco/images/{name}", encoded)
         semantic_png = None
-        if labels.semantic is not None:
+        if labels.semantic is not None:  # class ids: PNG whatever the images' format, a lossy mask would mix them
             semantic_png = encode_png(labels.semantic, self.palette)
-            self._put(f"coco/semantic/{name}", semantic_png)
+            self._put(f"coco/semantic/{image_name(request.image_id)}", semantic_png)
         annotations = [self._annotation(inst) for inst in labels.instances if not inst.is_empty()]
         for ann in annotations:
             self.counts[ann["category"]] += 1
         self.rows.append({
-            "image": {"bytes": png, "path": name}, "image_id": request.image_id,
+            "image": {"bytes": encoded, "path": name}, "image_id": request.image_id,
             "width": width, "height": height, "prompt": request.prompt,
             "negative_prompt": request.negative_prompt, "seed": request.seed,
             "strength": generated.strength, "reference_id": request.reference_id,
@@ -138,7 +155,7 @@ class UnitSink:
         self.shard_images.append({
             "id": request.image_id, "file_name": name, "width": width, "height": height,
             "prompt": request.prompt, "seed": request.seed, "strength": generated.strength,
-            "reference_id": request.reference_id, "sha256": hashlib.sha256(png).hexdigest(),
+            "reference_id": request.reference_id, "sha256": hashlib.sha256(encoded).hexdigest(),
         })
         self.shard_annotations.extend(
             {"image_id": request.image_id, "category_id": a["category_id"], "bbox": a["bbox"], "area": a["area"],
@@ -154,9 +171,9 @@ class UnitSink:
 
         parquet = None
         if self.rows:  # a 0-row file breaks datasets.load_dataset for the whole folder: none is written
-            table = pa.Table.from_pylist(self.rows, schema=parquet_schema())
+            table = pa.Table.from_pylist(self.rows, schema=parquet_schema(self.context.image_format))
             buf = io.BytesIO()
-            pq.write_table(table, buf, compression="zstd")
+            pq.write_table(table, buf, compression="zstd", row_group_size=self._rows_per_group())
             parquet = buf.getvalue()
             self._put(f"parquet/{self.unit['unit_id']}.parquet", parquet)
         shard = {"unit_id": self.unit["unit_id"], "images": self.shard_images, "annotations": self.shard_annotations}
@@ -182,6 +199,11 @@ class UnitSink:
         self.store.delete(self.staging, recursive=True)
 
     # ---- helpers
+    def _rows_per_group(self) -> int:
+        """Rows per Parquet row group, so that a group stays under ROW_GROUP_BYTES (images dominate)."""
+        largest = max(len(r["image"]["bytes"]) + len(r["semantic_mask"] or b"") for r in self.rows)
+        return max(1, ROW_GROUP_BYTES // max(largest, 1))
+
     def _check_staged(self) -> None:
         """Every file the marker will list is in storage (one listing): a marker never
         commits files that something else removed while this attempt ran."""

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import SpecError, UserError
 
 __all__ = [
-    "ClassSpec", "JobSpec", "load_spec", "parse_spec", "apply_overrides", "fingerprint",
+    "ClassSpec", "ImageFormat", "JobSpec", "load_spec", "parse_spec", "apply_overrides", "fingerprint",
     "diff_fingerprinted", "json_schema", "recorded_spec", "describe_error", "require_ordered",
 ]
 
@@ -29,7 +29,7 @@ UNFINGERPRINTED = ("name", "output", "storage_options", "resources")
 FINGERPRINTED_RESOURCES = ("threads_per_actor",)
 # Fields added after outputs were made: left out of the fingerprint at their default, so the
 # fingerprints of those outputs hold; any other value changes the dataset and is fingerprinted.
-ADDED_FIELDS = ("prompts.max_image_pixels", "long_prompts")
+ADDED_FIELDS = ("prompts.max_image_pixels", "long_prompts", "image_format")
 
 
 def require_ordered(model: BaseModel, low: str, high: str):
@@ -107,6 +107,17 @@ class JsonlPrompts(_Strict):
 PromptSource = Annotated[Union[CombinationPrompts, ReferencePrompts, JsonlPrompts], Field(discriminator="source")]
 
 
+class ImageFormat(_Strict):
+    format: Literal["png", "jpeg", "webp"] = Field(
+        default="png", description="How generated images are stored (masks stay PNG): png is lossless; jpeg and "
+                                   "webp make a large job several times smaller.")
+    quality: int = Field(default=95, ge=1, le=100, description="jpeg and webp encoder quality; png ignores it.")
+
+    @property
+    def extension(self) -> str:
+        return {"jpeg": "jpg"}.get(self.format, self.format)
+
+
 class ActorPool(_Strict):
     min: int = Field(default=1, ge=1)
     max: int = Field(default=2, ge=1)
@@ -142,6 +153,7 @@ class JobSpec(_Strict):
     label_head: Component = Field(default_factory=lambda: Component(name="ground_truth"))
     prompts: PromptSource = Field(default_factory=lambda: CombinationPrompts(source="combinations"))
     resources: Resources = Field(default_factory=Resources)
+    image_format: ImageFormat = Field(default_factory=ImageFormat, description="Generated images' file format.")
     long_prompts: Literal["error", "reject"] = Field(
         default="error", description="A prompt with a class word past the text encoder's token limit (or a class "
                                      "the attention head's class-only prompt cannot hold): 'error' stops the job "

@@ -68,7 +68,8 @@ class UnitMaker:
         self.backend = backend_cls(params=backend_cls.Params(**spec.generator.params), classes=classes)
         self.head = head_cls(params=head_cls.Params(**spec.label_head.params), classes=classes)
         self.head.attach(self.backend)
-        self.context = SinkContext(tuple(c.name for c in classes), self.backend.model_name, spec.label_head.name)
+        self.context = SinkContext(tuple(c.name for c in classes), self.backend.model_name, spec.label_head.name,
+                                   spec.image_format)
 
     def make(self, unit: dict) -> dict:
         existing = marker_file(unit["unit_id"])

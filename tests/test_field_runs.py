@@ -91,3 +91,47 @@ def test_a_failed_input_check_writes_nothing_and_the_fixed_spec_runs(tmp_path, b
     assert not output.exists()
     data["output"] = f"memory://fixed-{tmp_path.name}"
     assert run_job(parse_spec(data), quiet=True).images == 8
+
+
+def test_jpeg_output_is_recorded_in_the_card_and_parquet_metadata(tmp_path):
+    import pyarrow.parquet as pq
+
+    output = f"memory://jpeg-{tmp_path.name}"
+    spec = parse_spec({**BASE_SPEC, "output": output, "lower_bound": 2, "budget": {"max_images": 8, "max_waves": 1},
+                       "unit_size": 4, "wave_size": 8, "image_format": {"format": "jpeg", "quality": 80}})
+    assert run_job(spec, quiet=True).images == 8
+    local = tmp_path / "copy"
+    fsspec.filesystem("memory").get(Store(output).root + "/", str(local), recursive=True)
+    assert sorted(os.listdir(local / "coco" / "images"))[0] == "000000000000.jpg"
+    assert sorted(os.listdir(local / "coco" / "semantic"))[0] == "000000000000.png"  # class ids stay lossless
+    coco = json.loads((local / "coco" / "instances.json").read_text())
+    assert all((local / "coco" / "images" / image["file_name"]).exists() for image in coco["images"])
+    parquet = pq.ParquetFile(sorted((local / "parquet").iterdir())[0])
+    assert json.loads(parquet.schema_arrow.metadata[b"dde"]) == {"image_format": {"format": "jpeg", "quality": 80}}
+    assert parquet.read().column("image")[0].as_py()["bytes"][:3] == b"\xff\xd8\xff"
+    assert "- images: 8 (JPEG, quality 80)" in (local / "README.md").read_text()
+
+
+def test_row_groups_stay_under_the_limit(monkeypatch):
+    """The HF dataset viewer refuses row groups over 286 MiB; dde keeps them under ROW_GROUP_BYTES."""
+    import pyarrow.parquet as pq
+
+    from engine import sink
+    from engine.records import Generated, ImageRequest, Labels
+    from engine.sink import SinkContext, UnitSink
+
+    import numpy as np
+
+    monkeypatch.setattr(sink, "ROW_GROUP_BYTES", 3000)  # a small limit stands for 100 MB
+    store = Store(f"memory://groups-{os.getpid()}")
+    unit = UnitSink(store, SinkContext(("circle",), "m", "none"), {"unit_id": "unit-000000", "index": 0, "wave": 0})
+    unit.on_write_start()
+    noise = np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8)  # ~1.7 kB as PNG
+    for i in range(5):
+        unit.write(ImageRequest(i, i, "p"), Generated(noise), Labels([]))
+    unit.on_write_complete()
+    shard = next(p for p in store.find("_staging") if p.endswith(".parquet"))
+    with store.fs.open(store.path(shard), "rb") as f:
+        groups = pq.ParquetFile(f).metadata
+        assert groups.num_rows == 5 and groups.num_row_groups == 5
+    store.delete("", recursive=True)
