@@ -84,6 +84,16 @@ def describe_limit(record: dict | None) -> str | None:
             f"kept), {record['left_out']} left out (a class word past it)")
 
 
+def _findings(pool: list[PromptItem], encoders: TextEncoders, spec: JobSpec) -> list[_Finding]:
+    """One finding per pool item; items share prompts (references reused, JSONL lines repeated)."""
+    matcher = ClassMatcher(spec.class_specs)
+    by_prompt: dict[tuple, _Finding] = {}
+    for item in pool:
+        if (item.prompt, item.classes) not in by_prompt:
+            by_prompt[item.prompt, item.classes] = _check(item, encoders, matcher)
+    return [by_prompt[item.prompt, item.classes] for item in pool]
+
+
 def limit_prompts(spec: JobSpec, pool: list[PromptItem], inputs: dict) -> list[PromptItem]:
     """The pool the job plans from: ``pool`` checked against the backend's text encoders."""
     from .registry import BACKENDS, HEADS
@@ -92,25 +102,18 @@ def limit_prompts(spec: JobSpec, pool: list[PromptItem], inputs: dict) -> list[P
     if encoders is None or not encoders.tokenizers:
         return pool
     encoders.class_prompts = HEADS.get(spec.label_head.name).builds_class_prompts
-    matcher = ClassMatcher(spec.class_specs)
-    findings = {}
-    for item in pool:
-        key = (item.prompt, item.classes)
-        if key not in findings:
-            findings[key] = _check(item, encoders, matcher)
-    cut = [(item, findings[(item.prompt, item.classes)].cut) for item in pool if findings[(item.prompt, item.classes)].cut]
+    findings = _findings(pool, encoders, spec)
+    cut = [(i, f.cut[0]) for i, f in enumerate(findings) if f.cut]
     limit = min(t.model_max_length for t in encoders.tokenizers)
     if cut and (spec.long_prompts == "error" or len(cut) == len(pool)):
-        item, reasons = cut[0]
+        index, reason = cut[0]
         raise UserError(f"prompts: expected every class word within the text encoder's {limit}-token limit "
                         f"({encoders.name}), got {len(cut)} of {len(pool)} prompt(s) where one falls past it, e.g. "
-                        f"{_describe(item)}: {reasons[0]}. Shorten them, put class words first"
+                        f"{_describe(pool[index])}: {reason}. Shorten them, put class words first"
                         + (", or set long_prompts: reject to leave them out" if len(cut) < len(pool) else ""))
-    kept = [item for item in pool if not findings[(item.prompt, item.classes)].cut]
-    truncated = sum(findings[(item.prompt, item.classes)].truncated for item in kept)
-    left_out = [i for i, item in enumerate(pool) if findings[(item.prompt, item.classes)].cut]
+    kept = [item for item, f in zip(pool, findings) if not f.cut]
     inputs[RECORD] = {"uri": encoders.name, "size": len(kept), "unit": "prompts kept", "limit": limit,
-                      "truncated": truncated, "left_out": len(left_out),
-                      "examples": [f"{_describe(item)}: {reasons[0]}" for item, reasons in cut[:3]],
-                      "sha256": hashlib.sha256(repr(left_out).encode()).hexdigest()}
+                      "truncated": sum(f.truncated for f in findings if not f.cut), "left_out": len(cut),
+                      "examples": [f"{_describe(pool[i])}: {reason}" for i, reason in cut[:3]],
+                      "sha256": hashlib.sha256(repr([i for i, _ in cut]).encode()).hexdigest()}
     return kept
