@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Hashable
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -212,6 +213,8 @@ def _unique_key_loader(text: str):
                     continue
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
+                if not isinstance(key, Hashable):  # PyYAML's own check below reports it
+                    continue
                 if key in lines:
                     self.duplicates.append((key, lines[key], line))
                 lines.setdefault(key, line)
