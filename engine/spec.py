@@ -20,7 +20,7 @@ from .errors import SpecError, UserError
 
 __all__ = [
     "ClassSpec", "ImageFormat", "JobSpec", "load_spec", "parse_spec", "apply_overrides", "fingerprint",
-    "diff_fingerprinted", "json_schema", "recorded_spec", "describe_error", "require_ordered",
+    "diff_fingerprinted", "json_schema", "recorded_spec", "describe_error", "require_ordered", "ADDED_FIELDS",
 ]
 
 # Fields that only say where or how fast a job runs: changing them keeps the dataset.

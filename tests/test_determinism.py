@@ -15,7 +15,7 @@ import json
 import pytest
 
 from engine.errors import SpecError, UserError
-from engine.spec import diff_fingerprinted, fingerprint, parse_spec
+from engine.spec import ADDED_FIELDS, diff_fingerprinted, fingerprint, parse_spec
 
 from .helpers import dataset_digest, download, job_record
 
@@ -39,7 +39,7 @@ def test_fingerprint_has_threads_per_actor_but_no_other_resource(spec_data):
     base = parse_spec(spec_data)
     # specs that leave it at its default keep the fingerprint they had before the field existed
     before = {k: v for k, v in base.model_dump(mode="json").items()
-              if k not in ("name", "output", "storage_options", "resources")}
+              if k not in ("name", "output", "storage_options", "resources", *ADDED_FIELDS)}
     canonical = json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
     assert fingerprint(base) == hashlib.sha256(canonical).hexdigest()[:16]
     free = parse_spec({**spec_data, "resources": {"num_cpus": 2, "num_gpus": 1, "actors": {"min": 3, "max": 5},

@@ -169,3 +169,23 @@ def test_a_spec_with_a_byte_order_mark_and_crlf_loads(tmp_path):
     text = open(f"{FIELD}/spec_bom_crlf.yaml", "rb").read()
     assert text.startswith(b"\xef\xbb\xbf") and b"\r\n" in text
     assert load_spec(f"{FIELD}/spec_bom_crlf.yaml").name
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("image_format", {"format": "jpeg", "quality": 90}, "image_format.format: 'png' -> 'jpeg'"),
+    ("long_prompts", "reject", "long_prompts: 'error' -> 'reject'"),
+    ("prompts.max_image_pixels", 1000, "prompts.max_image_pixels: 89478485 -> 1000"),
+])
+def test_fields_added_later_keep_old_fingerprints_at_their_default(spec_data, field, value, shown):
+    """An output made before a field existed resumes; a value other than the default is another dataset."""
+    import hashlib
+
+    spec_data["prompts"] = {"source": "references", "annotations": "refs/instances.json"}
+    base = parse_spec(spec_data)
+    old = {k: v for k, v in base.model_dump(mode="json").items()
+           if k not in ("name", "output", "storage_options", "resources", "image_format", "long_prompts")}
+    del old["prompts"]["max_image_pixels"]
+    assert fingerprint(base) == hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode()
+                                               ).hexdigest()[:16]
+    changed = parse_spec(apply_overrides(spec_data, [f"{field}={json.dumps(value)}"]))
+    assert fingerprint(changed) != fingerprint(base) and shown in diff_fingerprinted(base, changed)
