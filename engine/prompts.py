@@ -101,8 +101,10 @@ def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> li
                                  inputs)
     captions: dict[str, str] = {}
     if source.captions:
-        for i, ann in enumerate(_load_json(source.captions, "captions", spec.storage_options, inputs).get("annotations", [])):
-            captions.setdefault(id_key(ann.get("image_id"), f"prompts.captions: annotations[{i}].image_id"), ann["caption"])
+        coco_captions = _load_json(source.captions, "captions", spec.storage_options, inputs)
+        for i, ann in enumerate(coco_captions.get("annotations", [])):
+            image = id_key(ann.get("image_id"), f"prompts.captions: annotations[{i}].image_id")
+            captions.setdefault(image, ann["caption"])
     items = []
     for ref in references:
         unique = _unique_in_order(ref.classes)

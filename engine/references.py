@@ -28,7 +28,7 @@ from .classnames import ClassMatcher, closest
 from .errors import UserError
 from .spec import JobSpec, ReferencePrompts
 
-__all__ = ["Reference", "load_references", "id_key"]
+__all__ = ["Reference", "load_references", "id_key", "describe_missing"]
 
 FIELD = "prompts.annotations"
 
@@ -81,7 +81,8 @@ def _unique(coco: dict, key: str, field: str) -> dict[str, str]:
             raise UserError(f"{FIELD}: {key}[{i}].{field}: expected a non-empty string, got {value!r}")
         if ident in values and values[ident] != value:
             raise UserError(f"{FIELD}: {key}[{i}]: expected unique ids, got id {ident!r} for both "
-                            f"{values[ident]!r} and {value!r}; annotations cannot tell them apart, give each its own id")
+                            f"{values[ident]!r} and {value!r}; annotations cannot tell them apart, give each its "
+                            f"own id")
         repeats += ident in values
         values.setdefault(ident, value)
     if repeats:
@@ -126,9 +127,11 @@ def _match_classes(spec: JobSpec, categories: dict[str, str]) -> dict[str, str |
     matched = set(class_of.values())
     unmatched = [c.name for c in spec.class_specs if c.name not in matched]
     if unmatched:
-        spare = sorted({name for ident, name in categories.items() if class_of[ident] is None}) or sorted(categories.values())
+        spare = sorted({name for ident, name in categories.items() if class_of[ident] is None})
+        spare = spare or sorted(categories.values())
         hints = {name: closest(name, spare) for name in unmatched}
-        listed = "; ".join(f"{name!r} (closest: {', '.join(map(repr, near)) or 'none'})" for name, near in hints.items())
+        listed = "; ".join(f"{name!r} (closest: {', '.join(map(repr, near)) or 'none'})"
+                           for name, near in hints.items())
         example = next(((n, near[0]) for n, near in hints.items() if near), (unmatched[0], spare[0]))
         raise UserError(f"classes: expected each class to match a category of {FIELD} by name (ignoring case, "
                         f"'_'/'-'/space and plurals), got {len(unmatched)} that match none: {listed}. Categories "
@@ -155,6 +158,14 @@ def _present(uris: list[str], storage_options: dict) -> set[str]:
     return present
 
 
+def describe_missing(record: dict | None) -> str | None:
+    """One line for status, the card and the report; None when every listed image was there."""
+    if not record or not record.get("missing"):
+        return None
+    return (f"{record['listed'] - record['size']} of the {record['listed']} images listed were missing and skipped "
+            f"(e.g. {record['missing'][0]})")
+
+
 def _keep_present(references: list[Reference], root: str, storage_options: dict, inputs: dict) -> list[Reference]:
     """The references whose files exist; the rest are named and skipped, or refused if none is left.
     Which ones were missing is recorded with the inputs, so a resume plans from the same pool."""
@@ -168,6 +179,7 @@ def _keep_present(references: list[Reference], root: str, storage_options: dict,
         warn(f"prompts.images: {len(missing)} of the {len(references)} images listed are missing and are skipped: "
              f"{', '.join(map(repr, missing[:3]))}{', ...' if len(missing) > 3 else ''}")
     inputs["prompts.images"] = {"uri": root, "size": len(references) - len(missing), "unit": "images present",
+                                "listed": len(references), "missing": missing[:5],
                                 "sha256": hashlib.sha256("\n".join(missing).encode()).hexdigest()}
     return [r for r in references if r.uri in present]
 
@@ -197,7 +209,8 @@ def load_references(spec: JobSpec, coco: dict, inputs: dict) -> list[Reference]:
         warn(f"{FIELD}: {len(windows)} file_name(s) use Windows '\\' separators (e.g. {windows[0]!r}); read as '/'")
     order = [c.name for c in spec.class_specs]
     root = source.images or posixpath.dirname(source.annotations)
-    references = [Reference(ident, _file_uri(root, files[ident]), tuple(sorted(classes_of.get(ident, []), key=order.index)))
+    references = [Reference(ident, _file_uri(root, files[ident]),
+                            tuple(sorted(classes_of.get(ident, []), key=order.index)))
                   for ident in sorted(files, key=_id_order)]
     references = _keep_present(references, root, spec.storage_options, inputs)
     _warn_unreachable(spec, references)

@@ -113,15 +113,13 @@ def _cell(value, css: str = "") -> str:
 
 
 def _summary(status: dict) -> str:
-    from .prompt_limits import describe_limit
-
     rate = status["images_per_s"]
     rows = [("state", status["state"] + (f" ({status['stop_reason']})" if status["stop_reason"] else "")),
             ("images", status["images"]), ("instances", status["instances"]), ("rejected images", status["rejects"]),
             ("units committed", status["units_done"]), ("waves planned", status["waves_planned"]),
             ("images / s", rate if rate is not None else "n/a"),
             ("stuck classes", ", ".join(status["stuck"]) or "none"),
-            ("prompts past the text encoder's limit", describe_limit(status["long_prompts"]) or "none")]
+            ("input notes", "; ".join(status["notes"]) or "none")]
     return _table(["", ""], [[f"<th>{html.escape(k)}</th>", _cell(v)] for k, v in rows])
 
 

@@ -38,17 +38,22 @@ def job_status(store: Store, ledger: Ledger | None = None) -> dict:
         "classes": {c: {"count": counts.get(c, 0), "lower_bound": b, "met": counts.get(c, 0) >= b,
                         "state": class_state(spec, counts.get(c, 0), b, c in stuck)} for c, b in bounds.items()},
         "stuck": stuck,
-        "rejects": len(rejects), "reject_samples": rejects[:20], "long_prompts": _long_prompts(store),
+        "rejects": len(rejects), "reject_samples": rejects[:20], "notes": _input_notes(store),
         "images_per_s": round(rate, 2) if rate else None,
         "eta_s_at_budget": round(remaining / rate, 1) if rate and not finalized else None,
     }
 
 
-def _long_prompts(store: Store) -> dict | None:
-    """What the job's prompt-length check found (``prompt_limits``), as recorded with its inputs."""
-    from .prompt_limits import RECORD
+def _input_notes(store: Store) -> list[str]:
+    """What the job's input checks found at its start, as recorded with its inputs: reference
+    images missing on disk, prompts past the text encoder's limit. One line each."""
+    from .prompt_limits import RECORD, describe_limit
+    from .references import describe_missing
 
-    return json.loads(store.read_bytes(SPEC_FILE)).get("inputs", {}).get(RECORD)
+    inputs = json.loads(store.read_bytes(SPEC_FILE)).get("inputs", {})
+    notes = {"prompts.images": describe_missing(inputs.get("prompts.images")),
+             "prompts": describe_limit(inputs.get(RECORD))}
+    return [f"{field}: {note}" for field, note in notes.items() if note]
 
 
 def format_status(status: dict) -> str:
@@ -59,10 +64,7 @@ def format_status(status: dict) -> str:
     if status["images_per_s"]:
         lines.append(f"  rate {status['images_per_s']} img/s"
                      + (f", ETA at budget {status['eta_s_at_budget']:.0f}s" if status["eta_s_at_budget"] else ""))
-    from .prompt_limits import describe_limit
-
-    if line := describe_limit(status["long_prompts"]):
-        lines.append(f"  prompts: {line}")
+    lines += [f"  {note}" for note in status["notes"]]
     width = max(len(c) for c in status["classes"])
     for name, c in status["classes"].items():
         mark = {"met": "ok", "stuck": "STUCK", "below": ".."}.get(c["state"], c["state"])

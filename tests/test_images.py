@@ -83,7 +83,8 @@ def test_undecodable_and_over_limit_images_are_rejected_with_a_reason():
     png = encoded(Image.new("RGB", (40, 30)))
     with pytest.raises(ImageRejected, match=r"image does not decode: OSError"):
         decode_rgb(png[:len(png) // 2], LIMIT)
-    with pytest.raises(ImageRejected, match=r"40x30 = 1200 pixels, over the limit of 1000 \(prompts.max_image_pixels\)"):
+    with pytest.raises(ImageRejected, match=r"40x30 = 1200 pixels, over the limit of 1000 "
+                                            r"\(prompts.max_image_pixels\)"):
         decode_rgb(png, 1000)
     assert decode_rgb(png, 1200).shape == (30, 40, 3)
 
