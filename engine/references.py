@@ -5,7 +5,8 @@ The rules (README, "Reference datasets"):
 
 - accepted: image and category ids as JSON integers or strings, compared by value: ``1``,
   ``1.0`` and ``"1"`` are one id (ids compare as decimal text); images are used in id order.
-- repaired, with a warning: ``\\`` separators in ``file_name`` (Windows exports) read as ``/``;
+- repaired, with a warning: ``\\`` separators in ``file_name`` (Windows exports) read as ``/``,
+  and a name that differs from the one file on disk only in case read as that file;
   an image or category listed twice with the same file or name is read once; annotations whose
   image or category is not listed are dropped; images missing on disk are skipped.
 - refused (exit 2, nothing written): an id that is neither integer nor string (null, bool, list,
@@ -22,7 +23,7 @@ import hashlib
 import posixpath
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .classnames import ClassMatcher, closest
 from .errors import UserError
@@ -140,22 +141,32 @@ def _match_classes(spec: JobSpec, categories: dict[str, str]) -> dict[str, str |
     return class_of
 
 
-def _present(uris: list[str], storage_options: dict) -> set[str]:
-    """The URIs whose files exist: one listing per folder, not one request per file."""
+def _on_disk(uris: list[str], storage_options: dict) -> dict[str, str]:
+    """Each URI whose file exists -> that file: the same URI, or the one file whose name differs
+    only in case (exports made on Windows, whose names ignore case). One listing per folder, not
+    one request per file."""
     import fsspec
 
     folders: dict[str, list[str]] = {}
     for uri in uris:
         folders.setdefault(posixpath.dirname(uri), []).append(uri)
-    present: set[str] = set()
+    found: dict[str, str] = {}
     for folder, members in folders.items():
         fs, path = fsspec.core.url_to_fs(folder, **(storage_options if "://" in folder else {}))
         try:
             names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
         except (FileNotFoundError, NotADirectoryError):
             names = set()
-        present.update(uri for uri in members if posixpath.basename(uri) in names)
-    return present
+        by_lower: dict[str, list[str]] = {}
+        for name in sorted(names):
+            by_lower.setdefault(name.lower(), []).append(name)
+        for uri in members:
+            name = posixpath.basename(uri)
+            if name in names:
+                found[uri] = uri
+            elif len(by_lower.get(name.lower(), [])) == 1:
+                found[uri] = posixpath.join(folder, by_lower[name.lower()][0])
+    return found
 
 
 def describe_missing(record: dict | None) -> str | None:
@@ -169,8 +180,9 @@ def describe_missing(record: dict | None) -> str | None:
 def _keep_present(references: list[Reference], root: str, storage_options: dict, inputs: dict) -> list[Reference]:
     """The references whose files exist; the rest are named and skipped, or refused if none is left.
     Which ones were missing is recorded with the inputs, so a resume plans from the same pool."""
-    present = _present([r.uri for r in references], storage_options)
-    missing = [r.uri for r in references if r.uri not in present]
+    found = _on_disk([r.uri for r in references], storage_options)
+    missing = [r.uri for r in references if r.uri not in found]
+    recased = [(uri, on_disk) for uri, on_disk in found.items() if uri != on_disk]
     if len(missing) == len(references):
         raise UserError(f"prompts.images: expected the images that {FIELD} lists under {root!r}, got none of "
                         f"the {len(references)} (e.g. {missing[0]!r}); set prompts.images to the folder their "
@@ -178,10 +190,13 @@ def _keep_present(references: list[Reference], root: str, storage_options: dict,
     if missing:
         warn(f"prompts.images: {len(missing)} of the {len(references)} images listed are missing and are skipped: "
              f"{', '.join(map(repr, missing[:3]))}{', ...' if len(missing) > 3 else ''}")
+    if recased:
+        warn(f"{FIELD}: {len(recased)} file_name(s) differ from the files on disk only in case (e.g. "
+             f"{recased[0][0]!r} is {recased[0][1]!r}); the files on disk are used")
     inputs["prompts.images"] = {"uri": root, "size": len(references) - len(missing), "unit": "images present",
                                 "listed": len(references), "missing": missing[:5],
-                                "sha256": hashlib.sha256("\n".join(missing).encode()).hexdigest()}
-    return [r for r in references if r.uri in present]
+                                "sha256": hashlib.sha256(repr((missing, recased)).encode()).hexdigest()}
+    return [replace(r, uri=found[r.uri]) for r in references if r.uri in found]
 
 
 def _warn_unreachable(spec: JobSpec, references: list[Reference]) -> None:

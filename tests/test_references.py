@@ -119,6 +119,22 @@ def test_windows_separators_are_read_as_slashes(tmp_path, capsys, name):
     assert "use Windows '\\' separators" in capsys.readouterr().err
 
 
+def test_a_file_name_differing_only_in_case_is_read_as_the_file_on_disk(tmp_path, capsys):
+    """Windows ignores case, so its exports may say 'IMG0.PNG' for img0.png; two candidates stay missing."""
+    coco = small_coco([1, 2, 3])
+    spec = references(tmp_path, coco)
+    coco["images"][0]["file_name"] = "IMG0.PNG"
+    coco["images"][2]["file_name"] = "Twin.png"
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    for name in ("twin.png", "TWIN.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / name)
+    items = build_pool(spec)
+    assert [(i.reference_id, os.path.basename(i.reference_uri)) for i in items] == [("1", "img0.png"),
+                                                                                    ("2", "img1.png")]
+    err = capsys.readouterr().err
+    assert "1 file_name(s) differ from the files on disk only in case (e.g." in err and "Twin.png" in err
+
+
 def test_missing_images_are_skipped_and_named(tmp_path, capsys):
     """Case 08: 4 of 8 listed images absent; they are named and left out of the pool, and which
     ones were missing is recorded with the inputs (a resume plans from the same pool)."""
