@@ -206,8 +206,9 @@ class Progress(BaseModel):
     stuck: list[str]
     rejects: int
     reject_samples: list[Reject]
-    notes: list[str] = Field(default_factory=list, description="What the input checks found at the job's start: reference "
-                                                                "images missing, prompts past the text encoder's limit.")
+    notes: list[str] = Field(default_factory=list, description="What the input checks found at the job's start: "
+                                                                "reference images missing, prompts past the text "
+                                                                "encoder's limit.")
     images_per_s: float | None
     eta_s_at_budget: float | None
 
