@@ -127,7 +127,9 @@ def _jsonl_pool(spec: JobSpec, source: JsonlPrompts, inputs: dict) -> list[Promp
     try:
         lines = data.decode("utf-8-sig").splitlines()  # a byte-order mark (Windows editors) is not part of line 1
     except UnicodeDecodeError as e:
-        raise UserError(f"prompts.path: expected UTF-8 text, got undecodable bytes in {source.path!r} ({e})") from e
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"prompts.path line {line}: expected UTF-8 text, got bytes that do not decode "
+                        f"({data[e.start:e.start + 4]!r}) in {source.path!r}; save the file as UTF-8") from None
     items = [_jsonl_item(line, number, matcher, source) for number, line in enumerate(lines, 1) if line.strip()]
     if not items:
         raise UserError(f"prompts.path: expected at least one prompt, got an empty file {source.path!r}")

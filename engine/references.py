@@ -4,7 +4,8 @@ and matched to the job's classes, before anything is written under the output.
 The rules (README, "Reference datasets"):
 
 - accepted: image and category ids as JSON integers or strings, compared by value: ``1``,
-  ``1.0`` and ``"1"`` are one id (ids compare as decimal text); images are used in id order.
+  ``1.0``, ``"1"`` and ``"001"`` are one id (an integer written as text is that integer; other
+  strings are ids as written); images are used in id order, numbers first.
 - repaired, with a warning: ``\\`` separators in ``file_name`` (Windows exports) read as ``/``,
   and a name that differs from the one file on disk only in case read as that file;
   an image or category listed twice with the same file or name is read once; annotations whose
@@ -51,9 +52,12 @@ def _json_type(value) -> str:
 
 
 def id_key(value, where: str) -> str:
-    """An id as decimal text, so ``1``, ``1.0`` and ``"1"`` compare equal; other JSON values are refused."""
+    """An id as decimal text, so ``1``, ``1.0``, ``"1"`` and ``" 001"`` compare equal (an integer
+    written as text is that integer); other strings are ids as they are; other JSON values are refused."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+(\.0*)?\s*", value):
+        value = int(value.strip().split(".")[0])
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise UserError(f"{where}: expected an integer or string id, got {value!r} ({_json_type(value)}); "
                         f"fix the file's ids")
@@ -211,6 +215,9 @@ def _warn_unreachable(spec: JobSpec, references: list[Reference]) -> None:
 def load_references(spec: JobSpec, coco: dict, inputs: dict) -> list[Reference]:
     """The usable references of a parsed COCO file, in id order, with their job classes."""
     source: ReferencePrompts = spec.prompts
+    if not isinstance(coco, dict):
+        raise UserError(f"{FIELD}: expected a COCO object with 'images', 'annotations' and 'categories', got "
+                        f"{_json_type(coco)} in {source.annotations!r}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco.get(key), list):
             raise UserError(f"{FIELD}: expected a COCO file with a {key!r} list, got none in {source.annotations!r}")

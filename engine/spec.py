@@ -194,6 +194,9 @@ def _read_text(path: str) -> str:
             return f.read()
     except OSError as e:
         raise UserError(f"spec file {path!r}: expected a readable YAML or JSON file, got {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"spec file {path!r}: expected UTF-8 text, got a byte it cannot decode at offset {e.start} "
+                        f"(a UTF-16 or Latin-1 file?); save it as UTF-8") from None
 
 
 def _unique_key_loader(text: str):

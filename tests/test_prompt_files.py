@@ -42,7 +42,7 @@ def test_old_mac_line_ends_and_tabs(tmp_path):
 
 @pytest.mark.parametrize("data, message", [
     ('{"prompt": "a circle"}\n'.encode("utf-16"), "expected UTF-8 text, got a UTF-16 file"),
-    (b'{"prompt": "a circle"}\n\xff\xfe\n', "expected UTF-8 text, got undecodable bytes"),
+    (b'{"prompt": "a circle"}\n{"prompt": "caf\xe9"}\n', "line 2: expected UTF-8 text, got bytes that do not decode"),
     (b'{"prompt": "a circle"}\n{"prompt": 3}\n', "line 2: expected a JSON object with a 'prompt' string, got"),
     (b'{"prompt": "a circle", "classes": "circle"}\n', "line 1: expected 'classes' to be a list of class names, "
                                                        "got 'circle'"),

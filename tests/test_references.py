@@ -66,7 +66,7 @@ def test_mixed_image_id_types_are_one_id_space(tmp_path):
 
 def test_integral_float_and_string_ids_equal_integers(tmp_path):
     coco = small_coco([1.0, "2"], category_ids=["1", 2.0])
-    coco["annotations"] = [{"image_id": "1", "category_id": 1}, {"image_id": 2, "category_id": "2"}]
+    coco["annotations"] = [{"image_id": " 001", "category_id": 1}, {"image_id": 2, "category_id": "2.0"}]
     assert pool_of(references(tmp_path, coco)) == [
         ("1", ("circle",), "A photograph, with circle in the photograph."),
         ("2", ("square",), "A photograph, with square in the photograph.")]
@@ -80,6 +80,14 @@ def test_an_id_of_another_type_is_refused_naming_it(tmp_path, bad, shown):
         build_pool(references(tmp_path, coco))
     assert str(info.value).startswith(f"prompts.annotations: annotations[1].image_id: expected an integer or "
                                       f"string id, got {bad!r} ({shown})")
+
+
+def test_a_file_that_is_not_a_coco_object_is_refused(tmp_path):
+    spec = references(tmp_path, small_coco([1]))
+    (tmp_path / "instances.json").write_text("[]")
+    with pytest.raises(UserError, match=r"prompts.annotations: expected a COCO object with 'images', 'annotations' "
+                                        r"and 'categories', got a list in"):
+        build_pool(spec)
 
 
 def test_duplicate_image_ids(tmp_path, capsys):

@@ -164,6 +164,14 @@ def test_yaml_merge_keys_may_be_overridden():
     assert _parse_mapping("a: &x {p: 1, q: 1}\nb:\n  <<: *x\n  p: 2\n", "t")["b"] == {"p": 2, "q": 1}
 
 
+def test_a_utf16_spec_gets_one_line(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: a\n", encoding="utf-16")
+    with pytest.raises(UserError, match=r"expected UTF-8 text, got a byte it cannot decode at offset 0 .*save it as "
+                                        r"UTF-8"):
+        load_spec(str(path))
+
+
 def test_a_spec_with_a_byte_order_mark_and_crlf_loads(tmp_path):
     """Case 15's spec, saved by Notepad: BOM and CRLF line ends."""
     text = open(f"{FIELD}/spec_bom_crlf.yaml", "rb").read()
