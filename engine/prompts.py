@@ -104,7 +104,8 @@ def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> li
         coco_captions = _load_json(source.captions, "captions", spec.storage_options, inputs)
         for i, ann in enumerate(coco_captions.get("annotations", [])):
             image = id_key(ann.get("image_id"), f"prompts.captions: annotations[{i}].image_id")
-            captions.setdefault(image, ann["caption"])
+            if isinstance(ann.get("caption"), str):  # the first caption of an image is its prompt's
+                captions.setdefault(image, ann["caption"])
     items = []
     for ref in references:
         unique = _unique_in_order(ref.classes)
