@@ -109,12 +109,13 @@ def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> li
     items = []
     for ref in references:
         unique = _unique_in_order(ref.classes)
-        if source.style == "caption_append":
-            prompt = class_append_prompt(captions.get(ref.id, f"A {source.domain}"), unique)
-        elif unique:
+        caption = captions.get(ref.id, f"A {source.domain}")
+        if not unique:  # an image with no class of the job: 'A photograph.', not 'A photograph, with  in the ...'
+            prompt = caption if source.style == "caption_append" else f"A {source.domain}."
+        elif source.style == "caption_append":
+            prompt = class_append_prompt(caption, unique)
+        else:
             prompt = generic_prompt(source.domain, unique)
-        else:  # an image with no class of the job: 'A photograph.', not 'A photograph, with  in the ...'
-            prompt = f"A {source.domain}."
         items.append(PromptItem(prompt, ref.classes, source.negative_prompt, ref.id, ref.uri))
     return items
 
