@@ -16,11 +16,13 @@ against decompression bombs), raises ``ImageRejected`` with the reason.
 
 from __future__ import annotations
 
+from __future__ import annotations
+
 import io
 
-import numpy as np
+__all__ = ["ImageRejected", "decode_rgb", "PILLOW_MAX_PIXELS"]
 
-__all__ = ["ImageRejected", "decode_rgb"]
+PILLOW_MAX_PIXELS = 89_478_485  # Pillow's own default limit: about 9459 x 9459
 
 
 class ImageRejected(Exception):
@@ -56,6 +58,7 @@ def _open(data: bytes, max_pixels: int):
 
 def _to_8bit(image):
     """A single-channel image of more than 8 bits as 8-bit grey ("L"), by the module's rules."""
+    import numpy as np
     from PIL import Image
 
     values = np.asarray(image, dtype=np.float64)
@@ -82,8 +85,9 @@ def _on_white(image):
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def decode_rgb(data: bytes, max_pixels: int) -> np.ndarray:
-    """The image in ``data`` as uint8 HxWx3 RGB, as it looks; ImageRejected if unusable."""
+def decode_rgb(data: bytes, max_pixels: int = PILLOW_MAX_PIXELS):
+    """The image in ``data`` as a uint8 HxWx3 RGB array, as it looks; ImageRejected if unusable."""
+    import numpy as np
     from PIL import ImageOps
 
     with _open(data, max_pixels) as image:

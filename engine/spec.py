@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError, UserError
+from .images import PILLOW_MAX_PIXELS
 
 __all__ = [
     "ClassSpec", "ImageFormat", "JobSpec", "load_spec", "parse_spec", "apply_overrides", "fingerprint",
@@ -89,7 +90,7 @@ class ReferencePrompts(_Strict):
     domain: str = Field(default="photograph", description="[domain] of the generic prompt.")
     negative_prompt: str = ""
     max_image_pixels: int = Field(
-        default=89_478_485, ge=1, description="A reference image with more pixels is rejected (a decompression-bomb "
+        default=PILLOW_MAX_PIXELS, ge=1, description="A reference image with more pixels is rejected (a decompression-bomb "
                                               "guard; the default is Pillow's, about 9459 x 9459).")
 
     @model_validator(mode="after")

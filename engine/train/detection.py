@@ -49,16 +49,18 @@ def load_coco(folder: str, split: str) -> tuple[np.ndarray, list[list[Instance]]
     folder laid out as ``dde world export`` writes it (annotations/instances_SPLIT.json, images/SPLIT/)."""
     import contextlib
     import io
+    from pathlib import Path
 
-    from PIL import Image
     from pycocotools.coco import COCO
+
+    from ..images import decode_rgb
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(coco_annotations(folder, split))
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     ids = sorted(coco.getImgIds())
-    images = np.stack([np.asarray(Image.open(os.path.join(folder, "images", split, coco.imgs[i]["file_name"]))
-                                  .convert("RGB")) for i in ids])
+    root = Path(folder, "images", split)  # images decoded as references are: orientation, bit depth, transparency
+    images = np.stack([decode_rgb((root / coco.imgs[i]["file_name"]).read_bytes()) for i in ids])
     instances = [[Instance(names[a["category_id"]], box=tuple(a["bbox"]))
                   for a in coco.loadAnns(coco.getAnnIds(imgIds=[i], iscrowd=False))] for i in ids]
     return images, instances, [names[k] for k in sorted(names)]
