@@ -228,8 +228,12 @@ def _unique_key_loader(text: str):
 
 
 def _parse_mapping(text: str, origin: str) -> dict:
-    import yaml  # YAML is a superset of JSON, one parser serves both
+    import yaml  # YAML is a superset of JSON, one parser serves both (and reports duplicate keys with lines)
 
+    if "\t" in text and _is_json(text):
+        # JSON holds raw tabs only between tokens (editors indent with them), where YAML refuses
+        # them; spaces there mean the same
+        text = text.replace("\t", " ")
     loader = _unique_key_loader(text)
     try:
         data = loader.get_single_data()
@@ -243,6 +247,14 @@ def _parse_mapping(text: str, origin: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"spec file {origin!r}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text.lstrip("\ufeff"))
+    except ValueError:
+        return False
+    return True
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -197,3 +197,10 @@ def test_fields_added_later_keep_old_fingerprints_at_their_default(spec_data, fi
                                                ).hexdigest()[:16]
     changed = parse_spec(apply_overrides(spec_data, [f"{field}={json.dumps(value)}"]))
     assert fingerprint(changed) != fingerprint(base) and shown in diff_fingerprinted(base, changed)
+
+
+def test_a_json_spec_indented_with_tabs_loads(tmp_path, spec_data):
+    """Valid JSON that YAML alone refuses: tabs as indentation."""
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec_data, indent="\t"))
+    assert load_spec(str(path)) == parse_spec(spec_data)
