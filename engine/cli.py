@@ -248,7 +248,10 @@ def _cmd_stop(args) -> int:
 def _cmd_resume(args) -> int:
     from .runner import run_job
 
-    spec = _recorded_spec(args.uri)
+    from .spec import JobSpec
+
+    recorded = _recorded_spec(args.uri)  # the output may have moved since: it is where the URI says
+    spec = JobSpec.model_validate({**recorded.model_dump(), "output": args.uri})
     return _report(run_job(spec, address=args.address, quiet=args.quiet))
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 
 __all__ = [
-    "SPEC_FILE", "LEASES_DIR", "PLANS_DIR", "COMMITS_DIR", "STAGING_DIR", "SHARD_FILE", "JOB_FILE", "CARD_FILE",
+    "SPEC_FILE", "LEASES_DIR", "PINS_DIR", "PLANS_DIR", "COMMITS_DIR", "STAGING_DIR", "SHARD_FILE", "JOB_FILE", "CARD_FILE",
     "COCO_FILE", "REPORT_FILE", "PUBLISHED_DIRS", "unit_id", "plan_file", "marker_file", "image_name", "derive_seed",
 ]
 
 SPEC_FILE = "_job/spec.json"        # resolved spec, fingerprint and input digests, written create-only at start
 LEASES_DIR = "_job/leases"          # _job/leases/<lease>.json: one per running driver, with a heartbeat
+PINS_DIR = "_job/pinned"            # _job/pinned/<unit>.json: references a repaired (un-committed) unit had read
 PLANS_DIR = "_plans"                # _plans/wave-000003.json, create-only, one per wave
 COMMITS_DIR = "_commits"            # _commits/unit-000123.json, create-only: the only truth
 STAGING_DIR = "_staging"            # _staging/unit-000123.<attempt>/... files of one attempt

@@ -30,7 +30,7 @@ from .errors import UserError
 from .layout import LEASES_DIR
 from .storage import Store
 
-__all__ = ["Lease", "live_leases", "refuse_if_held", "attempt_lease", "new_attempt_id", "HEARTBEAT_S", "TTL_S"]
+__all__ = ["Lease", "live_leases", "expired_leases", "refuse_if_held", "attempt_lease", "new_attempt_id", "HEARTBEAT_S", "TTL_S"]
 
 HEARTBEAT_S = 15.0
 TTL_S = 60.0
@@ -59,9 +59,39 @@ def live_leases(store: Store, now: float | None = None) -> dict[str, dict]:
             record = json.loads(store.read_bytes(f"{LEASES_DIR}/{name}"))
         except (FileNotFoundError, ValueError):  # ended (deleted) or half-written just now
             continue
-        if now - record.get("heartbeat_at", 0) < TTL_S:
+        if now - record.get("heartbeat_at", 0) < TTL_S and not _dead_here(record):
             live[name[:-5]] = record
     return live
+
+
+def expired_leases(store: Store) -> list[str]:
+    """Lease files that no longer protect anything (their driver died), to delete."""
+    live = live_leases(store)
+    return [f"{LEASES_DIR}/{n}" for n in store.list_names(LEASES_DIR) if n.endswith(".json") and n[:-5] not in live]
+
+
+def _process_namespace() -> str | None:
+    """This kernel boot and PID namespace (Linux), where a PID names one process; else None."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f"{f.read().strip()}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+def _dead_here(record: dict) -> bool:
+    """Whether the lease's driver ran in this PID namespace and its process is gone (a kill -9
+    on this machine): then its lease ends now, not TTL_S later. A reused PID keeps it alive."""
+    namespace = _process_namespace()
+    if namespace is None or record.get("namespace") != namespace:
+        return False
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False
 
 
 def describe(record: dict, now: float | None = None) -> str:
@@ -89,7 +119,7 @@ class Lease:
         self.store, self.id = store, uuid.uuid4().hex[:12]
         self.file = f"{LEASES_DIR}/{self.id}.json"
         self.record = {"lease": self.id, "command": command, "host": socket.gethostname(), "pid": os.getpid(),
-                       "started_at": time.time()}
+                       "namespace": _process_namespace(), "started_at": time.time()}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"dde-lease-{self.id}", daemon=True)
 

@@ -7,14 +7,17 @@ listing of ``_commits/`` is always fresh.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
+from .errors import UserError
 from .layout import COMMITS_DIR, SPEC_FILE
 from .spec import JobSpec, parse_spec
 from .storage import Store
 
 __all__ = ["Ledger", "read_job_spec", "iter_markers", "marker_names"]
 
+_MARKER = re.compile(r"unit-\d+\.json")
 _SUMMARY_KEYS = ("unit_id", "index", "wave", "images", "instances", "counts", "rejects",
                  "backend_seconds", "seconds", "committed_at")
 
@@ -23,13 +26,17 @@ def read_job_spec(store: Store) -> tuple[JobSpec, str] | None:
     """The resolved spec and fingerprint recorded when the job first started, if any."""
     if not store.exists(SPEC_FILE):
         return None
-    data = json.loads(store.read_bytes(SPEC_FILE))
-    return parse_spec(data["spec"]), data["fingerprint"]
+    try:
+        data = json.loads(store.read_bytes(SPEC_FILE))
+        return parse_spec(data["spec"]), data["fingerprint"]
+    except (ValueError, KeyError, TypeError, UserError) as e:
+        raise UserError(f"output: expected dde's record of the job in {store.uri}/{SPEC_FILE}, got an unreadable "
+                        f"file ({type(e).__name__}: {str(e)[:120]}); restore it from a copy, or use a new output") from e
 
 
 def marker_names(store: Store) -> list[str]:
     """The committed units' marker file names, in unit order (a fresh listing)."""
-    return [n for n in store.list_names(COMMITS_DIR) if n.endswith(".json")]
+    return [n for n in store.list_names(COMMITS_DIR) if _MARKER.fullmatch(n)]  # other files are not dde's markers
 
 
 def iter_markers(store: Store, names: list[str] | None = None):

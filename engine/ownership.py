@@ -12,27 +12,35 @@ Clean-up never works by "not listed, so delete". It removes only:
   driver's lease is over (``remove_stale_attempts``): an attempt that may still be running
   is never touched;
 - the files of a committed unit whose files went missing, listed by that unit's own marker,
-  so the unit is regenerated with its planned seeds (``repair_broken_units``).
+  so the unit is regenerated with its planned seeds (``repair_broken_units``);
+- lease files whose heartbeat expired.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 from .errors import UserError
-from .layout import PUBLISHED_DIRS, SPEC_FILE, STAGING_DIR, marker_file
-from .lease import attempt_lease, live_leases
+from .layout import PINS_DIR, PUBLISHED_DIRS, SPEC_FILE, STAGING_DIR, marker_file
+from .lease import attempt_lease, expired_leases, live_leases
 from .ledger import iter_markers, marker_names
 from .storage import Store
 
-__all__ = ["check_owned", "remove_stale_attempts", "broken_units", "repair_broken_units", "describe_broken"]
+__all__ = ["check_owned", "remove_stale_attempts", "broken_units", "repair_broken_units", "describe_broken",
+           "pinned_references"]
 
-_OWN_TOP = "_job"  # probe and lease files of an earlier start may be all an output holds
+# Not the user's data: probe and lease files of an earlier start (_job), and what operating
+# systems leave in any folder. dde never writes or deletes these.
+_NOT_DATA = frozenset({"_job", ".DS_Store", "Thumbs.db", "desktop.ini", "lost+found"})
 
 
 def check_owned(store: Store, job_name: str) -> None:
     """UserError (exit 2) unless the output is empty or holds a dde job. Reads one listing."""
-    foreign = [n for n in store.list_names("") if n != _OWN_TOP]
+    if store.fs.isfile(store.root):
+        raise UserError(f"output: expected a folder or prefix, got {store.uri!r}, which is a file; "
+                        f"use a folder or prefix that is empty or does not exist yet")
+    foreign = [n for n in store.list_names("") if n not in _NOT_DATA]
     if not foreign or store.exists(SPEC_FILE):  # a concurrent driver of a job may have just recorded it
         return
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -50,18 +58,30 @@ def remove_stale_attempts(store: Store, committed: set[str], own_lease: str | No
     may still be writing them). Folders whose names dde does not give are never touched.
     """
     live = set(live_leases(store)) - {own_lease}
+    for lease_file in expired_leases(store):
+        store.delete(lease_file)
     removed = kept = 0
     for name in store.list_names(STAGING_DIR):
         path = f"{STAGING_DIR}/{name}"
         ours, lease = attempt_lease(name)
         if path in committed or not ours:
             continue
-        if lease in live or (lease is None and live):  # an attempt without a lease id: any live driver may own it
-            kept += 1
+        if lease in live or (lease is None and live) or _committed_since(store, name):
+            kept += 1  # an attempt without a lease id: any live driver may own it
             continue
         store.delete(path, recursive=True)
         removed += 1
     return removed, kept
+
+
+def _committed_since(store: Store, staging_name: str) -> bool:
+    """Whether the attempt ``staging_name`` committed after the caller listed the markers
+    (an actor of a driver that just died may still be finishing its unit)."""
+    uid = staging_name.split(".", 1)[0]
+    try:
+        return json.loads(store.read_bytes(marker_file(uid)))["staging"] == f"{STAGING_DIR}/{staging_name}"
+    except FileNotFoundError:
+        return False
 
 
 def broken_units(store: Store) -> dict[str, tuple[dict, list[str]]]:
@@ -92,15 +112,26 @@ def describe_broken(broken: dict[str, tuple[dict, list[str]]]) -> str:
 
 def repair_broken_units(store: Store) -> list[str]:
     """Un-commit every broken unit (its marker, then the files that marker lists), so the
-    driver regenerates it from its stored plan: same image ids and seeds, same bytes.
-    Says so on stderr. Returns the unit ids."""
+    driver regenerates it from its stored plan: same image ids and seeds, same bytes. The
+    references it read stay pinned (``pinned_references``). Says so on stderr. Returns the unit ids."""
     broken = broken_units(store)
     if broken:
         print(f"warning: {len(broken)} committed unit(s) have files missing from storage ({describe_broken(broken)}); "
               f"regenerating them with their planned seeds", file=sys.stderr)
     for uid, (marker, _) in sorted(broken.items()):
+        if marker.get("references"):
+            store.replace_bytes(f"{PINS_DIR}/{uid}.json", json.dumps(marker["references"]).encode())
         store.delete(marker_file(uid))
         for rel in marker["files"]:
             store.delete(rel)
         store.delete(marker["staging"], recursive=True)
     return sorted(broken)
+
+
+def pinned_references(store: Store) -> dict[str, str]:
+    """sha256 by URI of the references that un-committed (repaired) units had read: the
+    regenerated unit must read the same bytes, like any unit after a commit that read them."""
+    pins: dict[str, str] = {}
+    for name in store.list_names(PINS_DIR):
+        pins.update(json.loads(store.read_bytes(f"{PINS_DIR}/{name}")))
+    return pins

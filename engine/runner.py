@@ -19,7 +19,7 @@ from .layout import COMMITS_DIR, PLANS_DIR, SPEC_FILE, plan_file
 from .lease import Lease, live_leases
 from .ledger import Ledger, read_job_spec
 from .location import refuse_temporary_output
-from .ownership import check_owned, repair_broken_units
+from .ownership import check_owned, pinned_references, repair_broken_units
 from .planner import Planner, job_stuck_classes, stop_reason
 from .progress import Progress
 from .prompts import PromptItem, build_pool
@@ -143,6 +143,7 @@ class _Driver:
     def run(self, address: str | None) -> JobResult:
         wave = first_unit = images_planned = 0
         repair_broken_units(self.store)
+        self.pinned = pinned_references(self.store)
         self.ledger.refresh()
         self.progress.start(self.ledger)
         while True:
@@ -192,7 +193,7 @@ class _Driver:
             else:
                 ensure_ray(address)
                 self.executor = UnitPool(self.spec)
-        digests = self.ledger.reference_digests()
+        digests = {**self.pinned, **self.ledger.reference_digests()}
         expanded = [dict(u, lease=self.lease.id, requests=[_request(self.pool_items[item], image_id, seed, digests)
                                                            for image_id, item, seed in u["images"]]) for u in units]
         for u in expanded:

@@ -162,6 +162,14 @@ class JobSpec(_Strict):
                                      "before anything is written; 'reject' leaves such prompts out of the pool and "
                                      "counts them in status, the card and the report.")
 
+    @field_validator("output")
+    @classmethod
+    def _no_trailing_slash(cls, v: str) -> str:
+        """``s3://b/out/`` is ``s3://b/out``: paths under the output are joined with '/', and
+        'out//coco' names another S3 key. A filesystem root ('/', 'file:///') keeps its slash."""
+        stripped = v.rstrip("/")
+        return v if not stripped or stripped.endswith(":") else stripped
+
     @field_validator("classes")
     @classmethod
     def _classes_unique(cls, v: list) -> list[ClassSpec]:

@@ -90,12 +90,15 @@ class Store:
 
     def list_names(self, rel_dir: str) -> list[str]:
         """Base names directly under ``rel_dir`` (fresh listing, never cached)."""
-        self.fs.invalidate_cache(self.path(rel_dir))
+        folder = self.path(rel_dir)
+        self.fs.invalidate_cache(folder)
         try:
-            entries = self.fs.ls(self.path(rel_dir), detail=False)
+            entries = self.fs.ls(folder, detail=False)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
+        # an S3 console "folder" is an empty object named like the prefix: not an entry of it
+        return sorted(posixpath.basename(e.rstrip("/")) for e in entries
+                      if self.fs._strip_protocol(e).rstrip("/") != folder.rstrip("/"))
 
     def find(self, rel_dir: str) -> list[str]:
         """All files below ``rel_dir``, relative to the store root."""

@@ -111,3 +111,24 @@ def test_resume_refuses_a_reference_image_replaced_under_its_name(tmp_path, ray_
     run_job(spec, quiet=True)
     assert dataset_digest(spec.output) == dataset_digest(reference.output)
     assert job_record(spec.output) == job_record(reference.output)
+
+
+def test_a_regenerated_unit_reads_the_references_its_lost_commit_read(tmp_path, ray_local):
+    """A reference read only by a unit whose files went missing stays pinned when that unit
+    is un-committed and regenerated: a replaced file is refused, not taken."""
+    from engine.world import export_coco
+
+    annotations = export_coco(tmp_path / "refs", 12, split="train", seed=3)
+    spec = parse_spec({**BASE_SPEC, "output": str(tmp_path / "out"), "lower_bound": 1,
+                       "budget": {"max_images": 8, "max_waves": 1}, "wave_size": 8, "unit_size": 4,
+                       "prompts": {"source": "references", "annotations": str(annotations),
+                                   "images": str(tmp_path / "refs" / "images" / "train")}})
+    run_job(spec, quiet=True)
+    store = Store(spec.output)
+    markers = [json.loads(store.read_bytes(f"{COMMITS_DIR}/{n}")) for n in store.list_names(COMMITS_DIR)]
+    only_first = set(markers[0]["references"]) - {u for m in markers[1:] for u in m["references"]}
+    assert only_first, "every reference of the first unit is also read by another: the test proves nothing"
+    Image.new("RGB", (64, 64), "red").save(sorted(only_first)[0])
+    store.delete(markers[0]["files"][0])  # the unit is broken: resume regenerates it
+    with pytest.raises(InputChanged, match="changed since committed units of this job read it"):
+        run_job(spec, quiet=True)

@@ -201,3 +201,60 @@ def test_finalize_racing_a_running_job_on_s3(s3_endpoint, tmp_path):
     assert dataset_digest(copy) == dataset_digest(str(reference))
     assert job_record(copy) == job_record(str(reference))
     assert store.list_names(LEASES_DIR) == []
+
+
+def test_resume_writes_where_the_uri_says_even_after_a_move(finished, tmp_path):
+    """A moved (or relatively recorded) output resumes in place, not at the recorded path."""
+    import shutil
+
+    spec, _ = finished
+    digest = dataset_digest(spec.output)
+    moved = tmp_path / "moved"
+    shutil.move(spec.output, moved)
+    (moved / "coco" / "images" / "000000000003.png").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([DDE, "resume", str(moved), "--quiet"], capture_output=True, text=True, timeout=300,
+                          cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert dataset_digest(str(moved)) == digest
+    assert not os.path.exists(spec.output) and os.listdir(elsewhere) == []
+
+
+def test_a_lease_whose_process_is_gone_on_this_machine_ends_at_once(finished):
+    from engine.lease import _process_namespace, live_leases
+
+    spec, store = finished
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    now = time.time()
+    for lease_id, pid in (("aaaaaaaaaaaa", gone.pid), ("bbbbbbbbbbbb", os.getpid())):
+        store.write_bytes(f"{LEASES_DIR}/{lease_id}.json", json.dumps(
+            {"lease": lease_id, "host": "here", "pid": pid, "namespace": _process_namespace(), "started_at": now,
+             "heartbeat_at": now}).encode())
+    assert set(live_leases(store)) == {"bbbbbbbbbbbb"}
+    store.delete(f"{LEASES_DIR}/bbbbbbbbbbbb.json")
+    proc = subprocess.run([DDE, "finalize", spec.output], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert store.list_names(LEASES_DIR) == []  # finalize removes leases that protect nothing
+
+
+def test_bookkeeping_that_is_not_dde_s_is_one_line_or_ignored(finished):
+    spec, store = finished
+    store.write_bytes(f"{COMMITS_DIR}/README.json", b"my notes")  # not a marker name: ignored
+    assert finalize_job(store, spec)["units"] == len(store.list_names(COMMITS_DIR)) - 1
+    store.write_bytes("_job/spec.json", b'{"spec": {"name"')
+    proc = subprocess.run([DDE, "status", spec.output], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unreadable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_outputs_that_are_a_file_or_an_s3_console_folder(tmp_path, s3_endpoint, ray_local):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine")
+    with pytest.raises(UserError, match="which is a file"):
+        run_job(small_spec(str(afile)), quiet=True)
+    assert afile.read_text() == "mine"
+    bucket, options = make_bucket(s3_endpoint), s3_options(s3_endpoint)
+    console = Store(f"s3://{bucket}", options)
+    console.write_bytes("console/", b"")  # what "Create folder" in the S3 console makes
+    assert run_job(small_spec(f"s3://{bucket}/console/", storage_options=options), quiet=True).images
