@@ -7,7 +7,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageRequest", "Generated", "Instance", "Labels"]
+__all__ = ["ImageRequest", "Generated", "Instance", "Labels", "semantic_dtype", "uncertain_value",
+           "MAX_CATEGORIES"]
+
+MAX_CATEGORIES = 65534  # a uint16 semantic mask holds 0 (background), 1..65534 and 65535 (uncertain)
+
+
+def semantic_dtype(categories: int) -> np.dtype:
+    """uint8 semantic masks (palette PNGs, as before) up to 254 categories, else uint16 (16-bit
+    grey PNGs): LVIS-scale vocabularies (1,203 classes) fit, and id 255 is never 'uncertain'."""
+    return np.dtype(np.uint8 if categories <= 254 else np.uint16)
+
+
+def uncertain_value(dtype: np.dtype) -> int:
+    """The 'uncertain' label of a semantic mask: its dtype's largest value (255 or 65535)."""
+    return int(np.iinfo(dtype).max)
 
 
 @dataclass
@@ -48,7 +62,7 @@ class Instance:
 @dataclass
 class Labels:
     instances: list[Instance]
-    semantic: np.ndarray | None = None  # uint8 HxW: 0 background, 255 uncertain, else category id
+    semantic: np.ndarray | None = None  # HxW, semantic_dtype: 0 background, uncertain_value uncertain, else category id
 
 
 @dataclass

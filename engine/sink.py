@@ -85,6 +85,8 @@ def semantic_palette() -> list[int]:
 
 
 def encode_png(array: np.ndarray, palette: list[int] | None = None) -> bytes:
+    """PNG bytes of a uint8 HxWx3 image, a uint8 HxW mask (with ``palette``: a palette PNG whose
+    values are the indices), or a uint16 HxW mask (a 16-bit grey PNG)."""
     from PIL import Image
 
     image = Image.fromarray(array)
@@ -139,7 +141,7 @@ class UnitSink:
         self._put(f"coco/images/{name}", encoded)
         semantic_png = None
         if labels.semantic is not None:  # class ids: PNG whatever the images' format, a lossy mask would mix them
-            semantic_png = encode_png(labels.semantic, self.palette)
+            semantic_png = encode_png(labels.semantic, self.palette if labels.semantic.dtype == np.uint8 else None)
             self._put(f"coco/semantic/{image_name(request.image_id)}", semantic_png)
         annotations = [self._annotation(inst) for inst in labels.instances if not inst.is_empty()]
         for ann in annotations:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError, UserError
+from .records import MAX_CATEGORIES
 from .images import PILLOW_MAX_PIXELS
 
 __all__ = [
@@ -146,7 +147,7 @@ class JobSpec(_Strict):
     output: str = Field(min_length=1, description="Any fsspec URI: a path, file://, s3://, memory://.")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec/s3fs options.")
     seed: int = Field(default=0, ge=0)
-    classes: list[Union[ClassSpec, str]] = Field(min_length=1)
+    classes: list[Union[ClassSpec, str]] = Field(min_length=1, max_length=MAX_CATEGORIES)
     lower_bound: int = Field(default=100, ge=0, description="Instances needed per class unless the class says otherwise.")
     budget: Budget
     unit_size: int = Field(default=64, ge=1, description="Images per unit; a unit is one commit.")

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["class_maps", "semantic_mask", "components", "bca_instances", "UNCERTAIN"]
-
-UNCERTAIN = 255
+__all__ = ["class_maps", "semantic_mask", "components", "bca_instances"]
 
 
 def _square(flat, side: int):
@@ -48,14 +46,17 @@ def class_maps(captured: dict, size: int, tau: int = 4) -> np.ndarray:
     return _resize(maps, size).clamp(0, 1).numpy()
 
 
-def semantic_mask(maps: np.ndarray, category_ids: list[int], alpha: float = 0.5,
-                  beta: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 4-5: (uint8 mask, objectness V). At or below alpha: background (0); between alpha and
-    beta: uncertain (255); at or above beta: the category id of the arg-max class."""
+def semantic_mask(maps: np.ndarray, category_ids: list[int], alpha: float = 0.5, beta: float = 0.6,
+                  dtype: np.dtype = np.dtype(np.uint8)) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 4-5: (mask of ``dtype``, objectness V). At or below alpha: background (0); between
+    alpha and beta: uncertain (the dtype's largest value, ``records.uncertain_value``); at or
+    above beta: the category id of the arg-max class. ``dtype``: ``records.semantic_dtype``."""
+    from ..records import uncertain_value
+
     objectness = maps.max(axis=0)
-    lut = np.asarray(category_ids, dtype=np.uint8)
-    mask = np.where(objectness >= beta, lut[maps.argmax(axis=0)], 0).astype(np.uint8)
-    mask[(objectness > alpha) & (objectness < beta)] = UNCERTAIN
+    lut = np.asarray(category_ids, dtype=dtype)
+    mask = np.where(objectness >= beta, lut[maps.argmax(axis=0)], 0).astype(dtype)
+    mask[(objectness > alpha) & (objectness < beta)] = uncertain_value(dtype)
     return mask, objectness
 
 

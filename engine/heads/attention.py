@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ..backends.base import StrictParams
-from ..records import Generated, ImageRequest, Instance, Labels
+from ..records import Generated, ImageRequest, Instance, Labels, semantic_dtype
 from ..spec import JobSpec, require_ordered
 from .base import Head
 
@@ -151,7 +151,8 @@ class AttentionHead(AttentionCaptureHead):
         captured, p = generated.extras["attention"], self.params
         names = captured["classes"]
         maps = class_maps(captured, generated.image.shape[0], p.tau)
-        mask, objectness = semantic_mask(maps, [self.category_id[n] for n in names], p.alpha, p.beta)
+        mask, objectness = semantic_mask(maps, [self.category_id[n] for n in names], p.alpha, p.beta,
+                                         semantic_dtype(len(self.category_id)))
         instances = [Instance(name, region, score) for name in names
                      for region, score in components(mask == self.category_id[name], objectness,
                                                      self.min_pixels(*generated.image.shape[:2]))]
