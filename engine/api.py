@@ -318,6 +318,7 @@ _SPEC_BODY = {"requestBody": {"required": True, "content": {
 
 def _router():
     from . import submit as jobs
+    from .storage import public_options
 
     router = APIRouter(prefix="/v1", responses={401: {"model": Problem}, 422: {"model": Problem}})
 
@@ -351,6 +352,11 @@ def _router():
             raise HTTPException(403, _field_errors([
                 f"storage_options: expected none (the service reads and writes storage with its own credentials), "
                 f"got keys {sorted(spec.storage_options)}"]))
+        inputs = getattr(spec.prompts, "storage_options", None) or {}
+        if public_options(inputs) != inputs:
+            raise HTTPException(403, _field_errors([
+                "prompts.storage_options: expected no credentials (the service's nodes use their own), got some; "
+                "keep only options like client_kwargs.endpoint_url or anon"]))
         return spec.model_copy(update={"output": output})
 
     def submitted(response: Response, spec: JobSpec, settings: Settings) -> JobRef:

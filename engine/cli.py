@@ -21,6 +21,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar (CI)")
 
 
+def _add_storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a storage option for the output, as in a spec's storage_options (dotted keys nest: "
+                        "client_kwargs.endpoint_url=http://HOST:9000); repeatable. Default: the job's recorded "
+                        "options (never credentials) and the AWS_* variables")
+
+
+def _given_options(args) -> dict:
+    from .spec import apply_overrides
+
+    return apply_overrides({}, getattr(args, "storage_options", []), flag="--storage-option")
+
+
 def _at_least(minimum, kind=int):
     """An argparse type for a number no smaller than ``minimum``: a bad value exits 2 naming its flag."""
     def parse(text: str):
@@ -99,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
 
     fin = sub.add_parser("finalize", help="merge committed units into the final dataset")
     fin.add_argument("uri")
+    for p in (resume, status, report, fin):
+        _add_storage_options(p)
 
     world = sub.add_parser("world", help="the procedural shapes world")
     world_sub = world.add_subparsers(dest="world_command", required=True)
@@ -202,14 +217,21 @@ def _cmd_run(args) -> int:
     return _report(run_job(spec, address=args.address, quiet=args.quiet, finalize=not args.no_finalize))
 
 
-def _recorded_spec(uri: str):
+def _open_job(args):
+    """The output at ``args.uri`` and its recorded spec, whose storage options are the recorded
+    ones under what the user gave (the first read, with only what was given, fails fast), and
+    whose output is where the URI says (the output may have moved since)."""
     from .ledger import read_job_spec
-    from .storage import Store
+    from .spec import JobSpec
+    from .storage import Store, job_options
 
-    recorded = read_job_spec(Store(uri))
+    given = _given_options(args)
+    recorded = read_job_spec(Store(args.uri, given, quick=True))
     if recorded is None:
-        raise UserError(f"URI: expected the output of a dde job (with _job/spec.json), got {uri!r}")
-    return recorded[0]
+        raise UserError(f"URI: expected the output of a dde job (with _job/spec.json), got {args.uri!r}")
+    options = job_options(recorded[0].storage_options, given)
+    spec = JobSpec.model_validate({**recorded[0].model_dump(), "output": args.uri, "storage_options": options})
+    return Store(spec.output, options), spec
 
 
 def _cmd_submit(args) -> int:
@@ -248,10 +270,7 @@ def _cmd_stop(args) -> int:
 def _cmd_resume(args) -> int:
     from .runner import run_job
 
-    from .spec import JobSpec
-
-    recorded = _recorded_spec(args.uri)  # the output may have moved since: it is where the URI says
-    spec = JobSpec.model_validate({**recorded.model_dump(), "output": args.uri})
+    _, spec = _open_job(args)
     return _report(run_job(spec, address=args.address, quiet=args.quiet))
 
 
@@ -268,29 +287,24 @@ def _report(result) -> int:
 
 def _cmd_status(args) -> int:
     from .status import format_status, job_status
-    from .storage import Store
 
-    status = job_status(Store(args.uri))
+    status = job_status(_open_job(args)[0])
     print(json.dumps(status, indent=1) if args.json else format_status(status))
     return 0
 
 
 def _cmd_report(args) -> int:
     from .report import write_report
-    from .storage import Store
 
-    print(f"report: {write_report(Store(args.uri), out=args.out)}")
+    print(f"report: {write_report(_open_job(args)[0], out=args.out)}")
     return 0
 
 
 def _cmd_finalize(args) -> int:
     from .finalize import finalize_job
-    from .storage import Store
-
     from .lease import refuse_if_held
 
-    spec = _recorded_spec(args.uri)
-    store = Store(args.uri, spec.storage_options)
+    store, spec = _open_job(args)
     refuse_if_held(store, "dde finalize")
     job = finalize_job(store, spec)
     print(f"finalized {args.uri}: {job['images']} images, {job['instances']} instances "
@@ -404,9 +418,16 @@ COMMANDS = {"run": _cmd_run, "submit": _cmd_submit, "logs": _cmd_logs, "stop": _
 
 
 def main(argv: list[str] | None = None) -> int:
+    import contextlib
+
+    from .storage import report_retries, storage_errors
+
     args = _parser().parse_args(argv)
+    report_retries()
     try:
-        return COMMANDS[args.command](args)
+        uri = getattr(args, "uri", None)
+        with storage_errors(uri, _given_options(args)) if uri else contextlib.nullcontext():
+            return COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from .classnames import ClassMatcher
 from .errors import UserError
 from .spec import ClassSpec, CombinationPrompts, JobSpec, JsonlPrompts, ReferencePrompts
+from .storage import input_options
 
 __all__ = ["PromptItem", "build_pool", "generic_prompt", "class_append_prompt", "objects_phrase"]
 
@@ -68,7 +69,7 @@ def _read_input(uri: str, field_name: str, expected: str, storage_options: dict,
     import fsspec
 
     try:
-        with fsspec.open(uri, "rb", **(storage_options if "://" in uri else {})) as f:
+        with fsspec.open(uri, "rb", **storage_options) as f:
             data = f.read()
     except FileNotFoundError as e:
         raise UserError(f"prompts.{field_name}: expected an existing {expected}, got {uri!r} (not found)") from e
@@ -97,11 +98,12 @@ def _load_json(uri: str, field_name: str, storage_options: dict, inputs: dict) -
 def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> list[PromptItem]:
     from .references import id_key, load_references
 
-    references = load_references(spec, _load_json(source.annotations, "annotations", spec.storage_options, inputs),
+    references = load_references(spec, _load_json(source.annotations, "annotations",
+                                                    input_options(source.annotations, spec), inputs),
                                  inputs)
     captions: dict[str, str] = {}
     if source.captions:
-        coco_captions = _load_json(source.captions, "captions", spec.storage_options, inputs)
+        coco_captions = _load_json(source.captions, "captions", input_options(source.captions, spec), inputs)
         for i, ann in enumerate(coco_captions.get("annotations", [])):
             image = id_key(ann.get("image_id"), f"prompts.captions: annotations[{i}].image_id")
             if isinstance(ann.get("caption"), str):  # the first caption of an image is its prompt's
@@ -122,7 +124,7 @@ def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> li
 
 def _jsonl_pool(spec: JobSpec, source: JsonlPrompts, inputs: dict) -> list[PromptItem]:
     matcher = ClassMatcher(spec.class_specs)
-    data = _read_input(source.path, "path", "JSONL file", spec.storage_options, inputs)
+    data = _read_input(source.path, "path", "JSONL file", input_options(source.path, spec), inputs)
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise UserError(f"prompts.path: expected UTF-8 text, got a UTF-16 file {source.path!r} (it starts with a "
                         f"UTF-16 byte-order mark); save it as UTF-8")

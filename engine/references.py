@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from .classnames import ClassMatcher, closest
 from .errors import UserError
 from .spec import JobSpec, ReferencePrompts
+from .storage import input_options
 
 __all__ = ["Reference", "load_references", "id_key", "describe_missing"]
 
@@ -234,6 +235,6 @@ def load_references(spec: JobSpec, coco: dict, inputs: dict) -> list[Reference]:
     references = [Reference(ident, _file_uri(root, files[ident]),
                             tuple(sorted(classes_of.get(ident, []), key=order.index)))
                   for ident in sorted(files, key=_id_order)]
-    references = _keep_present(references, root, spec.storage_options, inputs)
+    references = _keep_present(references, root, input_options(root, spec), inputs)
     _warn_unreachable(spec, references)
     return references

@@ -24,7 +24,7 @@ from .planner import Planner, job_stuck_classes, stop_reason
 from .progress import Progress
 from .prompts import PromptItem, build_pool
 from .spec import JobSpec, diff_fingerprinted, fingerprint, recorded_spec
-from .storage import Store, unreachable
+from .storage import Store, storage_errors, unreachable
 
 __all__ = ["run_job", "JobResult", "open_job"]
 
@@ -47,7 +47,8 @@ def open_job(spec: JobSpec, inputs: dict | None = None) -> Store:
     the job first read them. ``inputs``: what ``build_pool`` read (size and sha256 by field)."""
     refuse_temporary_output(spec.output)
     store = Store(spec.output, spec.storage_options)
-    recorded = read_job_spec(store)
+    with storage_errors(spec.output, spec.storage_options):  # the first read: a wrong endpoint fails fast
+        recorded = read_job_spec(Store(spec.output, spec.storage_options, quick=True))
     if recorded is None:
         check_owned(store, spec.name)
     store.check_writable()

@@ -87,6 +87,9 @@ class ReferencePrompts(_Strict):
     annotations: str = Field(description="COCO instances JSON (path or fsspec URI).")
     images: str | None = Field(default=None, description="Image root; default: the annotations file's folder.")
     captions: str | None = Field(default=None, description="COCO captions JSON, needed for style caption_append.")
+    storage_options: dict[str, Any] | None = Field(
+        default=None, description="fsspec options for reading the inputs (not fingerprinted). Default: the "
+                                  "output's storage_options for inputs on the output's protocol, none for others.")
     style: Literal["generic", "caption_append"] = "generic"
     domain: str = Field(default="photograph", description="[domain] of the generic prompt.")
     negative_prompt: str = ""
@@ -104,6 +107,9 @@ class ReferencePrompts(_Strict):
 class JsonlPrompts(_Strict):
     source: Literal["jsonl"]
     path: str = Field(description='One JSON object a line: {"prompt": ..., "classes": [...]?, "negative_prompt": ...?}.')
+    storage_options: dict[str, Any] | None = Field(
+        default=None, description="fsspec options for reading the inputs (not fingerprinted). Default: the "
+                                  "output's storage_options for inputs on the output's protocol, none for others.")
     negative_prompt: str = ""
 
 
@@ -266,15 +272,15 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars/flows."""
+def apply_overrides(data: dict, overrides: list[str], flag: str = "--set") -> dict:
+    """Apply ``dotted.key=value`` overrides (given with ``flag``); values are parsed as YAML scalars/flows."""
     import yaml
 
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--set {item!r}: expected dotted.key=value, got no '='")
+            raise UserError(f"{flag} {item!r}: expected dotted.key=value, got no '='")
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -282,7 +288,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 node = node[int(part)]
                 continue
             if not isinstance(node, dict):
-                raise UserError(f"--set {item!r}: expected {part!r} to be inside a mapping, got {type(node).__name__}")
+                raise UserError(f"{flag} {item!r}: expected {part!r} to be inside a mapping, got {type(node).__name__}")
             node = node.setdefault(part, {})
         try:
             value = yaml.safe_load(raw)
@@ -293,7 +299,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         elif isinstance(node, dict):
             node[parts[-1]] = value
         else:
-            raise UserError(f"--set {item!r}: expected {parts[-1]!r} to be inside a mapping, got {type(node).__name__}")
+            raise UserError(f"{flag} {item!r}: expected {parts[-1]!r} to be inside a mapping, got {type(node).__name__}")
     return data
 
 
@@ -409,6 +415,7 @@ def _fingerprinted(spec: JobSpec, *, defaults: bool = False) -> dict:
     resources = data["resources"]
     for key in UNFINGERPRINTED:
         data.pop(key, None)
+    data["prompts"].pop("storage_options", None)  # where inputs are read from, like the output's options
     kept = {key: resources[key] for key in FINGERPRINTED_RESOURCES
             if defaults or resources[key] != Resources.model_fields[key].default}
     if kept:
@@ -435,6 +442,8 @@ def recorded_spec(spec: JobSpec) -> dict:
 
     data = spec.model_dump(mode="json")
     data["storage_options"] = public_options(data["storage_options"])
+    if data["prompts"].get("storage_options"):
+        data["prompts"]["storage_options"] = public_options(data["prompts"]["storage_options"])
     return data
 
 

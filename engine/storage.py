@@ -8,18 +8,33 @@ storage_options or, where those leave them out, from the standard variables
 (AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE). Credentials are never recorded
 in the output: ``public_options`` is what the recorded spec keeps.
+
+Inputs (prompt files, captions, references) are read with ``input_options``: the spec's
+``prompts.storage_options`` when it gives them, else the output's options only for an input
+on the output's protocol (an s3:// reference with an s3:// output), else none: an
+https:// reference never gets an s3 endpoint.
+
+Commands that open a job by its URI (``dde status|resume|finalize|report``) read
+``_job/spec.json`` with what the user gives (``--storage-option``, the AWS_* variables)
+and quickly (``quick``: a wrong endpoint is likelier there than an outage), then use
+``job_options``: the recorded public options, under what the user gave.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import posixpath
+import sys
 import threading
+import time
 import uuid
 
-from .errors import UserError
+from .errors import StorageUnavailable, UserError
 
-__all__ = ["Store", "public_options", "unreachable"]
+__all__ = ["Store", "public_options", "unreachable", "input_options", "job_options", "storage_problem",
+           "storage_errors", "report_retries"]
 
 _MEMORY_LOCK = threading.Lock()
 # Option names that hold credentials, at any depth (s3fs's own and botocore's client_kwargs).
@@ -28,6 +43,10 @@ _SECRET_KEYS = frozenset({"key", "secret", "token", "password", "aws_access_key_
 # botocore's standard mode: exponential backoff with full jitter, capped at 20 s a wait; ten
 # attempts ride out an endpoint that is gone for about a minute before the unit attempt fails.
 _S3_RETRIES = {"max_attempts": 10, "mode": "standard"}
+# A command's first read of an output: answer within seconds, since a missing endpoint or
+# credential is likelier there than an outage (botocore's defaults take 60 s per connection).
+_QUICK = {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 3, "read_timeout": 10}
+_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
 def public_options(options: dict) -> dict:
@@ -36,36 +55,138 @@ def public_options(options: dict) -> dict:
             for k, v in options.items() if k.lower() not in _SECRET_KEYS}
 
 
-def _s3_options(options: dict) -> dict:
+def _protocol(uri: str) -> str:
+    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
+
+
+def input_options(uri: str, spec) -> dict:
+    """Storage options for reading the input at ``uri`` of job ``spec`` (see the module's doc)."""
+    if "://" not in uri:
+        return {}
+    own = getattr(spec.prompts, "storage_options", None)
+    if own is not None:
+        return own
+    return spec.storage_options if _protocol(uri) == _protocol(spec.output) else {}
+
+
+def _merged(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _endpoint(options: dict) -> str | None:
+    """The S3 endpoint ``options`` or the standard variables name; None means AWS's own."""
+    given = (options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url")
+    return given or next((os.environ[v] for v in _ENDPOINT_VARIABLES if os.environ.get(v)), None)
+
+
+def job_options(recorded: dict, given: dict) -> dict:
+    """The options to open a recorded job's output with: what the user ``given`` (flags) wins,
+    then an endpoint in the standard variables, then what the job recorded (never credentials)."""
+    recorded = public_options(recorded)
+    if _endpoint(given):  # the endpoint the first read just reached, e.g. through a port-forward
+        recorded.get("client_kwargs", {}).pop("endpoint_url", None)
+        recorded.pop("endpoint_url", None)
+    return _merged(recorded, given)
+
+
+def storage_problem(exc: BaseException, uri: str, options: dict) -> UserError | None:
+    """A storage failure as the one line a user can act on, or None if it is none of these."""
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    causes = _causes(exc)
+    if any(isinstance(e, (NoCredentialsError, PartialCredentialsError)) for e in causes):
+        return UserError(f"storage: no credentials for {uri}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or "
+                         f"AWS_PROFILE), or pass --storage-option key=... --storage-option secret=... "
+                         f"(a job's recorded spec keeps no credentials)")
+    if any(isinstance(e, PermissionError) for e in causes):
+        hint = "; check the credentials and the endpoint (client_kwargs.endpoint_url or AWS_ENDPOINT_URL)"
+        return UserError(f"storage: access denied to {uri} ({exc}){hint if _protocol(uri) == 's3' else ''}")
+    if not unreachable(exc):
+        return None
+    if _protocol(uri) == "s3" and _endpoint(options) is None:
+        return UserError(f"storage: cannot reach {uri} at AWS's own endpoint ({type(exc).__name__}); for another "
+                         f"S3 service pass --storage-option client_kwargs.endpoint_url=URL or set AWS_ENDPOINT_URL")
+    return StorageUnavailable(f"storage: {uri} is unreachable ({type(exc).__name__}: {str(exc)[:160]}); "
+                              f"try again once it is back")
+
+
+@contextlib.contextmanager
+def storage_errors(uri: str, options: dict):
+    """Raise what ``storage_problem`` makes of a storage failure inside the block."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        problem = storage_problem(e, uri, options)
+        if problem is None:
+            raise
+        raise problem from e
+
+
+class _RetryNotice(logging.Filter):
+    """Turns botocore's debug line about sleeping before a retry into one line on stderr,
+    at most every ``every_s``, so a long retry is visibly a retry and not a hang."""
+
+    def __init__(self, every_s: float = 10.0):
+        super().__init__()
+        self.every_s, self.last = every_s, 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg.startswith("Response received to retry") and time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            print(f"storage: no answer yet, retrying in {float(record.args[0]):.1f}s "
+                  f"(up to {_S3_RETRIES['max_attempts']} attempts)", file=sys.stderr)
+        return False
+
+
+def report_retries() -> None:
+    """Say on stderr when storage calls retry (for the CLI's own process)."""
+    logger = logging.getLogger("botocore.endpoint")
+    if not any(isinstance(f, _RetryNotice) for f in logger.filters):
+        logger.addFilter(_RetryNotice())
+        logger.setLevel(logging.DEBUG)
+
+
+def _s3_options(options: dict, quick: bool) -> dict:
     if options.get("use_listings_cache"):
         raise UserError("storage_options.use_listings_cache: expected false (a cached listing of _commits "
                         "would hide commits), got true")
     config = dict(options.get("config_kwargs") or {})
-    if not {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} & set(os.environ):  # the standard variables win when set
+    if quick:
+        config = {**config, **_QUICK}
+    elif not {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} & set(os.environ):  # the standard variables win when set
         config.setdefault("retries", dict(_S3_RETRIES))
     return {**options, "use_listings_cache": False, "config_kwargs": config}
+
+
+def _causes(exc: BaseException | None) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and all(exc is not e for e in seen):
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
 
 
 def unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) means the storage endpoint could not be reached."""
     from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
 
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(e, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError))
+               for e in _causes(exc))
 
 
 class Store:
-    def __init__(self, uri: str, storage_options: dict | None = None):
+    def __init__(self, uri: str, storage_options: dict | None = None, *, quick: bool = False):
+        """``quick``: few retries and short timeouts, for a first read that should fail fast."""
         import fsspec
 
         self.uri = uri
         self.storage_options = dict(storage_options or {})
-        options = _s3_options(self.storage_options) if uri.startswith("s3://") else self.storage_options
+        options = _s3_options(self.storage_options, quick) if uri.startswith("s3://") else self.storage_options
         try:
             self.fs, self.root = fsspec.core.url_to_fs(uri, **options)
         except (ImportError, ValueError, TypeError) as e:

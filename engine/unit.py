@@ -14,7 +14,7 @@ from .records import ImageRequest
 from .registry import BACKENDS, HEADS
 from .sink import SinkContext, UnitSink
 from .spec import JobSpec
-from .storage import Store
+from .storage import Store, input_options
 
 __all__ = ["UnitMaker", "summary_of"]
 
@@ -36,7 +36,7 @@ def _read_reference(uri: str, storage_options: dict, expected_sha256: str | None
     from .images import decode_rgb
 
     try:
-        with fsspec.open(uri, "rb", **(storage_options if "://" in uri else {})) as f:
+        with fsspec.open(uri, "rb", **storage_options) as f:
             data = f.read()
     except FileNotFoundError:
         if expected_sha256:
@@ -93,8 +93,8 @@ class UnitMaker:
             if image["reference_uri"]:
                 try:
                     request.reference, sink.references[image["reference_uri"]] = _read_reference(
-                        image["reference_uri"], self.spec.storage_options, image.get("reference_sha256"),
-                        self.spec.prompts.max_image_pixels)
+                        image["reference_uri"], input_options(image["reference_uri"], self.spec),
+                        image.get("reference_sha256"), self.spec.prompts.max_image_pixels)
                 except InputChanged:
                     raise
                 except Exception as e:  # missing or corrupt reference: record it, never crash the job
