@@ -128,18 +128,21 @@ def storage_errors(uri: str, options: dict):
 
 
 class _RetryNotice(logging.Filter):
-    """Turns botocore's debug line about sleeping before a retry into one line on stderr,
-    at most every ``every_s``, so a long retry is visibly a retry and not a hang."""
+    """Turns botocore's debug line about sleeping before a retry into one line on stderr, for
+    waits of ``min_s`` or more (short ones are routine) and at most every ``every_s``, so a
+    long retry is visibly a retry and not a hang."""
 
-    def __init__(self, every_s: float = 10.0):
+    def __init__(self, min_s: float = 3.0, every_s: float = 10.0):
         super().__init__()
-        self.every_s, self.last = every_s, 0.0
+        self.min_s, self.every_s, self.last = min_s, every_s, -every_s
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg.startswith("Response received to retry") and time.monotonic() - self.last >= self.every_s:
+        if not record.msg.startswith("Response received to retry"):
+            return False
+        delay = float(record.args[0])
+        if delay >= self.min_s and time.monotonic() - self.last >= self.every_s:
             self.last = time.monotonic()
-            print(f"storage: no answer yet, retrying in {float(record.args[0]):.1f}s "
-                  f"(up to {_S3_RETRIES['max_attempts']} attempts)", file=sys.stderr)
+            print(f"storage: no answer from the endpoint, retrying in {delay:.0f}s", file=sys.stderr)
         return False
 
 
@@ -156,8 +159,9 @@ def _s3_options(options: dict, quick: bool) -> dict:
         raise UserError("storage_options.use_listings_cache: expected false (a cached listing of _commits "
                         "would hide commits), got true")
     config = dict(options.get("config_kwargs") or {})
-    if quick:
+    if quick:  # a fresh client too: a cached one keeps the credentials and endpoint it was made with
         config = {**config, **_QUICK}
+        options = {**options, "skip_instance_cache": True}
     elif not {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} & set(os.environ):  # the standard variables win when set
         config.setdefault("retries", dict(_S3_RETRIES))
     return {**options, "use_listings_cache": False, "config_kwargs": config}
