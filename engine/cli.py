@@ -71,7 +71,13 @@ def _add_trainer_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+
     parser = argparse.ArgumentParser(prog="dde", description="dde, the diffusion data engine")
+    try:
+        parser.add_argument("--version", action="version", version=f"dde {version('dde')}")
+    except PackageNotFoundError:  # a checkout that was never installed
+        parser.add_argument("--version", action="version", version="dde (not installed)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a job spec (continues it if the output already holds it)")
@@ -90,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--output", help="override the spec's output: an s3:// URI or a path every node shares "
                         "(a relative path only for a cluster on this machine)")
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--max-images", type=int, help="override budget.max_images")
+    submit.add_argument("--seed", type=int, help="override the job seed")
     submit.add_argument("--image", action="store_true",
                         help="the cluster's image already has dde: do not upload this checkout")
     submit.add_argument("--driver-gpus", type=float, help="GPUs reserved for the driver (default none)")
@@ -97,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("id", help="submission id printed by dde submit")
         p.add_argument("--address", required=True)
+    jobs = sub.add_parser("jobs", help="the dde jobs submitted to a Ray cluster, newest first")
+    jobs.add_argument("--address", required=True, help="Ray dashboard, e.g. http://HEAD:8265")
 
     resume = sub.add_parser("resume", help="continue a job from the markers under its output URI")
     resume.add_argument("uri")
@@ -238,7 +248,7 @@ def _cmd_submit(args) -> int:
     from .spec import load_spec
     from .submit import submit
 
-    spec = load_spec(args.spec, args.overrides, output=args.output)
+    spec = load_spec(args.spec, args.overrides, max_images=args.max_images, seed=args.seed, output=args.output)
     from .location import resolve_submitted_output
     from .storage import public_options
 
@@ -257,6 +267,17 @@ def _cmd_logs(args) -> int:
     from .submit import job_logs
 
     print(job_logs(args.id, args.address), end="")
+    return 0
+
+
+def _cmd_jobs(args) -> int:
+    import time
+
+    from .submit import list_jobs
+
+    for job in list_jobs(args.address):
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.start_time / 1000)) if job.start_time else "-"
+        print(f"{job.submission_id}  {job.status.value:<9} {started}  {job.metadata['dde_output']}")
     return 0
 
 
@@ -412,7 +433,8 @@ def _cmd_serve(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "submit": _cmd_submit, "logs": _cmd_logs, "stop": _cmd_stop, "resume": _cmd_resume,
+COMMANDS = {"run": _cmd_run, "submit": _cmd_submit, "logs": _cmd_logs, "stop": _cmd_stop, "jobs": _cmd_jobs,
+            "resume": _cmd_resume,
             "status": _cmd_status, "finalize": _cmd_finalize, "report": _cmd_report, "serve": _cmd_serve,
             "world": _cmd_world, "train": _cmd_train, "bench": _cmd_bench, "schema": _cmd_schema}
 
@@ -427,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uri = getattr(args, "uri", None)
         with storage_errors(uri, _given_options(args)) if uri else contextlib.nullcontext():
-            return COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args)
+            sys.stdout.flush()  # here, so that a reader gone early (`| head`) is caught below
+            return code
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -8,12 +8,12 @@ exactly where the committed state says, and plans exactly the same waves.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cluster import check_address, ensure_ray
 from .errors import InputChanged, StorageUnavailable, UserError
 from .layout import COMMITS_DIR, PLANS_DIR, SPEC_FILE, plan_file
 from .lease import Lease, live_leases
@@ -113,18 +113,6 @@ def _describe_input(record: dict) -> str:
     return f"{record['uri']} ({record['size']} {record.get('unit', 'bytes')}, sha256 {record['sha256'][:12]})"
 
 
-def ensure_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    quiet = {"include_dashboard": False, "log_to_driver": True, "logging_level": "WARNING"}
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, **quiet)
-    else:
-        ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
-
-
 def _request(item: PromptItem, image_id: int, seed: int, digests: dict[str, str] | None = None) -> dict:
     """``digests``: sha256 of references as committed units read them, so a changed one is caught."""
     return {"image_id": image_id, "seed": seed, "prompt": item.prompt, "negative_prompt": item.negative_prompt,
@@ -218,13 +206,15 @@ def run_job(spec: JobSpec, *, address: str | None = None, quiet: bool = False, f
     from .prompt_limits import limit_prompts
 
     inputs: dict = {}
+    if not spec.output.startswith("memory://"):  # memory:// jobs run in this process, without Ray
+        check_address(address)
     pool = limit_prompts(spec, build_pool(spec, inputs), inputs)
     store = open_job(spec, inputs)
     try:
         with Lease(store, f"the driver of job {spec.name!r}") as lease:
             return _run(spec, store, pool, lease, address, quiet, finalize)
     except Exception as e:
-        if not unreachable(e):
+        if isinstance(e, UserError) or not unreachable(e):  # e.g. a cluster that refused to be joined
             raise
         raise StorageUnavailable(f"output: {spec.output!r} stayed unreachable through every retry "
                                  f"({type(e).__name__}: {str(e)[:200]}); committed units are kept: "

@@ -71,7 +71,7 @@ def submit(spec: JobSpec, address: str, *, use_working_dir: bool = True, driver_
     kwargs = dict(entrypoint=f"python -m jobs.run_job env:{SPEC_ENV} --quiet", submission_id=sid,
                   runtime_env=runtime_env, metadata={"dde_name": spec.name, "dde_output": spec.output},
                   entrypoint_num_gpus=driver_gpus, entrypoint_resources=driver_resources)
-    _with_retries(lambda: client.submit_job(**kwargs))
+    _with_retries(lambda: client.submit_job(**kwargs), address)
     return sid, outcome
 
 
@@ -94,18 +94,30 @@ def _await_supervisor_exit(sid: str, address: str, timeout_s: float = 60.0) -> N
     time.sleep(3.0)
 
 
-def _with_retries(call, attempts: int = 8, first_wait_s: float = 1.0):
+def _with_retries(call, address: str, attempts: int = 8, first_wait_s: float = 1.0, max_wait_s: float = 15.0):
     """A fresh cluster's dashboard answers before its job agent is up ("No available agent
-    to submit job, please try again later"): wait and retry that, with backoff."""
+    to submit job, please try again later"): say so, wait and retry that with backoff (about
+    a minute in all), then give up in one line; any other refusal is one line at once."""
+    import sys
     import time
 
-    for attempt in range(attempts):
+    waited = 0.0
+    for attempt in range(1, attempts + 1):
         try:
             return call()
         except RuntimeError as e:
-            if "try again later" not in str(e) or attempt == attempts - 1:
-                raise
-            time.sleep(first_wait_s * 2**attempt)
+            reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+            if "try again later" not in str(e):
+                raise UserError(f"--address: the cluster at {address} refused the job ({reason})") from e
+            if attempt == attempts:
+                raise UserError(f"--address: the cluster at {address} has no job agent that accepts jobs after "
+                                f"{waited:.0f}s ({reason}); check the head node (`ray status`, its "
+                                f"dashboard_agent.log) and submit again") from e
+            wait = min(first_wait_s * 2 ** (attempt - 1), max_wait_s)
+            print(f"waiting for the cluster's job agent ({reason}); retrying in {wait:.0f}s "
+                  f"[{attempt}/{attempts - 1}]", file=sys.stderr)
+            time.sleep(wait)
+            waited += wait
 
 
 def _info(client, sid: str):
@@ -136,9 +148,19 @@ def submitted_spec(info) -> JobSpec:
     return parse_spec(json.loads(info.runtime_env["env_vars"][SPEC_ENV]))
 
 
+def _known(client, sid: str, address: str) -> None:
+    if _info(client, sid) is None:
+        raise UserError(f"id: expected a submission id the cluster at {address} knows (`dde jobs --address "
+                        f"{address}` lists them), got {sid!r}")
+
+
 def job_logs(sid: str, address: str) -> str:
-    return _client(address).get_job_logs(sid)
+    client = _client(address)
+    _known(client, sid, address)
+    return client.get_job_logs(sid)
 
 
 def stop_job(sid: str, address: str) -> bool:
-    return _client(address).stop_job(sid)
+    client = _client(address)
+    _known(client, sid, address)
+    return client.stop_job(sid)

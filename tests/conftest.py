@@ -1,6 +1,7 @@
 import contextlib
 import copy
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -119,6 +120,8 @@ def ray_head():
     port, dashboard = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", RAY_AUTH_MODE="token")
+    if "RAY_AUTH_TOKEN" not in env and not os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+        env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # a fresh machine (CI): the cluster and its clients share it
     head = subprocess.Popen(
         [f"{BIN}/ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",

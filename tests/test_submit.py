@@ -40,6 +40,7 @@ def test_submit_is_idempotent_and_the_job_finishes(ray_head, spec_data, tmp_path
     status = json.loads(dde(env, "status", out, "--json"))
     assert status["state"] == "finalized" and status["images"] == job["images"]
     assert dde(env, "stop", sid, "--address", address).strip() == "not running"
+    assert dde(env, "jobs", "--address", address).startswith(f"{sid}  SUCCEEDED ")
 
 
 def test_failed_submission_is_resubmitted(ray_head, spec_data, tmp_path):
@@ -76,8 +77,8 @@ def test_a_relative_output_is_resolved_against_the_submitters_cwd(ray_head, spec
     address, env = ray_head
     spec_data["output"] = "data/shapes"
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec_data))
-    proc = subprocess.run([DDE, "submit", "job.yaml", "--address", address], capture_output=True, text=True,
-                          timeout=180, env=env, cwd=tmp_path)
+    proc = subprocess.run([DDE, "submit", "job.yaml", "--address", address, "--seed", "8", "--max-images", "100"],
+                          capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = str(tmp_path / "data" / "shapes")
     assert f"output: {out}   watch: dde status {out}   " in proc.stdout
@@ -87,5 +88,27 @@ def test_a_relative_output_is_resolved_against_the_submitters_cwd(ray_head, spec
         assert time.time() < deadline, dde(env, "logs", sid, "--address", address)[-3000:]
         time.sleep(1)
     job = json.load(open(os.path.join(out, "job.json")))
+    assert (job["spec"]["seed"], job["spec"]["budget"]["max_images"]) == (8, 100)  # like `dde run`'s flags
     status = json.loads(dde(env, "status", out, "--json"))  # the printed watch line, from another cwd
     assert status["state"] == "finalized" and status["images"] == job["images"]
+
+
+def test_an_unknown_job_id_is_one_line(ray_head):
+    address, env = ray_head
+    for command in ("logs", "stop"):
+        proc = subprocess.run([DDE, command, "dde-typo", "--address", address], capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "id: expected a submission id" in proc.stderr and "dde jobs --address" in proc.stderr
+
+
+def test_a_driver_without_the_clusters_token_is_told_so(ray_head, spec_data, tmp_path):
+    _, env = ray_head
+    spec_path = tmp_path / "job.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_data))
+    started = time.monotonic()
+    proc = subprocess.run([DDE, "run", str(spec_path), "--address", env["RAY_ADDRESS"], "--quiet"],
+                          capture_output=True, text=True, timeout=120, env=dict(env, RAY_AUTH_MODE="disabled"))
+    assert proc.returncode == 2, proc.stderr[-2000:]  # not 75, "storage outage"
+    assert "requires its auth token; set RAY_AUTH_MODE=token" in proc.stderr.splitlines()[-1]
+    assert "Traceback" not in proc.stderr and time.monotonic() - started < 60

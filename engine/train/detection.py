@@ -256,7 +256,7 @@ def run_on_ray(loop, config: dict, name: str, out: str, workers: int = 1, gpus: 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from ..runner import ensure_ray
+    from ..cluster import ensure_ray
 
     ensure_ray(None)
     cpus = max(1, int(ray.available_resources().get("CPU", 1)) // workers)
