@@ -332,16 +332,34 @@ def describe_error(error: dict) -> str:
     return f"{loc}: {msg}"
 
 
+# The fields the cross-field checks (``_component_problems``) read: while one of them is invalid
+# the checks cannot run; any other invalid field can stand at its default for them.
+_CROSS_CHECKED = frozenset({"classes", "lower_bound", "budget", "generator", "label_head"})
+
+
 def parse_spec(data: dict) -> JobSpec:
-    """Validate a mapping into a JobSpec; raise SpecError with one line per problem."""
+    """Validate a mapping into a JobSpec; raise SpecError with one line per problem, all in one report."""
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError([describe_error(err) for err in e.errors()]) from None
+        raise SpecError([describe_error(err) for err in e.errors()] + _problems_beside(data, e)) from None
     problems = _component_problems(spec)
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def _problems_beside(data: dict, error: ValidationError) -> list[str]:
+    """The cross-field problems of a spec pydantic refused, checked with its invalid fields left
+    out (at their defaults), when those are none the checks read."""
+    invalid = {err["loc"][0] if err["loc"] else None for err in error.errors()}
+    if None in invalid or invalid & _CROSS_CHECKED:
+        return []
+    try:
+        spec = JobSpec.model_validate({k: v for k, v in data.items() if k not in invalid})
+    except ValidationError:  # a required field among the invalid ones
+        return []
+    return _component_problems(spec)
 
 
 def _component_problems(spec: JobSpec) -> list[str]:

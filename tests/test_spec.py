@@ -42,6 +42,16 @@ def test_every_problem_reported_once_with_expected_and_got(spec_data):
     assert any(p.startswith("seed: expected") and "'abc'" in p for p in problems)
 
 
+def test_pydantic_and_cross_field_problems_come_in_one_report(spec_data):
+    spec_data["unit_size"] = 0  # pydantic's
+    spec_data["generator"]["params"]["colour"] = "red"  # the backend's Params
+    spec_data["budget"]["max_images"] = 2  # the budget check: 6 classes x 20 at most 3 per image
+    problems = problems_of(spec_data)
+    assert [p.split(":")[0] for p in problems] == ["unit_size", "generator.params.colour"]
+    spec_data["generator"]["params"].pop("colour")
+    assert [p.split(":")[0] for p in problems_of(spec_data)] == ["unit_size", "budget.max_images"]
+
+
 def test_empty_classes_rejected(spec_data):
     spec_data["classes"] = []
     (problem,) = problems_of(spec_data)
