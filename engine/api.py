@@ -209,8 +209,11 @@ class Progress(BaseModel):
     notes: list[str] = Field(default_factory=list, description="What the input checks found at the job's start: "
                                                                 "reference images missing, prompts past the text "
                                                                 "encoder's limit.")
-    images_per_s: float | None
-    eta_s_at_budget: float | None
+    wall_s: float = Field(description="Seconds the job's drivers have run (from each start to its last commit, "
+                                      "or to now while running).")
+    images_per_s: float | None = Field(description="Committed images per second of wall_s.")
+    eta_s: float | None = Field(description="Seconds until the bounds are met or the budget is spent, whichever "
+                                            "comes first, at the rates so far.")
 
 
 class JobDetail(JobSummary):

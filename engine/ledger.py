@@ -60,7 +60,8 @@ class Ledger:
             for blob in blobs.values():
                 marker = json.loads(blob)
                 self.units[marker["unit_id"]] = {**{k: marker[k] for k in _SUMMARY_KEYS},
-                                                 "references": marker.get("references", {})}
+                                                 "references": marker.get("references", {}),
+                                                 "driver_started_at": marker.get("driver_started_at")}
         return self.units
 
     def reference_digests(self) -> dict[str, str]:

@@ -75,8 +75,9 @@ def _time_scale(span_s: float) -> tuple[float, str]:
     return (60.0, "minutes") if span_s > 300 else (1.0, "seconds")
 
 
-def _throughput_chart(units: list[dict]) -> bytes:
-    """Cumulative images and rejects, and images/s, against time since the first unit started."""
+def _throughput_chart(units: list[dict], rate: float | None) -> bytes:
+    """Cumulative images and rejects, and images/s, against time since the first unit started;
+    ``rate``: the job's throughput (``engine.throughput``), drawn across the per-bin rates."""
     import numpy as np
     from matplotlib.figure import Figure
 
@@ -96,6 +97,9 @@ def _throughput_chart(units: list[dict]) -> bytes:
     per_bin, edges = np.histogram(t, bins=max(1, min(30, len(units) // 2)), range=(0, float(t[-1]) or 1.0),
                                   weights=images)
     bottom.stairs(per_bin / np.diff(edges), edges / divisor, fill=True, alpha=0.6)
+    if rate:
+        bottom.axhline(rate, color="#333", linestyle="--", label=f"the job's rate: {rate:.2f} images / s")
+        bottom.legend(loc="upper right", fontsize=8)
     bottom.set_ylabel("images / s")
     bottom.set_xlabel(f"{unit_name} since the first unit started")
     return _png(figure)
@@ -117,7 +121,8 @@ def _summary(status: dict) -> str:
     rows = [("state", status["state"] + (f" ({status['stop_reason']})" if status["stop_reason"] else "")),
             ("images", status["images"]), ("instances", status["instances"]), ("rejected images", status["rejects"]),
             ("units committed", status["units_done"]), ("waves planned", status["waves_planned"]),
-            ("images / s", rate if rate is not None else "n/a"),
+            ("images / s", rate if rate is not None else "n/a"), ("running time", f"{status['wall_s']:.0f} s"),
+            ("ETA", f"{status['eta_s']:.0f} s" if status["eta_s"] is not None else "n/a"),
             ("stuck classes", ", ".join(status["stuck"]) or "none"),
             ("input notes", "; ".join(status["notes"]) or "none")]
     return _table(["", ""], [[f"<th>{html.escape(k)}</th>", _cell(v)] for k, v in rows])
@@ -154,7 +159,8 @@ def build_report(store: Store, grid: bytes | None = None) -> str:
     name = html.escape(status["name"])
     samples = (_img("samples", grid, "sample images with their masks, boxes and class names") if grid
                else "<p>No image is committed yet.</p>")
-    throughput = (_img("throughput", _throughput_chart(units), "images and rejects over time, and images per second")
+    chart = _throughput_chart(units, status["images_per_s"]) if units else None
+    throughput = (_img("throughput", chart, "images and rejects over time, and images per second")
                   if units else "<p>No unit is committed yet.</p>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>dde report: {name}</title><style>{_STYLE}</style></head>

@@ -134,7 +134,7 @@ class _Driver:
         repair_broken_units(self.store)
         self.pinned = pinned_references(self.store)
         self.ledger.refresh()
-        self.progress.start(self.ledger)
+        self.progress.start(self.ledger, self.lease.record["started_at"])
         while True:
             units = self._load_plan(wave)
             if units is None:
@@ -183,8 +183,9 @@ class _Driver:
                 ensure_ray(address)
                 self.executor = UnitPool(self.spec)
         digests = {**self.pinned, **self.ledger.reference_digests()}
-        expanded = [dict(u, lease=self.lease.id, requests=[_request(self.pool_items[item], image_id, seed, digests)
-                                                           for image_id, item, seed in u["images"]]) for u in units]
+        run = {"lease": self.lease.id, "driver_started_at": self.lease.record["started_at"]}
+        expanded = [dict(u, **run, requests=[_request(self.pool_items[item], image_id, seed, digests)
+                                             for image_id, item, seed in u["images"]]) for u in units]
         for u in expanded:
             del u["images"]
         self.executor.run(expanded, self.progress.unit_done)

@@ -189,6 +189,7 @@ class UnitSink:
             "images": len(self.rows), "instances": sum(self.counts.values()), "counts": self.counts,
             "rejects": self.rejects, "references": self.references, "backend_seconds": round(backend_seconds, 4),
             "seconds": round(time.time() - self.started, 4), "committed_at": time.time(),
+            "driver_started_at": self.unit.get("driver_started_at"),  # for throughput: when this run began
         }
         self._check_staged()
         won = self.store.create_only(marker_file(self.unit["unit_id"]), json.dumps(marker).encode())

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 
 from .errors import UserError
 from .layout import JOB_FILE, PLANS_DIR, SPEC_FILE
+from .lease import live_leases
 from .ledger import Ledger, read_job_spec
 from .planner import class_state, job_stuck_classes
 from .storage import Store
+from .throughput import eta_seconds, run_intervals, wall_seconds
 
 __all__ = ["job_status", "format_status"]
 
@@ -24,12 +27,13 @@ def job_status(store: Store, ledger: Ledger | None = None) -> dict:
     completed_waves = max([u["wave"] for u in units.values()], default=-1) + 1
     bounds, counts = spec.bounds(), ledger.counts()
     images, instances = ledger.totals()
-    stamps = sorted(u["committed_at"] for u in units.values())
-    rate = images / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
     rejects = [r for u in sorted(units.values(), key=lambda u: u["index"]) for r in u["rejects"]]
     finalized = store.exists(JOB_FILE)
-    remaining = spec.budget.max_images - images - len(rejects)
     stuck = job_stuck_classes(spec, ledger.history(completed_waves))
+    running = [] if finalized else [lease["started_at"] for lease in live_leases(store).values()]
+    wall = wall_seconds(run_intervals(units.values(), running, time.time()))
+    rate = images / wall if wall > 0 and images else None
+    eta = None if finalized else eta_seconds(wall, images, len(rejects), spec.budget.max_images, counts, bounds)
     return {
         "name": spec.name, "output": store.uri, "fingerprint": fp,
         "state": "finalized" if finalized else ("running or interrupted" if units else "started"),
@@ -39,8 +43,8 @@ def job_status(store: Store, ledger: Ledger | None = None) -> dict:
                         "state": class_state(spec, counts.get(c, 0), b, c in stuck)} for c, b in bounds.items()},
         "stuck": stuck,
         "rejects": len(rejects), "reject_samples": rejects[:20], "notes": _input_notes(store),
-        "images_per_s": round(rate, 2) if rate else None,
-        "eta_s_at_budget": round(remaining / rate, 1) if rate and not finalized else None,
+        "wall_s": round(wall, 3), "images_per_s": round(rate, 2) if rate else None,
+        "eta_s": None if eta is None else round(eta, 1),
     }
 
 
@@ -62,8 +66,8 @@ def format_status(status: dict) -> str:
              f"  units {status['units_done']}, waves {status['waves_planned']}, images {status['images']}, "
              f"instances {status['instances']}, rejects {status['rejects']}"]
     if status["images_per_s"]:
-        lines.append(f"  rate {status['images_per_s']} img/s"
-                     + (f", ETA at budget {status['eta_s_at_budget']:.0f}s" if status["eta_s_at_budget"] else ""))
+        lines.append(f"  rate {status['images_per_s']} img/s over {status['wall_s']:.0f}s of running"
+                     + (f", ETA {status['eta_s']:.0f}s" if status["eta_s"] is not None else ""))
     lines += [f"  {note}" for note in status["notes"]]
     width = max(len(c) for c in status["classes"])
     for name, c in status["classes"].items():
