@@ -209,6 +209,8 @@ class Progress(BaseModel):
     notes: list[str] = Field(default_factory=list, description="What the input checks found at the job's start: "
                                                                 "reference images missing, prompts past the text "
                                                                 "encoder's limit.")
+    waiting: list[str] = Field(description="What running drivers wait for: actors the cluster has no resources "
+                                           "for now, with what it offers.")
     wall_s: float = Field(description="Seconds the job's drivers have run (from each start to its last commit, "
                                       "or to now while running).")
     images_per_s: float | None = Field(description="Committed images per second of wall_s.")

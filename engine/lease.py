@@ -136,6 +136,14 @@ class Lease:
         except Exception:  # storage gone: the lease expires by itself
             pass
 
+    def note_waiting(self, waiting: str | None) -> None:
+        """Record what the driver waits for (``dde status`` and the API show it), or that it no longer waits."""
+        self.record["waiting"] = waiting
+        try:
+            self._write()
+        except Exception:  # as in a heartbeat: the next one carries it
+            pass
+
     def _write(self) -> None:
         self.store.replace_bytes(self.file, json.dumps({**self.record, "heartbeat_at": time.time()}).encode())
 

@@ -26,6 +26,7 @@ class Progress:
         self.bar = None
         self.stuck: list[str] = []
         self.images = self.rejects = 0
+        self.wait_text: str | None = None
         self.earlier_s, self.started = 0.0, time.time()  # wall time of earlier runs; this run's start
 
     def start(self, ledger, started_at: float) -> None:
@@ -51,6 +52,14 @@ class Progress:
         if self.bar is not None and summary["won"]:
             self.bar.update(summary["images"] + summary["rejects"])
 
+    def waiting(self, text: str | None) -> None:
+        """What the actors still starting wait for (None: nothing). Without a bar it goes to
+        stderr, which is the job's log for a submitted job."""
+        self.wait_text = text
+        if self.bar is None and text:
+            print(f"waiting: {text}", file=sys.stderr, flush=True)
+        self._postfix()
+
     def wave_done(self, wave: int, stuck: list[str]) -> None:
         self.stuck = stuck
         self._postfix()
@@ -74,7 +83,8 @@ class Progress:
         text = " ".join(below[:6]) + (" ..." if len(below) > 6 else "") if below else "all bounds met"
         if self.stuck:
             text += f" | stuck: {','.join(self.stuck)}"
-        self.bar.set_postfix_str(f"{speed} | {text}", refresh=True)
+        waiting = f"waiting: {self.wait_text} | " if self.wait_text else ""
+        self.bar.set_postfix_str(f"{waiting}{speed} | {text}", refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -181,7 +181,7 @@ class _Driver:
                 self.executor = InProcessPool(self.spec)
             else:
                 ensure_ray(address)
-                self.executor = UnitPool(self.spec)
+                self.executor = UnitPool(self.spec, on_wait=self._waiting)
         digests = {**self.pinned, **self.ledger.reference_digests()}
         run = {"lease": self.lease.id, "driver_started_at": self.lease.record["started_at"]}
         expanded = [dict(u, **run, requests=[_request(self.pool_items[item], image_id, seed, digests)
@@ -189,6 +189,11 @@ class _Driver:
         for u in expanded:
             del u["images"]
         self.executor.run(expanded, self.progress.unit_done)
+
+    def _waiting(self, text: str | None) -> None:
+        """Actors that cannot start: say so in the bar or the log, and in the lease for `dde status`."""
+        self.progress.waiting(text)
+        self.lease.note_waiting(text)
 
     def _result(self, reason: str, waves: int, stuck: list[str]) -> JobResult:
         images, instances = self.ledger.totals()

@@ -142,6 +142,10 @@ class Resources(_Strict):
     num_gpus: float = Field(default=0.0, ge=0, description="Per actor.")
     unit_timeout_s: float = Field(default=1800.0, gt=0, description="A unit running longer is retried elsewhere.")
     max_attempts: int = Field(default=3, ge=1, description="Attempts per unit before the job fails.")
+    startup_timeout_s: float = Field(
+        default=600.0, gt=0, description="The job fails if fewer than actors.min actors have started by then "
+                                         "(e.g. no node offers num_cpus/num_gpus); time for an autoscaler to add "
+                                         "nodes. Until then the wait is shown, with what the cluster offers.")
     threads_per_actor: int = Field(
         default=1, ge=1, description="torch intra-op threads in each actor, whatever num_cpus is. The thread count "
                                      "changes how CPU kernels split their work, hence float rounding and image "

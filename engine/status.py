@@ -30,7 +30,8 @@ def job_status(store: Store, ledger: Ledger | None = None) -> dict:
     rejects = [r for u in sorted(units.values(), key=lambda u: u["index"]) for r in u["rejects"]]
     finalized = store.exists(JOB_FILE)
     stuck = job_stuck_classes(spec, ledger.history(completed_waves))
-    running = [] if finalized else [lease["started_at"] for lease in live_leases(store).values()]
+    live = {} if finalized else live_leases(store)
+    running = [lease["started_at"] for lease in live.values()]
     wall = wall_seconds(run_intervals(units.values(), running, time.time()))
     rate = images / wall if wall > 0 and images else None
     eta = None if finalized else eta_seconds(wall, images, len(rejects), spec.budget.max_images, counts, bounds)
@@ -43,6 +44,7 @@ def job_status(store: Store, ledger: Ledger | None = None) -> dict:
                         "state": class_state(spec, counts.get(c, 0), b, c in stuck)} for c, b in bounds.items()},
         "stuck": stuck,
         "rejects": len(rejects), "reject_samples": rejects[:20], "notes": _input_notes(store),
+        "waiting": [lease["waiting"] for lease in live.values() if lease.get("waiting")],
         "wall_s": round(wall, 3), "images_per_s": round(rate, 2) if rate else None,
         "eta_s": None if eta is None else round(eta, 1),
     }
@@ -69,6 +71,7 @@ def format_status(status: dict) -> str:
         lines.append(f"  rate {status['images_per_s']} img/s over {status['wall_s']:.0f}s of running"
                      + (f", ETA {status['eta_s']:.0f}s" if status["eta_s"] is not None else ""))
     lines += [f"  {note}" for note in status["notes"]]
+    lines.extend(f"  waiting: {text}" for text in status["waiting"])
     width = max(len(c) for c in status["classes"])
     for name, c in status["classes"].items():
         mark = {"met": "ok", "stuck": "STUCK", "below": ".."}.get(c["state"], c["state"])

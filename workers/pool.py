@@ -20,7 +20,8 @@ __all__ = ["UnitPool", "InProcessPool"]
 
 
 class UnitPool:
-    def __init__(self, spec: JobSpec, startup_timeout_s: float = 600.0):
+    def __init__(self, spec: JobSpec, on_wait: Callable[[str | None], None] = lambda text: None):
+        """``on_wait``: told what the actors still starting wait for (None once nothing waits)."""
         import ray
 
         from .unit_worker import UnitWorker
@@ -29,7 +30,8 @@ class UnitPool:
         resources = spec.resources
         self.max_attempts = resources.max_attempts
         self.unit_timeout_s = resources.unit_timeout_s
-        self.startup_timeout_s = startup_timeout_s
+        self.startup_timeout_s = resources.startup_timeout_s
+        self.on_wait, self._waiting, self._checked = on_wait, None, 0.0
         self._actor_cls = ray.remote(UnitWorker).options(
             num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0, max_task_retries=0)
         self._spec_data = spec.model_dump(mode="json")
@@ -56,6 +58,7 @@ class UnitPool:
         queue = deque((unit, 1) for unit in units)
         running = self._running
         while queue or running:
+            self._report_waiting()
             self._wait_for_minimum()
             while queue and self._idle:
                 unit, attempt = queue.popleft()
@@ -110,13 +113,26 @@ class UnitPool:
                 self._replace()
                 self._retry(queue, unit, attempt, f"timed out after {self.unit_timeout_s:.0f}s")
 
+    def _report_waiting(self, every_s: float = 5.0) -> None:
+        """Every ``every_s``, while actors are starting: tell ``on_wait`` what they ask that the
+        cluster cannot give now (an actor loading its model waits for nothing)."""
+        if time.time() - self._checked < every_s:
+            return
+        self._checked = time.time()
+        waiting = _unmet_demand(self.spec, len(self._starting)) if self._starting else None
+        if waiting != self._waiting:
+            self._waiting = waiting
+            self.on_wait(waiting)
+
     def _wait_for_minimum(self) -> None:
         r = self.spec.resources
         if self._alive >= r.actors.min or time.time() - self._created < self.startup_timeout_s:
             return
         raise UserError(f"resources.actors.min: expected {r.actors.min} actor(s) with num_cpus={r.num_cpus}, "
-                        f"num_gpus={r.num_gpus} to start within {self.startup_timeout_s:.0f}s, got {self._alive}; "
-                        f"lower resources.actors.min, num_gpus or num_cpus, or add nodes")
+                        f"num_gpus={r.num_gpus} to start within resources.startup_timeout_s="
+                        f"{self.startup_timeout_s:.0f}s, got {self._alive}"
+                        + (f" ({self._waiting})" if self._waiting else "")
+                        + "; lower resources.actors.min, num_gpus or num_cpus, or add nodes")
 
     def shutdown(self) -> None:
         import ray
@@ -129,6 +145,26 @@ class UnitPool:
         self._starting.clear()
         self._idle.clear()
         self._running.clear()
+
+
+def _unmet_demand(spec: JobSpec, starting: int) -> str | None:
+    """What ``starting`` actors ask that the cluster has not free now, with what it offers; None
+    if it has room (they are loading, not waiting)."""
+    import ray
+
+    r = spec.resources
+    demand = {k: v for k, v in (("CPU", r.num_cpus), ("GPU", r.num_gpus)) if v}
+    free, total = ray.available_resources(), ray.cluster_resources()
+    if all(free.get(k, 0.0) >= v for k, v in demand.items()):
+        return None
+    largest = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    fits = any(all(node.get(k, 0.0) >= v for k, v in demand.items()) for node in largest)
+
+    def show(resources: dict) -> str:
+        return ", ".join(f"{k} {resources.get(k, 0.0):g}" for k in demand) or "nothing"
+
+    return (f"{starting} actor(s) waiting for resources: each asks {show(demand)}; the cluster has "
+            f"{show(total)} in all, {show(free)} free" + ("" if fits else ", and no node that large"))
 
 
 class InProcessPool:
