@@ -18,7 +18,10 @@ __all__ = ["main"]
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address; default: start a local Ray (or use RAY_ADDRESS)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (CI)")
+    p.add_argument("--quiet", action="store_true", help="only the result and errors: no progress bar; Ray's and "
+                   "the workers' output stay in Ray's logs (/tmp/ray/session_latest/logs)")
+    p.add_argument("--log", action="store_true", help="no progress bar: waiting and the workers' output as log "
+                   "lines (what a submitted job's driver does)")
 
 
 def _add_storage_options(p: argparse.ArgumentParser) -> None:
@@ -224,7 +227,8 @@ def _cmd_run(args) -> int:
     from .spec import load_spec
 
     spec = load_spec(args.spec, args.overrides, max_images=args.max_images, seed=args.seed, output=args.output)
-    return _report(run_job(spec, address=args.address, quiet=args.quiet, finalize=not args.no_finalize))
+    return _report(run_job(spec, address=args.address, quiet=args.quiet, log=args.log,
+                           finalize=not args.no_finalize))
 
 
 def _open_job(args):
@@ -292,7 +296,7 @@ def _cmd_resume(args) -> int:
     from .runner import run_job
 
     _, spec = _open_job(args)
-    return _report(run_job(spec, address=args.address, quiet=args.quiet))
+    return _report(run_job(spec, address=args.address, quiet=args.quiet, log=args.log))
 
 
 def _report(result) -> int:

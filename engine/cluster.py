@@ -49,21 +49,23 @@ def check_address(address: str | None) -> None:
                         f"the head's address (`ray status` on the head shows it)") from None
 
 
-def ensure_ray(address: str | None) -> None:
+def ensure_ray(address: str | None, quiet: bool = False) -> None:
+    """``quiet``: Ray's warnings and the workers' output stay in Ray's logs (session_latest/logs)."""
     import ray
     from ray.exceptions import AuthenticationError
 
     if ray.is_initialized():
         return
-    quiet = {"include_dashboard": False, "log_to_driver": True, "logging_level": "WARNING"}
+    options = {"include_dashboard": False, "log_to_driver": not quiet,
+               "logging_level": "ERROR" if quiet else "WARNING"}
     joined, name = _given(address)
     if joined is None:
-        ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
+        ray.init(address="local", num_cpus=os.cpu_count(), **options)
         return
     check_address(address)
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", _GCS_WAIT_S)
     try:
-        ray.init(address=address, **quiet)
+        ray.init(address=address, **options)
     except (ConnectionError, AuthenticationError) as e:
         raise _join_problem(e, joined, name) from None
 

@@ -19,8 +19,9 @@ _FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{post
 
 
 class Progress:
-    def __init__(self, spec: JobSpec, quiet: bool = False):
-        self.spec, self.quiet = spec, quiet
+    def __init__(self, spec: JobSpec, quiet: bool = False, log: bool = False):
+        """``quiet``: no bar; ``log``: waiting said in log lines instead."""
+        self.spec, self.quiet, self.log = spec, quiet, log
         self.bounds = spec.bounds()
         self.counts: Counter = Counter()
         self.bar = None
@@ -53,10 +54,10 @@ class Progress:
             self.bar.update(summary["images"] + summary["rejects"])
 
     def waiting(self, text: str | None) -> None:
-        """What the actors still starting wait for (None: nothing). Without a bar it goes to
+        """What the actors still starting wait for (None: nothing). In log mode it goes to
         stderr, which is the job's log for a submitted job."""
         self.wait_text = text
-        if self.bar is None and text:
+        if self.log and text:
             print(f"waiting: {text}", file=sys.stderr, flush=True)
         self._postfix()
 

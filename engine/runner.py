@@ -180,7 +180,7 @@ class _Driver:
             if self.spec.output.startswith("memory://"):
                 self.executor = InProcessPool(self.spec)
             else:
-                ensure_ray(address)
+                ensure_ray(address, quiet=self.progress.quiet and not self.progress.log)
                 self.executor = UnitPool(self.spec, on_wait=self._waiting)
         digests = {**self.pinned, **self.ledger.reference_digests()}
         run = {"lease": self.lease.id, "driver_started_at": self.lease.record["started_at"]}
@@ -205,10 +205,13 @@ class _Driver:
             self.executor.shutdown()
 
 
-def run_job(spec: JobSpec, *, address: str | None = None, quiet: bool = False, finalize: bool = True) -> JobResult:
+def run_job(spec: JobSpec, *, address: str | None = None, quiet: bool = False, log: bool = False,
+            finalize: bool = True) -> JobResult:
     """Run (or continue) ``spec``. Every input is read and checked before anything is written.
     Storage that stays unreachable through every retry ends the run with StorageUnavailable:
-    a clean stop that ``dde resume`` continues from the markers."""
+    a clean stop that ``dde resume`` continues from the markers. ``quiet``: no progress bar, and
+    Ray's and the workers' output stays in Ray's logs; ``log``: no bar, but waiting and the
+    workers' output as log lines (a submitted driver: its output is the job's log)."""
     from .prompt_limits import limit_prompts
 
     inputs: dict = {}
@@ -218,7 +221,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, quiet: bool = False, f
     store = open_job(spec, inputs)
     try:
         with Lease(store, f"the driver of job {spec.name!r}") as lease:
-            return _run(spec, store, pool, lease, address, quiet, finalize)
+            return _run(spec, store, pool, lease, address, Progress(spec, quiet=quiet or log, log=log), finalize)
     except Exception as e:
         if isinstance(e, UserError) or not unreachable(e):  # e.g. a cluster that refused to be joined
             raise
@@ -227,9 +230,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, quiet: bool = False, f
                                  f"`dde resume {spec.output}` continues once it is back") from e
 
 
-def _run(spec: JobSpec, store: Store, pool: list[PromptItem], lease: Lease, address: str | None, quiet: bool,
+def _run(spec: JobSpec, store: Store, pool: list[PromptItem], lease: Lease, address: str | None, progress: Progress,
          finalize: bool) -> JobResult:
-    driver = _Driver(spec, store, pool, lease, Progress(spec, quiet=quiet))
+    driver = _Driver(spec, store, pool, lease, progress)
     try:
         result = driver.run(address)
     finally:

@@ -68,7 +68,7 @@ def submit(spec: JobSpec, address: str, *, use_working_dir: bool = True, driver_
     runtime_env: dict = {"env_vars": {SPEC_ENV: json.dumps(recorded_spec(spec))}}
     if use_working_dir:
         runtime_env.update(working_dir=REPO, excludes=_EXCLUDES)
-    kwargs = dict(entrypoint=f"python -m jobs.run_job env:{SPEC_ENV} --quiet", submission_id=sid,
+    kwargs = dict(entrypoint=f"python -m jobs.run_job env:{SPEC_ENV} --log", submission_id=sid,
                   runtime_env=runtime_env, metadata={"dde_name": spec.name, "dde_output": spec.output},
                   entrypoint_num_gpus=driver_gpus, entrypoint_resources=driver_resources)
     _with_retries(lambda: client.submit_job(**kwargs), address)

@@ -77,3 +77,11 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("dde ")
+
+
+@pytest.mark.ray
+def test_quiet_shows_only_the_result(spec_file, tmp_path):
+    """A local Ray says it enabled token auth, workers print what they print: not with --quiet."""
+    proc = subprocess.run([DDE, "run", spec_file, "--quiet"], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert [line.split(":")[0] for line in proc.stdout.splitlines()] == ["bounds_met", "dataset"]

@@ -21,7 +21,7 @@ def test_actors_no_node_can_hold_are_shown_then_fail_the_job(spec_data, ray_loca
     with pytest.raises(UserError, match=r"startup_timeout_s=6s, got 0 \(1 actor\(s\) waiting for resources: each "
                                         r"asks CPU 4; the cluster has CPU 2 in all, CPU 2 free, and no node that "
                                         r"large\); lower"):
-        run_job(parse_spec(spec_data), quiet=True)
+        run_job(parse_spec(spec_data), log=True)
     assert time.monotonic() - started < 40
     assert "waiting: 1 actor(s) waiting for resources: each asks CPU 4" in capfd.readouterr().err  # the job's log
 
