@@ -11,6 +11,7 @@ from __future__ import annotations
 from ray import serve
 
 from .api import Settings, create_app, load_settings
+from .errors import UserError
 
 __all__ = ["ApiDeployment", "build_app", "serve_api", "APP_NAME"]
 
@@ -38,7 +39,12 @@ def serve_api(settings: Settings, host: str, port: int) -> None:
     Ctrl-C or SIGTERM, then delete it. Serve's proxy listens on host:port unless Serve already runs there."""
     import signal
 
-    serve.start(http_options={"host": host, "port": port})
+    client = serve.start(http_options={"host": host, "port": port})
+    running = (client.http_config.host, client.http_config.port)
+    if running != (host, port):  # Serve keeps the proxy it already runs and ignores new options
+        raise UserError(f"--port: expected Serve's proxy on {host}:{port}, got one already running on this cluster "
+                        f"on {running[0]}:{running[1]}, which Serve keeps; use --host {running[0]} --port "
+                        f"{running[1]}, or stop it first (`serve shutdown -a DASHBOARD`)")
     # after ray.init (in serve.start), which installs its own SIGTERM handler; SIGINT too, as
     # a shell ignores it in commands it starts in the background
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -496,4 +496,14 @@ def diff_fingerprinted(old: JobSpec, new: JobSpec) -> list[str]:
 
 
 def json_schema() -> dict:
-    return JobSpec.model_json_schema()
+    """The spec's JSON Schema; ``generator`` and ``label_head`` list the registered names, and
+    ``x-dde-components`` holds each one's ``params`` schema."""
+    from .registry import BACKENDS, HEADS
+
+    schema = JobSpec.model_json_schema()
+    components = {}
+    for field, registry in (("generator", BACKENDS), ("label_head", HEADS)):
+        schema["properties"][field]["description"] = f"One of: {', '.join(registry.names())} (params: x-dde-components)."
+        components[field] = {name: registry.get(name).Params.model_json_schema() for name in registry.names()}
+    schema["x-dde-components"] = components
+    return schema

@@ -269,3 +269,12 @@ def check_sample(sample: dict, classes: list[str]) -> None:
         assert mask.sum() == ann["area"] > 0
         ys, xs = np.nonzero(mask)
         assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+
+
+def test_serve_on_another_port_while_a_proxy_runs_says_so(api):
+    other = free_port()
+    proc = subprocess.run([DDE, "serve", "--address", api.address, "--port", str(other)], env=api.env,
+                          capture_output=True, text=True, timeout=120)
+    port = api.url.rsplit(":", 1)[1]
+    assert proc.returncode == 2 and f"--port: expected Serve's proxy on 127.0.0.1:{other}, got one already running " \
+        f"on this cluster on 127.0.0.1:{port}" in proc.stderr.splitlines()[-1], proc.stderr[-2000:]

@@ -138,6 +138,10 @@ def test_cli_schema_is_json_schema():
     proc = subprocess.run([DDE, "schema"], capture_output=True, text=True, timeout=60, check=True)
     schema = json.loads(proc.stdout)
     assert schema["title"] == "JobSpec" and "budget" in schema["properties"]
+    components = schema["x-dde-components"]  # what generator.name and label_head.name may be, and their params
+    assert {"render", "diffusion"} <= set(components["generator"]) and "ground_truth" in components["label_head"]
+    assert "max_objects" in components["generator"]["render"]["properties"]
+    assert "render" in schema["properties"]["generator"]["description"]
 
 
 FIELD = f"{REPO}/tests/fixtures/field"
@@ -202,7 +206,7 @@ def test_fields_added_later_keep_old_fingerprints_at_their_default(spec_data, fi
     base = parse_spec(spec_data)
     old = {k: v for k, v in base.model_dump(mode="json").items()
            if k not in ("name", "output", "storage_options", "resources", "image_format", "long_prompts")}
-    del old["prompts"]["max_image_pixels"]
+    del old["prompts"]["max_image_pixels"], old["prompts"]["storage_options"]
     assert fingerprint(base) == hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode()
                                                ).hexdigest()[:16]
     changed = parse_spec(apply_overrides(spec_data, [f"{field}={json.dumps(value)}"]))
