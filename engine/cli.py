@@ -443,6 +443,10 @@ COMMANDS = {"run": _cmd_run, "submit": _cmd_submit, "logs": _cmd_logs, "stop": _
             "world": _cmd_world, "train": _cmd_train, "bench": _cmd_bench, "schema": _cmd_schema}
 
 
+# Commands whose storage failures (no credentials, access denied, no endpoint) are the user's to fix.
+_STORAGE_COMMANDS = frozenset({"run", "resume", "status", "finalize", "report"})
+
+
 def main(argv: list[str] | None = None) -> int:
     import contextlib
 
@@ -451,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     report_retries()
     try:
-        uri = getattr(args, "uri", None)
-        with storage_errors(uri, _given_options(args)) if uri else contextlib.nullcontext():
+        uri = getattr(args, "uri", None) or getattr(args, "output", None) or "the job's storage"
+        storing = args.command in _STORAGE_COMMANDS
+        with storage_errors(uri, _given_options(args)) if storing else contextlib.nullcontext():
             code = COMMANDS[args.command](args)
             sys.stdout.flush()  # here, so that a reader gone early (`| head`) is caught below
             return code

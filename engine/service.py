@@ -39,8 +39,11 @@ def serve_api(settings: Settings, host: str, port: int) -> None:
     Ctrl-C or SIGTERM, then delete it. Serve's proxy listens on host:port unless Serve already runs there."""
     import signal
 
-    client = serve.start(http_options={"host": host, "port": port})
-    running = (client.http_config.host, client.http_config.port)
+    from ray.serve.context import _get_global_client
+
+    serve.start(http_options={"host": host, "port": port})
+    config = _get_global_client().http_config  # no public API tells the options Serve really runs with
+    running = (config.host, config.port)
     if running != (host, port):  # Serve keeps the proxy it already runs and ignores new options
         raise UserError(f"--port: expected Serve's proxy on {host}:{port}, got one already running on this cluster "
                         f"on {running[0]}:{running[1]}, which Serve keeps; use --host {running[0]} --port "

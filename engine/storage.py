@@ -47,6 +47,7 @@ _S3_RETRIES = {"max_attempts": 10, "mode": "standard"}
 # credential is likelier there than an outage (botocore's defaults take 60 s per connection).
 _QUICK = {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 3, "read_timeout": 10}
 _ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_STORAGE_CLIENTS = frozenset({"botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "gcsfs", "adlfs"})
 
 
 def public_options(options: dict) -> dict:
@@ -104,8 +105,8 @@ def storage_problem(exc: BaseException, uri: str, options: dict) -> UserError | 
     if any(isinstance(e, PermissionError) for e in causes):
         hint = "; check the credentials and the endpoint (client_kwargs.endpoint_url or AWS_ENDPOINT_URL)"
         return UserError(f"storage: access denied to {uri} ({exc}){hint if _protocol(uri) == 's3' else ''}")
-    if not unreachable(exc):
-        return None
+    if not unreachable(exc) or not any(type(e).__module__.split(".")[0] in _STORAGE_CLIENTS for e in causes):
+        return None  # e.g. a cluster's ConnectionError: not storage's
     if _protocol(uri) == "s3" and _endpoint(options) is None:
         return UserError(f"storage: cannot reach {uri} at AWS's own endpoint ({type(exc).__name__}); for another "
                          f"S3 service pass --storage-option client_kwargs.endpoint_url=URL or set AWS_ENDPOINT_URL")
