@@ -49,9 +49,9 @@ class Progress:
             self.counts.update(summary["counts"])
             self.images += summary["images"]
             self.rejects += summary["rejects"]
-        self._postfix()  # before the bar moves, so that what it shows includes this unit
         if self.bar is not None and summary["won"]:
             self.bar.update(summary["images"] + summary["rejects"])
+        self._postfix()  # redraws now: the bar's own redraw (at most every 0.1 s) may skip this unit
 
     def waiting(self, text: str | None) -> None:
         """What the actors still starting wait for (None: nothing). In log mode it goes to

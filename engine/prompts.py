@@ -72,7 +72,8 @@ def _read_input(uri: str, field_name: str, expected: str, storage_options: dict,
         with fsspec.open(uri, "rb", **storage_options) as f:
             data = f.read()
     except FileNotFoundError as e:
-        raise UserError(f"prompts.{field_name}: expected an existing {expected}, got {uri!r} (not found)") from e
+        hint = "; inputs on other storage than the output take prompts.storage_options" if storage_options else ""
+        raise UserError(f"prompts.{field_name}: expected an existing {expected}, got {uri!r} (not found{hint})") from e
     inputs[f"prompts.{field_name}"] = {"uri": uri, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     return data
 

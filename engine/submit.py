@@ -89,7 +89,8 @@ def _await_supervisor_exit(sid: str, address: str, timeout_s: float = 60.0) -> N
     deadline = time.time() + timeout_s
     while list_actors(address=address, filters=living, raise_on_missing_output=False):
         if time.time() > deadline:
-            raise RuntimeError(f"job {sid}: its previous supervisor actor is still alive after {timeout_s:.0f}s")
+            raise UserError(f"job {sid}: its previous driver's supervisor is still alive after {timeout_s:.0f}s; "
+                            f"submit again in a minute")
         time.sleep(0.5)
     time.sleep(3.0)
 

@@ -58,3 +58,16 @@ def test_status_and_progress_bar_rates_are_the_jobs_wall_clock_rate(spec_data):
     progress.start(ledger, started_at=time.time())
     rate, _ = progress.rate()
     assert rate == pytest.approx(status["images_per_s"], rel=0.05)
+
+
+def test_the_bar_shows_the_classes_of_the_unit_that_just_committed(spec_data, capsys):
+    spec_data.update(output=f"memory://bar/{time.time_ns()}")
+    spec = parse_spec(spec_data)
+    ledger = Ledger(Store(spec.output))
+    ledger.refresh()
+    progress = Progress(spec)
+    progress.start(ledger, started_at=time.time() - 2)
+    progress.unit_done({"won": True, "counts": {"circle": 3, "square": 1}, "images": 2, "rejects": 0})
+    shown = capsys.readouterr().err.split("\r")[-1]
+    progress.close()
+    assert "2/120" in shown and "circle 3/20" in shown and "square 1/20" in shown and "img/s" in shown, shown
