@@ -16,12 +16,21 @@ from .errors import UserError
 __all__ = ["main"]
 
 
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field by dotted path, e.g. budget.max_images=500")
+    p.add_argument("--max-images", type=int, help="override budget.max_images")
+    p.add_argument("--seed", type=int, help="override the job seed")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="Ray cluster address; default: start a local Ray (or use RAY_ADDRESS)")
-    p.add_argument("--quiet", action="store_true", help="only the result and errors: no progress bar; Ray's and "
-                   "the workers' output stay in Ray's logs (/tmp/ray/session_latest/logs)")
-    p.add_argument("--log", action="store_true", help="no progress bar: waiting and the workers' output as log "
-                   "lines (what a submitted job's driver does)")
+    p.add_argument("--address", help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001; default: start a "
+                                     "local Ray (or use RAY_ADDRESS)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--quiet", action="store_true", help="only the result and errors: no progress bar; Ray's "
+                        "and the workers' output stay in Ray's logs (/tmp/ray/session_latest/logs)")
+    output.add_argument("--log", action="store_true", help="no progress bar: waiting and the workers' output as "
+                        "log lines (what a submitted job's driver does)")
 
 
 def _add_storage_options(p: argparse.ArgumentParser) -> None:
@@ -86,10 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a job spec (continues it if the output already holds it)")
     run.add_argument("spec", help="job spec, YAML or JSON")
     run.add_argument("--output", help="override the spec's output URI")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a spec field by dotted path, e.g. budget.max_images=500")
-    run.add_argument("--max-images", type=int, help="override budget.max_images")
-    run.add_argument("--seed", type=int, help="override the job seed")
+    _add_overrides(run)
     run.add_argument("--no-finalize", action="store_true", help="leave the output unfinalized")
     _add_run_options(run)
 
@@ -98,9 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--address", required=True, help="Ray dashboard, e.g. http://HEAD:8265")
     submit.add_argument("--output", help="override the spec's output: an s3:// URI or a path every node shares "
                         "(a relative path only for a cluster on this machine)")
-    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    submit.add_argument("--max-images", type=int, help="override budget.max_images")
-    submit.add_argument("--seed", type=int, help="override the job seed")
+    _add_overrides(submit)
     submit.add_argument("--image", action="store_true",
                         help="the cluster's image already has dde: do not upload this checkout")
     submit.add_argument("--driver-gpus", type=float, help="GPUs reserved for the driver (default none)")

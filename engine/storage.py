@@ -100,8 +100,9 @@ def storage_problem(exc: BaseException, uri: str, options: dict) -> UserError | 
     causes = _causes(exc)
     if any(isinstance(e, (NoCredentialsError, PartialCredentialsError)) for e in causes):
         return UserError(f"storage: no credentials for {uri}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or "
-                         f"AWS_PROFILE), or pass --storage-option key=... --storage-option secret=... "
-                         f"(a job's recorded spec keeps no credentials)")
+                         f"AWS_PROFILE), or give key and secret as storage options (--storage-option key=... "
+                         f"--storage-option secret=..., or the spec's storage_options); a job's recorded spec "
+                         f"keeps no credentials")
     if any(isinstance(e, PermissionError) for e in causes):
         hint = "; check the credentials and the endpoint (client_kwargs.endpoint_url or AWS_ENDPOINT_URL)"
         return UserError(f"storage: access denied to {uri} ({exc}){hint if _protocol(uri) == 's3' else ''}")
