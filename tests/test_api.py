@@ -194,6 +194,11 @@ def test_bad_requests_get_field_errors_and_nothing_is_submitted(api, spec_data, 
     spec_data["storage_options"] = {"client_kwargs": {"endpoint_url": "http://elsewhere"}}
     status, errors = post()
     assert status == 403 and errors["storage_options"].startswith("expected none")
+    del spec_data["storage_options"]
+    spec_data["prompts"] = {"source": "jsonl", "path": "s3://refs/p.jsonl", "storage_options": {"secret": "s"}}
+    status, errors = post()
+    assert status == 403 and errors["prompts.storage_options"].startswith("expected no credentials")
+    spec_data["prompts"] = {"source": "combinations"}
 
     too_big = b" " * (MAX_BODY + 1)
     response = api.request("POST", "/v1/jobs", data=too_big)
