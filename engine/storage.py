@@ -106,8 +106,8 @@ def storage_problem(exc: BaseException, uri: str, options: dict) -> UserError | 
     if any(isinstance(e, PermissionError) for e in causes):
         hint = "; check the credentials and the endpoint (client_kwargs.endpoint_url or AWS_ENDPOINT_URL)"
         return UserError(f"storage: access denied to {uri} ({exc}){hint if _protocol(uri) == 's3' else ''}")
-    if not unreachable(exc) or not any(type(e).__module__.split(".")[0] in _STORAGE_CLIENTS for e in causes):
-        return None  # e.g. a cluster's ConnectionError: not storage's
+    if not unreachable(exc):
+        return None
     if _protocol(uri) == "s3" and _endpoint(options) is None:
         return UserError(f"storage: cannot reach {uri} at AWS's own endpoint ({type(exc).__name__}); for another "
                          f"S3 service pass --storage-option client_kwargs.endpoint_url=URL or set AWS_ENDPOINT_URL")
@@ -178,11 +178,13 @@ def _causes(exc: BaseException | None) -> list[BaseException]:
 
 
 def unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) means the storage endpoint could not be reached."""
+    """Whether ``exc`` (or what caused it) means a storage endpoint could not be reached: a
+    connection error that a storage client raised (not, say, a Ray cluster's own)."""
     from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
 
-    return any(isinstance(e, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError))
-               for e in _causes(exc))
+    causes = _causes(exc)
+    return (any(isinstance(e, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError)) for e in causes)
+            and any(type(e).__module__.split(".")[0] in _STORAGE_CLIENTS for e in causes))
 
 
 class Store:

@@ -157,3 +157,16 @@ def test_long_storage_retries_say_so(capsys):
     logger.debug("Response received to retry, sleeping for %s seconds", 0.4)  # routine: silent
     logger.debug("Response received to retry, sleeping for %s seconds", 7.9)
     assert capsys.readouterr().err == "storage: no answer from the endpoint, retrying in 8s\n"
+
+
+def test_only_a_storage_clients_connection_error_is_a_storage_outage():
+    from botocore.exceptions import EndpointConnectionError
+
+    from engine.storage import unreachable
+
+    assert not unreachable(RuntimeError("unit failed 3 times"))
+    try:
+        raise RuntimeError("unit-000001 failed 3 times") from EndpointConnectionError(endpoint_url="http://s3")
+    except RuntimeError as e:
+        assert unreachable(e)
+    assert not unreachable(ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379"))  # exit 2, not 75
