@@ -468,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C: a user's choice, not a crash
+        resumable = " (committed units are kept: `dde resume OUTPUT` continues the job)" if storing else ""
+        print(f"interrupted{resumable}", file=sys.stderr)
+        return 130  # 128 + SIGINT
     except BrokenPipeError:  # `dde status OUT | head`: the reader left; as the Python docs advise, no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

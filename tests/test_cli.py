@@ -1,6 +1,7 @@
 """The CLI's one-line answers to common mistakes, and its small conveniences (issue 17).
 In-process where no cluster is needed; a subprocess where the process itself is the point."""
 
+import signal
 import subprocess
 import time
 
@@ -85,3 +86,12 @@ def test_quiet_shows_only_the_result(spec_file, tmp_path):
     proc = subprocess.run([DDE, "run", spec_file, "--quiet"], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
     assert [line.split(":")[0] for line in proc.stdout.splitlines()] == ["bounds_met", "dataset"]
+
+
+def test_ctrl_c_is_one_line(spec_file, tmp_path):
+    proc = subprocess.Popen([DDE, "run", spec_file, "--quiet", "--output", "memory://ctrl-c", "--max-images", "5000",
+                             "--set", "lower_bound=1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # units running (in this process: a memory:// output)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.startswith("interrupted (committed units are kept"), err[-2000:]
