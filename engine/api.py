@@ -195,7 +195,8 @@ class Reject(BaseModel):
 class Progress(BaseModel):
     """What the committed markers say (``dde status``)."""
 
-    state: str = Field(description="started, running or interrupted, or finalized.")
+    state: str = Field(description="started (nothing committed, no driver), running (a driver holds the output), "
+                                    "interrupted (units committed, no driver), or finalized.")
     stop_reason: str | None
     fingerprint: str
     waves_planned: int

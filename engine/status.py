@@ -37,7 +37,7 @@ def job_status(store: Store, ledger: Ledger | None = None) -> dict:
     eta = None if finalized else eta_seconds(wall, images, len(rejects), spec.budget.max_images, counts, bounds)
     return {
         "name": spec.name, "output": store.uri, "fingerprint": fp,
-        "state": "finalized" if finalized else ("running or interrupted" if units else "started"),
+        "state": "finalized" if finalized else "running" if live else "interrupted" if units else "started",
         "stop_reason": json.loads(store.read_bytes(JOB_FILE)).get("stop_reason") if finalized else None,
         "waves_planned": waves, "units_done": len(units), "images": images, "instances": instances,
         "classes": {c: {"count": counts.get(c, 0), "lower_bound": b, "met": counts.get(c, 0) >= b,

@@ -31,9 +31,11 @@ def test_status_shows_what_a_running_driver_waits_for(spec_data):
     spec = parse_spec(spec_data)
     run_job(spec, quiet=True, finalize=False)
     store = Store(spec.output)
+    assert job_status(store)["state"] == "interrupted"  # units, and no driver
     with Lease(store, "a driver") as lease:
         lease.note_waiting("2 actor(s) waiting for resources: each asks GPU 1")
         status = job_status(store)
+        assert status["state"] == "running"
         assert status["waiting"] == ["2 actor(s) waiting for resources: each asks GPU 1"]
         assert "  waiting: 2 actor(s) waiting for resources: each asks GPU 1" in format_status(status)
         lease.note_waiting(None)
