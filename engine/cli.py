@@ -458,9 +458,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     report_retries()
+    uri = getattr(args, "uri", None) or getattr(args, "output", None) or "the job's storage"
+    storing = args.command in _STORAGE_COMMANDS
     try:
-        uri = getattr(args, "uri", None) or getattr(args, "output", None) or "the job's storage"
-        storing = args.command in _STORAGE_COMMANDS
         with storage_errors(uri, _given_options(args)) if storing else contextlib.nullcontext():
             code = COMMANDS[args.command](args)
             sys.stdout.flush()  # here, so that a reader gone early (`| head`) is caught below
