@@ -108,9 +108,22 @@ _COCO = {"images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}],
          "categories": [{"id": 1, "name": "circle"}]}
 
 
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+_PNG = _png()
+
+
 def _reference_spec(annotations: str, output_options: dict, **prompts) -> object:
     data = copy.deepcopy(BASE_SPEC)
-    data.update(output="s3://out-bucket/job", storage_options=output_options, lower_bound=1,
+    data.update(output="s3://out-bucket/job", storage_options=output_options, lower_bound=1, classes=["circle"],
                 generator={"name": "render", "params": {"size": 32, "max_objects": 3}},
                 prompts={"source": "references", "annotations": annotations, **prompts})
     return parse_spec(data)
@@ -119,6 +132,7 @@ def _reference_spec(annotations: str, output_options: dict, **prompts) -> object
 def test_http_references_with_an_s3_output_get_no_s3_options(s3_endpoint, http_root):
     root, url = http_root
     (root / "instances.json").write_text(json.dumps(_COCO))
+    (root / "a.png").write_bytes(_PNG)
     spec = _reference_spec(f"{url}/instances.json", s3_options(s3_endpoint))
     assert input_options(f"{url}/a.png", spec) == {}
     items = build_pool(spec)  # aiohttp was handed the s3 endpoint: TypeError
@@ -127,9 +141,10 @@ def test_http_references_with_an_s3_output_get_no_s3_options(s3_endpoint, http_r
 
 def test_references_on_another_endpoint_use_prompts_storage_options(s3_endpoint):
     bucket = make_bucket(s3_endpoint)
-    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=S3_KEY, aws_secret_access_key=S3_SECRET,
-                 region_name="us-east-1").put_object(Bucket=bucket, Key="refs/instances.json",
-                                                     Body=json.dumps(_COCO).encode())
+    client = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=S3_KEY, aws_secret_access_key=S3_SECRET,
+                          region_name="us-east-1")
+    client.put_object(Bucket=bucket, Key="refs/instances.json", Body=json.dumps(_COCO).encode())
+    client.put_object(Bucket=bucket, Key="refs/a.png", Body=_PNG)
     annotations = f"s3://{bucket}/refs/instances.json"
     elsewhere = dict(s3_options("http://127.0.0.1:9"))  # the output's endpoint holds no references
     spec = _reference_spec(annotations, elsewhere, storage_options=s3_options(s3_endpoint))
