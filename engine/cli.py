@@ -213,6 +213,24 @@ def _parser() -> argparse.ArgumentParser:
                         help='attention head params as JSON, e.g. \'{"cross_resolutions": [8]}\'')
     labels.add_argument("--out", default="bench/results")
 
+    probe = sub.add_parser("probe", help="train a standard detector (torchvision FCOS, no pretrained weights) on a "
+                                         "finished dde output and report COCO box AP on your val set (Ray Train)")
+    probe.add_argument("uri", metavar="OUT", help="a finished dde output (job.json, coco/instances.json)")
+    probe.add_argument("--val", required=True, help="COCO folder: annotations/instances_val.json, images/val/ "
+                                                    "(as `dde world export --split val` writes)")
+    probe.add_argument("--real", help="COCO folder of real training data: annotations/instances_train.json, "
+                                      "images/train/; mixed in by --alpha")
+    probe.add_argument("--alpha", type=_unit, help="with --real: each sample is synthetic with this probability "
+                                                   "(Diffusion Synthesis Eq. 3; default 0.4, the paper's best)")
+    probe.add_argument("--steps", type=_at_least(1), default=800)
+    probe.add_argument("--batch-size", type=_at_least(1), default=32)
+    probe.add_argument("--lr", type=_at_least(0.0, float), default=1e-3)
+    probe.add_argument("--eval-every", type=_at_least(1), help="COCOeval on val every K steps (default steps/8)")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--out", help="where probe.json, curve.png and checkpoints go (default OUT/probe); "
+                                     "rerun the command to resume")
+    _add_trainer_options(probe)
+
     sub.add_parser("schema", help="print the job spec's JSON Schema")
 
     api = sub.add_parser("serve", help="the HTTP API on Ray Serve, on the cluster ray.init() finds (RAY_ADDRESS); "
@@ -421,6 +439,16 @@ def _train_diffusion(args) -> int:
     return 0
 
 
+def _cmd_probe(args) -> int:
+    from .train.probe import ProbeRecipe, probe
+
+    alpha = args.alpha if args.alpha is not None else (0.4 if args.real else 1.0)
+    recipe = ProbeRecipe(steps=args.steps, batch=args.batch_size, lr=args.lr, alpha=alpha,
+                         eval_every=args.eval_every, seed=args.seed)
+    print(json.dumps(probe(args.uri, args.val, recipe, args.real, args.out, args.workers, args.gpus), indent=1))
+    return 0
+
+
 def _cmd_schema(args) -> int:
     from .spec import json_schema
 
@@ -444,7 +472,8 @@ def _cmd_serve(args) -> int:
 COMMANDS = {"run": _cmd_run, "submit": _cmd_submit, "logs": _cmd_logs, "stop": _cmd_stop, "jobs": _cmd_jobs,
             "resume": _cmd_resume,
             "status": _cmd_status, "finalize": _cmd_finalize, "report": _cmd_report, "serve": _cmd_serve,
-            "world": _cmd_world, "train": _cmd_train, "bench": _cmd_bench, "schema": _cmd_schema}
+            "world": _cmd_world, "train": _cmd_train, "bench": _cmd_bench, "schema": _cmd_schema,
+            "probe": _cmd_probe}
 
 
 # Commands whose storage failures (no credentials, access denied, no endpoint) are the user's to fix.

@@ -35,11 +35,11 @@ def check_model(model: str) -> None:
 
 
 # ---- data
-def coco_annotations(folder: str, split: str) -> str:
-    """The split's instances file of a COCO folder, or one clear error."""
+def coco_annotations(folder: str, split: str, field: str = "--data") -> str:
+    """The split's instances file of a COCO folder, or one clear error naming ``field``."""
     path = os.path.join(folder, "annotations", f"instances_{split}.json")
     if not os.path.exists(path):
-        raise UserError(f"--data: expected a COCO folder with annotations/instances_{split}.json and images/{split}/ "
+        raise UserError(f"{field}: expected a COCO folder with annotations/instances_{split}.json and images/{split}/ "
                         f"(as `dde world export --out DIR --split {split}` writes), got {folder!r}")
     return path
 

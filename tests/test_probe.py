@@ -1,0 +1,106 @@
+"""`dde probe`: the alpha sampler's mix, a tiny real probe on Ray Train (a render + ground_truth
+dde job against a `dde world export` val set) that scores AP and resumes, and the refusals."""
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+
+from .conftest import BASE_SPEC
+
+
+def test_alpha_sampler_draws_synthetic_with_probability_alpha_and_repeats_itself():
+    from engine.mixing import AlphaSampler
+
+    sampler = AlphaSampler(synthetic=50, real=200, alpha=0.4, seed=3)
+    picks = np.concatenate([sampler.draw(step, 32) for step in range(500)])
+    share = float((picks < 50).mean())
+    assert abs(share - 0.4) < 0.02  # 16,000 draws: 4 standard deviations is 0.016
+    assert picks.min() >= 0 and picks.max() < 250 and len(set(picks[picks < 50])) == 50
+    assert np.array_equal(sampler.draw(7, 32), AlphaSampler(50, 200, 0.4, seed=3).draw(7, 32))
+    assert not np.array_equal(sampler.draw(7, 32), sampler.draw(8, 32))
+    assert set(AlphaSampler(5, 0, 1.0)) <= set(range(5)) and len(AlphaSampler(5, 0, 1.0, num_samples=9)) == 9
+    assert all(i >= 5 for i in AlphaSampler(5, 7, 0.0))
+    with pytest.raises(ValueError, match="alpha"):
+        AlphaSampler(0, 7, 0.5)
+
+
+@pytest.fixture(scope="module")
+def probe_inputs(tmp_path_factory, ray_local):
+    """A finished 32-image render + ground_truth dde output and a 16-image val set, 32 px."""
+    from engine.runner import run_job
+    from engine.spec import parse_spec
+    from engine.world import WorldConfig, export_coco
+
+    root = tmp_path_factory.mktemp("probe")
+    data = copy.deepcopy(BASE_SPEC)
+    data.update(output=str(root / "out"), budget={"max_images": 32, "max_waves": 4}, lower_bound=5)
+    result = run_job(parse_spec(data), quiet=True)
+    assert result.images == 32
+    export_coco(root / "val", 16, "val", seed=1, config=WorldConfig(size=32, max_objects=3))
+    return str(root / "out"), str(root / "val")
+
+
+def test_probe_trains_on_ray_scores_ap_and_resumes(probe_inputs, tmp_path):
+    from engine.train.probe import ProbeRecipe, probe
+
+    out, val = probe_inputs
+    folder = str(tmp_path / "probe")
+    result = probe(out, val, ProbeRecipe(steps=2, batch=4, eval_every=1), folder=folder)
+    assert 0 <= result["AP"] <= 1 and 0 <= result["AP50"] <= 1
+    assert set(result["per_class"]) == set(result["classes"]) and result["images"] == {"synthetic": 32, "real": 0,
+                                                                                       "val": 16}
+    assert json.load(open(f"{folder}/probe.json")) == result and os.path.exists(f"{folder}/curve.png")
+    # a rerun with more steps continues from step 2 (here directly on the CPU, without a second Ray Train run)
+    longer = probe(out, val, ProbeRecipe(steps=3, batch=4, eval_every=1), folder=folder, device="cpu")
+    steps = [int(line.split(",")[0]) for line in open(f"{folder}/curve.csv").read().split()[1:]]
+    assert steps == [1, 2, 3] and longer["steps"] == 3
+
+
+def test_probe_mixes_real_data_by_alpha(probe_inputs, tmp_path):
+    from engine.train.probe import ProbeRecipe, probe
+
+    out, val = probe_inputs
+    real = tmp_path / "real"
+    from engine.world import WorldConfig, export_coco
+
+    export_coco(real, 8, "train", seed=2, config=WorldConfig(size=32, max_objects=3))
+    result = probe(out, val, ProbeRecipe(steps=1, batch=2, alpha=0.5), real=str(real), folder=str(tmp_path / "p"),
+                   device="cpu")
+    assert result["alpha"] == 0.5 and result["images"]["real"] == 8
+
+
+def _refusal(capsys, argv, field):
+    from engine.cli import main
+
+    assert main(["probe", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {field}:") and err.count("\n") == 1, err
+
+
+def test_probe_refuses_an_output_that_is_not_a_finished_dde_job(tmp_path, capsys, probe_inputs):
+    _refusal(capsys, [str(tmp_path), "--val", probe_inputs[1]], "OUT")
+    assert os.listdir(tmp_path) == []
+
+
+def test_probe_refuses_a_val_set_without_shared_classes(tmp_path, capsys, probe_inputs):
+    out, val = probe_inputs
+    other = tmp_path / "val"
+    (other / "annotations").mkdir(parents=True)
+    coco = json.load(open(f"{val}/annotations/instances_val.json"))
+    for category in coco["categories"]:
+        category["name"] = "zebra-" + category["name"]
+    (other / "annotations" / "instances_val.json").write_text(json.dumps(coco))
+    _refusal(capsys, [out, "--val", str(other), "--out", str(tmp_path / "p")], "--val")
+    assert not os.path.exists(tmp_path / "p") and not os.path.exists(f"{out}/probe")
+
+
+def test_probe_refuses_an_empty_dataset(tmp_path, capsys, probe_inputs):
+    from engine.world import export_coco
+
+    out, _ = probe_inputs
+    export_coco(tmp_path / "val", 0, "val")
+    _refusal(capsys, [out, "--val", str(tmp_path / "val"), "--out", str(tmp_path / "p")], "--val")
+    assert not os.path.exists(tmp_path / "p")
