@@ -104,3 +104,10 @@ def test_probe_refuses_an_empty_dataset(tmp_path, capsys, probe_inputs):
     export_coco(tmp_path / "val", 0, "val")
     _refusal(capsys, [out, "--val", str(tmp_path / "val"), "--out", str(tmp_path / "p")], "--val")
     assert not os.path.exists(tmp_path / "p")
+
+
+@pytest.mark.parametrize("extra, field", [(["--alpha", "0.3"], "--alpha"), (["--out", "VAL/probe"], "--out")])
+def test_probe_refuses_alpha_without_real_and_an_out_inside_the_val_set(capsys, probe_inputs, extra, field):
+    out, val = probe_inputs
+    _refusal(capsys, [out, "--val", val, *[a.replace("VAL", val) for a in extra]], field)
+    assert sorted(os.listdir(val)) == ["annotations", "images", "semantic"] and not os.path.exists(f"{out}/probe")

@@ -193,7 +193,7 @@ def train_schedule(model, modules: dict, loss_at, schedule: Schedule, folder: st
         if after_step is not None:
             after_step(step)
         for key, value in parts.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
+            sums[key] = sums.get(key, 0.0) + float(value.detach())  # the log keeps no graph
         seen += 1
         done = step + 1
         if done % schedule.eval_every and done != schedule.steps:

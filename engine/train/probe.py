@@ -189,7 +189,7 @@ def _probe_loop(config: dict) -> None:
         picks = sampler.draw(step * worker.world + worker.rank, per_worker).tolist()
         losses = model([images[i].to(worker.device).float() / 255 for i in picks],
                        [{k: v.to(worker.device) for k, v in targets[i].items()} for i in picks])
-        return {"total": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}  # logged parts
+        return {"total": sum(losses.values()), **losses}
 
     schedule = Schedule(recipe.steps, recipe.lr, eval_every=recipe.eval_every, clip=10.0)
     curve = train_schedule(model, {"detector": detector}, loss_at, schedule, config["checkpoint"],
