@@ -58,29 +58,26 @@ def _dde_output(out: str) -> str:
 
 
 def _check(out: str, val: str, real: str | None, folder: str, alpha: float) -> dict:
-    """Every input read and checked: the classes shared by the dde output and val, the sizes."""
+    """Every input read and checked: the classes shared by the dde output and val, val's image side."""
     from .detection import coco_annotations
 
     synthetic, synthetic_images, _ = read_categories(_dde_output(out), "OUT")
     val_names, val_images, side = read_categories(coco_annotations(val, "val", "--val"), "--val")
     classes = [n for n in val_names.values() if n in set(synthetic.values())]
     if not classes:
-        raise UserError(f"--val: expected classes shared with the dde output ({', '.join(sorted(synthetic.values()))}), "
-                        f"got {', '.join(sorted(val_names.values())) or 'no categories'}; match the class names")
-    for field, count in (("OUT", synthetic_images if alpha > 0 else 1), ("--val", val_images)):
-        if count == 0:
-            raise UserError(f"{field}: expected a dataset with images, got an empty one")
-    real_images = 0
-    if real:
-        real_images = read_categories(coco_annotations(real, "train", "--real"), "--real")[1]
-        if real_images == 0 and alpha < 1:
-            raise UserError("--real: expected a dataset with images, got an empty one; add images or use --alpha 1")
+        raise UserError(f"--val: expected classes shared with the dde output "
+                        f"({', '.join(sorted(synthetic.values()))}), got {', '.join(sorted(val_names.values())) or 'no categories'}; match the class names")
+    real_images = read_categories(coco_annotations(real, "train", "--real"), "--real")[1] if real else 0
+    for field, count, used, fix in (("OUT", synthetic_images, alpha > 0, "make images first, or probe real data alone "
+                                     "with --real DIR --alpha 0"), ("--val", val_images, True, "export val images"),
+                                    ("--real", real_images, bool(real) and alpha < 1, "add images or use --alpha 1")):
+        if used and count == 0:  # an empty set the probe would train or score on
+            raise UserError(f"{field}: expected a dataset with images, got an empty one; {fix}")
     for field, theirs in (("--val", val), ("--real", real)):
         if theirs and os.path.commonpath([os.path.abspath(folder), os.path.abspath(theirs)]) == os.path.abspath(theirs):
             raise UserError(f"--out: expected a folder outside {field} (the probe never writes into your data), "
                             f"got {folder!r}; pick another --out")
-    return {"classes": classes, "ignored": [n for n in val_names.values() if n not in classes], "size": side,
-            "counts": {"synthetic": synthetic_images, "real": real_images, "val": val_images}}
+    return {"classes": classes, "ignored": [n for n in val_names.values() if n not in classes], "size": side}
 
 
 # ---- data and model (inside the workers)
@@ -219,7 +216,8 @@ def probe(out: str, val: str, recipe: ProbeRecipe, real: str | None = None, fold
     from .detection import fingerprint, launch
 
     if real is None and recipe.alpha != 1:
-        raise UserError(f"--alpha: expected it only with --real (synthetic-only probes use alpha 1), got {recipe.alpha}")
+        raise UserError(f"--alpha: expected it only with --real (synthetic-only probes use alpha 1), "
+                        f"got {recipe.alpha}")
     folder = os.path.abspath(folder or os.path.join(out, "probe"))
     checked = _check(out, val, real, folder, recipe.alpha)
 
