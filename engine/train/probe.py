@@ -65,8 +65,9 @@ def _check(out: str, val: str, real: str | None, folder: str, alpha: float) -> d
     val_names, val_images, side = read_categories(coco_annotations(val, "val", "--val"), "--val")
     classes = [n for n in val_names.values() if n in set(synthetic.values())]
     if not classes:
-        raise UserError(f"--val: expected classes shared with the dde output "
-                        f"({', '.join(sorted(synthetic.values()))}), got {', '.join(sorted(val_names.values())) or 'no categories'}; match the class names")
+        theirs = ", ".join(sorted(val_names.values())) or "no categories"
+        raise UserError(f"--val: expected classes shared with the dde output ({', '.join(sorted(synthetic.values()))}"
+                        f"), got {theirs}; match the class names")
     real_images = read_categories(coco_annotations(real, "train", "--real"), "--real")[1] if real else 0
     for field, count, used, fix in (("OUT", synthetic_images, alpha > 0, "make images first, or probe real data alone "
                                      "with --real DIR --alpha 0"), ("--val", val_images, True, "export val images"),
