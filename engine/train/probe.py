@@ -204,8 +204,7 @@ def _probe_loop(config: dict) -> None:
               "classes": classes, "val_classes_ignored": config["ignored"], "image_size": config["size"],
               "model": "torchvision FCOS, MobileNetV3-Large FPN, no pretrained weights", "workers": worker.world,
               "train_seconds": round(last["minutes"] * 60, 1), "seconds": round(time.time() - started, 1),
-              "dde_output": config["dde_output"], "val": config["val"][0], "real": config["real"] and config["real"][0],
-              "curve": f"{out}/curve.png"}
+              **config["inputs"], "curve": f"{out}/curve.png"}
     with open(f"{out}/probe.json", "w") as f:
         json.dump(result, f, indent=1)
 
@@ -227,7 +226,9 @@ def probe(out: str, val: str, recipe: ProbeRecipe, real: str | None = None, fold
                 os.path.abspath(os.path.join(root, "annotations", f"instances_{split}.json"))]
 
     config = {"out": folder, "classes": checked["classes"], "ignored": checked["ignored"], "size": checked["size"],
-              "recipe": recipe.to_json(), "dde_output": os.path.abspath(out), "val": coco(val, "val"),
+              "recipe": recipe.to_json(), "val": coco(val, "val"),
+              "inputs": {"dde_output": os.path.abspath(out), "val_set": os.path.abspath(val),
+                         "real_set": real and os.path.abspath(real)},
               "real": coco(real, "train") if real else None,
               "synthetic": [os.path.abspath(os.path.join(out, "coco", "images")), os.path.abspath(_dde_output(out))]}
     # a changed input or mix trains afresh; more --steps continue the same run
