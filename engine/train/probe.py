@@ -161,22 +161,42 @@ def _scores(model, val, classes: list[str], size: int, device: str) -> dict:
     return {k: v for k, v in scores.items() if k.endswith(("AP", "AP50"))}
 
 
+def _training_set(config: dict, recipe: ProbeRecipe):
+    """Synthetic then real images and targets (as ``load_detection``), their counts, and the
+    alpha sampler that draws from them."""
+    from ..mixing import AlphaSampler
+
+    synthetic = load_detection(*config["synthetic"], config["classes"])
+    real = load_detection(*config["real"], config["classes"]) if config["real"] else ([], [])
+    counts = {"synthetic": len(synthetic[0]), "real": len(real[0])}
+    sampler = AlphaSampler(counts["synthetic"], counts["real"], recipe.alpha, recipe.seed)
+    return synthetic[0] + real[0], synthetic[1] + real[1], counts, sampler
+
+
+def _result(curve: list[dict], config: dict, recipe: ProbeRecipe, counts: dict, workers: int, seconds: float) -> dict:
+    """probe.json: the last evaluation (AP/AP50 over the shared classes and per class) and the run's facts."""
+    last, classes = curve[-1], config["classes"]
+    return {"AP": last["AP"], "AP50": last["AP50"],
+            "per_class": {c: {"AP": last[f"{c}_AP"], "AP50": last[f"{c}_AP50"]} for c in classes},
+            "steps": recipe.steps, "batch": recipe.batch, "alpha": recipe.alpha, "seed": recipe.seed,
+            "images": counts, "classes": classes, "val_classes_ignored": config["ignored"],
+            "image_size": config["size"], "model": "torchvision FCOS, MobileNetV3-Large FPN, no pretrained weights",
+            "workers": workers, "train_seconds": round(last["minutes"] * 60, 1), "seconds": round(seconds, 1),
+            **config["inputs"], "curve": f"{config['out']}/curve.png"}
+
+
 def _probe_loop(config: dict) -> None:
     import time
 
     import torch
 
-    from ..mixing import AlphaSampler
     from .detection import Schedule, WorkerContext, train_schedule, write_curve
 
     started = time.time()
     worker = WorkerContext(config)
     torch.set_num_threads(config["threads"])
-    recipe, classes, out = ProbeRecipe(**config["recipe"]), config["classes"], config["out"]
-    synthetic = load_detection(*config["synthetic"], classes)
-    real = load_detection(*config["real"], classes) if config["real"] else ([], [])
-    images, targets = synthetic[0] + real[0], synthetic[1] + real[1]
-    sampler = AlphaSampler(len(synthetic[0]), len(real[0]), recipe.alpha, recipe.seed)
+    recipe, classes, device = ProbeRecipe(**config["recipe"]), config["classes"], worker.device
+    images, targets, counts, sampler = _training_set(config, recipe)
     val = load_detection(*config["val"], classes) if worker.leader else None  # the leader alone evaluates
     torch.manual_seed(recipe.seed)
     detector = build_fcos(len(classes), config["size"])
@@ -185,27 +205,20 @@ def _probe_loop(config: dict) -> None:
 
     def loss_at(step: int) -> dict:
         picks = sampler.draw(step * worker.world + worker.rank, per_worker).tolist()
-        losses = model([images[i].to(worker.device).float() / 255 for i in picks],
-                       [{k: v.to(worker.device) for k, v in targets[i].items()} for i in picks])
+        losses = model([images[i].to(device).float() / 255 for i in picks],
+                       [{k: v.to(device) for k, v in targets[i].items()} for i in picks])
         return {"total": sum(losses.values()), **losses}
 
-    schedule = Schedule(recipe.steps, recipe.lr, eval_every=recipe.eval_every, clip=10.0)
+    schedule = Schedule(recipe.steps, recipe.lr, eval_every=recipe.eval_every, clip=10.0)  # spikes only: 0.1 throttles FCOS
     curve = train_schedule(model, {"detector": detector}, loss_at, schedule, config["checkpoint"],
-                           lambda: _scores(detector, val, classes, config["size"], worker.device),
+                           lambda: _scores(detector, val, classes, config["size"], device),
                            leader=worker.leader, report=worker.report)
     if not worker.leader:
         return
-    write_curve(curve, f"{out}/curve", f"probe: FCOS on {', '.join(classes)}, alpha {recipe.alpha}", metric="AP")
-    last = curve[-1]
-    result = {"AP": last["AP"], "AP50": last["AP50"],
-              "per_class": {c: {"AP": last[f"{c}_AP"], "AP50": last[f"{c}_AP50"]} for c in classes},
-              "steps": recipe.steps, "batch": recipe.batch, "alpha": recipe.alpha, "seed": recipe.seed,
-              "images": {"synthetic": len(synthetic[0]), "real": len(real[0]), "val": len(val[0])},
-              "classes": classes, "val_classes_ignored": config["ignored"], "image_size": config["size"],
-              "model": "torchvision FCOS, MobileNetV3-Large FPN, no pretrained weights", "workers": worker.world,
-              "train_seconds": round(last["minutes"] * 60, 1), "seconds": round(time.time() - started, 1),
-              **config["inputs"], "curve": f"{out}/curve.png"}
-    with open(f"{out}/probe.json", "w") as f:
+    write_curve(curve, f"{config['out']}/curve", f"probe: FCOS on {', '.join(classes)}, alpha {recipe.alpha}",
+                metric="AP")
+    result = _result(curve, config, recipe, {**counts, "val": len(val[0])}, worker.world, time.time() - started)
+    with open(f"{config['out']}/probe.json", "w") as f:
         json.dump(result, f, indent=1)
 
 
