@@ -152,15 +152,17 @@ def evaluate_boxes(model, pyramid: dict, truth: list[list[Instance]], classes: l
 
 # ---- the schedule
 class Schedule:
-    """AdamW with one step decay (x0.1 at ``decay_at`` of the steps, as DiffusionEngine's 80k/90k)."""
+    """AdamW with one step decay (x0.1 at ``decay_at`` of the steps, as DiffusionEngine's 80k/90k),
+    after an optional linear warm-up over ``warmup`` steps (from-scratch detectors need one)."""
 
     def __init__(self, steps: int, lr: float, decay_at: float = 0.8, eval_every: int = 250,
-                 weight_decay: float = 1e-4, clip: float = 0.1):
-        self.steps, self.lr, self.decay_at = steps, lr, decay_at
+                 weight_decay: float = 1e-4, clip: float = 0.1, warmup: int = 0):
+        self.steps, self.lr, self.decay_at, self.warmup = steps, lr, decay_at, warmup
         self.eval_every, self.weight_decay, self.clip = eval_every, weight_decay, clip
 
     def lr_at(self, step: int) -> float:
-        return self.lr * (0.1 if step >= self.decay_at * self.steps else 1.0)
+        ramp = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
+        return self.lr * ramp * (0.1 if step >= self.decay_at * self.steps else 1.0)
 
     def to_json(self) -> dict:
         return dict(vars(self))

@@ -209,8 +209,10 @@ def _probe_loop(config: dict) -> None:
                        [{k: v.to(device) for k, v in targets[i].items()} for i in picks])
         return {"total": sum(losses.values()), **losses}
 
-    # gradients clipped at 10, spikes only: the adapter's 0.1 would throttle a from-scratch FCOS
-    schedule = Schedule(recipe.steps, recipe.lr, eval_every=recipe.eval_every, clip=10.0)
+    # from scratch, full lr at once can kill FCOS's box-regression ReLU for good (GIoU loss stuck at 1):
+    # warm up; gradients clipped at 10, spikes only (the adapter's 0.1 would throttle it)
+    schedule = Schedule(recipe.steps, recipe.lr, eval_every=recipe.eval_every, clip=10.0,
+                        warmup=min(100, recipe.steps // 4))
     curve = train_schedule(model, {"detector": detector}, loss_at, schedule, config["checkpoint"],
                            lambda: _scores(detector, val, classes, config["size"], device),
                            leader=worker.leader, report=worker.report)
