@@ -27,6 +27,14 @@ def test_alpha_sampler_draws_synthetic_with_probability_alpha_and_repeats_itself
         AlphaSampler(0, 7, 0.5)
 
 
+def test_schedule_warms_up_linearly_then_decays():
+    from engine.train.detection import Schedule
+
+    schedule = Schedule(100, 1.0, warmup=10)
+    assert [schedule.lr_at(s) for s in (0, 4, 9, 50, 80)] == pytest.approx([0.1, 0.5, 1.0, 1.0, 0.1])
+    assert Schedule(100, 1.0).lr_at(0) == 1.0  # no warm-up unless asked
+
+
 @pytest.fixture(scope="module")
 def probe_inputs(tmp_path_factory, ray_local):
     """A finished 32-image render + ground_truth dde output and a 16-image val set, 32 px."""
