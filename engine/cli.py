@@ -158,6 +158,14 @@ def _parser() -> argparse.ArgumentParser:
     diffusion.add_argument("--export", action="store_true",
                            help="when done, install the model as embedded:shapes (engine/models/shapes)")
 
+    clip = train_sub.add_parser("clip", help="the small shapes CLIP (contrastive, on rendered scenes and prompts)")
+    clip.add_argument("--out", required=True, help="training folder (checkpoints resume from here)")
+    clip.add_argument("--steps", type=_at_least(1))
+    clip.add_argument("--batch-size", type=_at_least(1))
+    clip.add_argument("--max-minutes", type=_at_least(0.0, float), help="stop cleanly after this long; rerun to continue")
+    clip.add_argument("--export-unfinished", action="store_true", help="export the weights reached so far")
+    clip.add_argument("--export", action="store_true", help="when exported, install the model at engine/models/clip")
+
     oracle = train_sub.add_parser("oracle", help="the fidelity oracle (multi-label classifier) on rendered scenes")
     oracle.add_argument("--steps", type=_at_least(1), default=1500)
     segmenter = train_sub.add_parser("segmenter", help="the segmentation oracle (semantic masks) on rendered scenes")
@@ -401,6 +409,8 @@ def _cmd_train(args) -> int:
         print(json.dumps(train_grounding(args.model, args.out, recipe, args.teacher, args.workers, args.gpus),
                          indent=1))
         return 0
+    if args.train_command == "clip":
+        return _train_clip(args)
     return _train_diffusion(args)
 
 
@@ -446,6 +456,24 @@ def _cmd_probe(args) -> int:
     recipe = ProbeRecipe(steps=args.steps, batch=args.batch_size, lr=args.lr, alpha=alpha,
                          eval_every=args.eval_every, seed=args.seed)
     print(json.dumps(probe(args.uri, args.val, recipe, args.real, args.out, args.workers, args.gpus), indent=1))
+    return 0
+
+
+def _train_clip(args) -> int:
+    import shutil
+    from dataclasses import replace
+
+    from .models.embedded import CLIP_DIR
+    from .train.clip import ClipRecipe, train_clip
+
+    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
+    status = train_clip(args.out, replace(ClipRecipe(), **overrides), max_minutes=args.max_minutes,
+                        export_unfinished=args.export_unfinished)
+    print(json.dumps(status))
+    if args.export and status["exported"]:
+        shutil.rmtree(CLIP_DIR, ignore_errors=True)
+        shutil.copytree(f"{args.out}/model", CLIP_DIR)
+        print(f"installed at {CLIP_DIR}")
     return 0
 
 

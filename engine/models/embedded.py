@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["EMBEDDED_MODELS", "IMAGE_SIZE", "vae_config", "unet_config", "text_encoder_config"]
+__all__ = ["EMBEDDED_MODELS", "CLIP_DIR", "IMAGE_SIZE", "vae_config", "unet_config", "text_encoder_config"]
 
 IMAGE_SIZE = 64
 LATENT_SIZE = 16
 TEXT_WIDTH = 128
 MAX_TOKENS = 32
 EMBEDDED_MODELS = {"shapes": os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes")}
+CLIP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip")  # the small shapes CLIP
 
 
 def vae_config() -> dict:

@@ -278,7 +278,7 @@ def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, ma
     unet, text_encoder, step, trained = _train_unet(out, recipe, vae, tokenizer, log, deadline, until_step)
     status["unet_step"] = step
     if trained:
-        _record_session(out, started, step)
+        _record_session(out, started, unet_step=step)
     if step >= recipe.unet_steps or (export_unfinished and step > 0):
         export_pipeline(os.path.join(out, "model"), vae, text_encoder, tokenizer, unet)
         write_model_card(out)
@@ -334,9 +334,10 @@ Dataset Diffusion's caption; classes).
         f.write(text)
 
 
-def _record_session(out: str, started: float, step: int) -> None:
+def _record_session(out: str, started: float, **reached) -> None:
+    """Append this session's minutes, hardware and ``reached`` (e.g. the step) to ``sessions.json``."""
     path = os.path.join(out, "sessions.json")
     sessions = json.load(open(path)) if os.path.exists(path) else []
-    sessions.append({"minutes": round((time.time() - started) / 60, 1), "hardware": hardware(), "unet_step": step})
+    sessions.append({"minutes": round((time.time() - started) / 60, 1), "hardware": hardware(), **reached})
     with open(path, "w") as f:
         json.dump(sessions, f, indent=1)
