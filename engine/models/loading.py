@@ -5,6 +5,7 @@ exactly what SD 2.1 would. Weights load from safetensors only; no remote code.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from ..errors import UserError
@@ -86,7 +87,9 @@ def load_pipeline(model: str, *, device: str = "auto", dtype: str = "auto", sche
     torch_dtype = pick_dtype(dtype, device)
     pipe = StableDiffusionPipeline.from_pretrained(
         folder, dtype=torch_dtype, use_safetensors=True, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
+        requires_safety_checker=False,
+        # diffusers' default needs accelerate, and without it warns in every actor: say what it would do
+        low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None)
     if scheduler == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     else:
