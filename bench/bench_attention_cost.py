@@ -35,7 +35,7 @@ SD21_BASE_UNET = dict(
 
 def embedded_ratio(rounds: int, batch: int, steps: int) -> dict:
     from engine.backends.diffusion import DiffusionBackend, DiffusionParams
-    from engine.heads.attention import AttentionHead, AttentionParams
+    from engine.heads.attention.head import AttentionHead, AttentionParams
     from engine.records import ImageRequest
     from engine.spec import ClassSpec
     from engine.world import CLASSES
@@ -74,7 +74,7 @@ def sd_step(capture: bool) -> dict:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from engine.attention import AttentionStore, CaptureConfig
+    from engine.heads.attention import AttentionStore, CaptureConfig
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD21_BASE_UNET).eval()

@@ -18,8 +18,8 @@ IMAGES = 64
 
 
 def main() -> None:
-    from engine.train.adapter import ADAPTER_DIR
-    from engine.train.grounding import GroundingRecipe, generate_triplets
+    from engine.lab.train.adapter import ADAPTER_DIR
+    from engine.lab.train.grounding import GroundingRecipe, generate_triplets
 
     recipe = GroundingRecipe(base=["circle", "square", "triangle", "cross"], novel=["star", "ring"])
     result = {"command": "python bench/bench_teacher_yield.py", "images": IMAGES, "alphas": {}}

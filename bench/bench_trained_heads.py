@@ -30,7 +30,7 @@ BASE, NOVEL = ["circle", "square", "triangle", "cross"], ["star", "ring"]
 
 
 def adapter_runs(args) -> dict:
-    from engine.train.adapter import AdapterRecipe, train_adapter
+    from engine.lab.train.adapter import AdapterRecipe, train_adapter
 
     runs = {}
     for heatmap in (True, False):
@@ -46,7 +46,7 @@ def adapter_runs(args) -> dict:
 
 
 def grounding_runs(args, teacher: str) -> dict:
-    from engine.train.grounding import GroundingRecipe, train_grounding
+    from engine.lab.train.grounding import GroundingRecipe, train_grounding
 
     runs = {}
     grid = [(teacher, a, 0.4) for a in ALPHAS] + [("world", 1.0, b) for b in BETAS]

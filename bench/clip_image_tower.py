@@ -11,7 +11,7 @@ import time
 def arms():
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from engine.train.oracle import build_classifier
+    from engine.lab.train.oracle import build_classifier
 
     def vit(patch):
         return CLIPVisionModelWithProjection(CLIPVisionConfig(
@@ -26,7 +26,7 @@ def run(name, build, lr, steps):
     import torch
 
     from engine.models.tokenizer import build_tokenizer
-    from engine.train.clip import ClipRecipe, _batch
+    from engine.lab.train.clip import ClipRecipe, _batch
 
     torch.manual_seed(0)
     model, tokenizer, recipe = build(), build_tokenizer(), ClipRecipe(seed=1)

@@ -8,11 +8,11 @@ __all__ = ["JobSpec", "load_spec", "parse_spec", "UserError", "SpecError", "run_
 
 def __getattr__(name):  # keep `import engine` free of ray/pyarrow
     if name == "run_job":
-        from .runner import run_job
+        from .job.runner import run_job
 
         return run_job
     if name == "finalize_job":
-        from .finalize import finalize_job
+        from .job.finalize import finalize_job
 
         return finalize_job
     raise AttributeError(name)

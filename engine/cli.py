@@ -253,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args) -> int:
-    from .runner import run_job
+    from .job.runner import run_job
     from .spec import load_spec
 
     spec = load_spec(args.spec, args.overrides, max_images=args.max_images, seed=args.seed, output=args.output)
@@ -265,9 +265,9 @@ def _open_job(args):
     """The output at ``args.uri`` and its recorded spec, whose storage options are the recorded
     ones under what the user gave (the first read, with only what was given, fails fast), and
     whose output is where the URI says (the output may have moved since)."""
-    from .ledger import read_job_spec
+    from .output.ledger import read_job_spec
     from .spec import JobSpec
-    from .storage import Store, job_options
+    from .output.storage import Store, job_options
 
     given = _given_options(args)
     recorded = read_job_spec(Store(args.uri, given, quick=True))
@@ -280,11 +280,11 @@ def _open_job(args):
 
 def _cmd_submit(args) -> int:
     from .spec import load_spec
-    from .submit import submit
+    from .service.submit import submit
 
     spec = load_spec(args.spec, args.overrides, max_images=args.max_images, seed=args.seed, output=args.output)
-    from .location import resolve_submitted_output
-    from .storage import public_options
+    from .output.location import resolve_submitted_output
+    from .output.storage import public_options
 
     # a relative output would land in Ray's temporary copy of the working dir: resolve or refuse it first
     spec = spec.model_copy(update={"output": resolve_submitted_output(spec.output, args.address)})
@@ -298,7 +298,7 @@ def _cmd_submit(args) -> int:
 
 
 def _cmd_logs(args) -> int:
-    from .submit import job_logs
+    from .service.submit import job_logs
 
     print(job_logs(args.id, args.address), end="")
     return 0
@@ -307,7 +307,7 @@ def _cmd_logs(args) -> int:
 def _cmd_jobs(args) -> int:
     import time
 
-    from .submit import list_jobs
+    from .service.submit import list_jobs
 
     for job in list_jobs(args.address):
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.start_time / 1000)) if job.start_time else "-"
@@ -316,14 +316,14 @@ def _cmd_jobs(args) -> int:
 
 
 def _cmd_stop(args) -> int:
-    from .submit import stop_job
+    from .service.submit import stop_job
 
     print("stopped" if stop_job(args.id, args.address) else "not running")
     return 0
 
 
 def _cmd_resume(args) -> int:
-    from .runner import run_job
+    from .job.runner import run_job
 
     _, spec = _open_job(args)
     return _report(run_job(spec, address=args.address, quiet=args.quiet, log=args.log))
@@ -341,7 +341,7 @@ def _report(result) -> int:
 
 
 def _cmd_status(args) -> int:
-    from .status import format_status, job_status
+    from .job.status import format_status, job_status
 
     status = job_status(_open_job(args)[0])
     print(json.dumps(status, indent=1) if args.json else format_status(status))
@@ -349,15 +349,15 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .report import write_report
+    from .job.report import write_report
 
     print(f"report: {write_report(_open_job(args)[0], out=args.out)}")
     return 0
 
 
 def _cmd_finalize(args) -> int:
-    from .finalize import finalize_job
-    from .lease import refuse_if_held
+    from .job.finalize import finalize_job
+    from .output.lease import refuse_if_held
 
     store, spec = _open_job(args)
     refuse_if_held(store, "dde finalize")
@@ -384,24 +384,24 @@ def _cmd_world(args) -> int:
 
 def _cmd_train(args) -> int:
     if args.train_command == "oracle":
-        from .train.oracle import train_oracle
+        from .lab.train.oracle import train_oracle
 
         print(json.dumps(train_oracle(steps=args.steps), indent=1))
         return 0
     if args.train_command == "segmenter":
-        from .train.segmenter import train_segmenter
+        from .lab.train.segmenter import train_segmenter
 
         print(json.dumps(train_segmenter(steps=args.steps), indent=1))
         return 0
     if args.train_command == "adapter":
-        from .train.adapter import AdapterRecipe, train_adapter
+        from .lab.train.adapter import AdapterRecipe, train_adapter
 
         recipe = AdapterRecipe(steps=args.steps, batch=args.batch_size, lr=args.lr, heatmap=not args.no_heatmap,
                                heatmap_weight=args.heatmap_weight, eval_every=args.eval_every)
         print(json.dumps(train_adapter(args.data, args.model, args.out, recipe, args.workers, args.gpus), indent=1))
         return 0
     if args.train_command == "grounding":
-        from .train.grounding import GroundingRecipe, train_grounding
+        from .lab.train.grounding import GroundingRecipe, train_grounding
 
         recipe = GroundingRecipe(base=args.base, novel=args.novel, images=args.images, base_steps=args.base_steps,
                                  novel_steps=args.novel_steps, batch=args.batch_size, alpha=args.alpha,
@@ -416,13 +416,13 @@ def _cmd_train(args) -> int:
 
 def _cmd_bench(args) -> int:
     if args.bench_command == "labels":
-        from .evals.labels import labels_benchmark
+        from .lab.evals.labels import labels_benchmark
 
         result = labels_benchmark(args.model, args.images, args.steps, args.guidance_scale,
                                   head_params=args.head_params, out_dir=args.out)
         print(open(os.path.join(args.out, "labels.md")).read())
         return 0 if result else 1
-    from .evals.fidelity import fidelity_benchmark
+    from .lab.evals.fidelity import fidelity_benchmark
 
     print(json.dumps(fidelity_benchmark(args.model, args.per_class, args.steps, args.guidance_scale,
                                         out_dir=args.out), indent=1))
@@ -434,7 +434,7 @@ def _train_diffusion(args) -> int:
     from dataclasses import replace
 
     from .models.embedded import EMBEDDED_MODELS
-    from .train.diffusion import DiffusionRecipe, train_diffusion
+    from .lab.train.diffusion import DiffusionRecipe, train_diffusion
 
     overrides = {k: v for k, v in {"vae_steps": args.vae_steps, "unet_steps": args.unet_steps,
                                    "batch_size": args.batch_size}.items() if v is not None}
@@ -450,7 +450,7 @@ def _train_diffusion(args) -> int:
 
 
 def _cmd_probe(args) -> int:
-    from .train.probe import ProbeRecipe, probe
+    from .lab.train.probe import ProbeRecipe, probe
 
     alpha = args.alpha if args.alpha is not None else (0.4 if args.real else 1.0)
     recipe = ProbeRecipe(steps=args.steps, batch=args.batch_size, lr=args.lr, alpha=alpha,
@@ -464,7 +464,7 @@ def _train_clip(args) -> int:
     from dataclasses import replace
 
     from .models.embedded import CLIP_DIR
-    from .train.clip import ClipRecipe, train_clip
+    from .lab.train.clip import ClipRecipe, train_clip
 
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
     status = train_clip(args.out, replace(ClipRecipe(), **overrides), max_minutes=args.max_minutes,
@@ -485,13 +485,13 @@ def _cmd_schema(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from .api import load_settings, openapi_json
+    from .service.api import load_settings, openapi_json
 
     if args.openapi:
         sys.stdout.write(openapi_json())
         return 0
     settings = load_settings({"ray_address": args.address} if args.address else {})  # before Ray starts
-    from .service import serve_api
+    from .service.serve import serve_api
 
     serve_api(settings, args.host, args.port)
     return 0
@@ -511,7 +511,7 @@ _STORAGE_COMMANDS = frozenset({"run", "resume", "status", "finalize", "report"})
 def main(argv: list[str] | None = None) -> int:
     import contextlib
 
-    from .storage import report_retries, storage_errors
+    from .output.storage import report_retries, storage_errors
 
     args = _parser().parse_args(argv)
     report_retries()

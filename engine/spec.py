@@ -460,7 +460,7 @@ def _drop_added_defaults(spec: JobSpec, data: dict) -> None:
 
 def recorded_spec(spec: JobSpec) -> dict:
     """The spec as the output records it (_job/spec.json, job.json): storage credentials left out."""
-    from .storage import public_options
+    from .output.storage import public_options
 
     data = spec.model_dump(mode="json")
     data["storage_options"] = public_options(data["storage_options"])

@@ -92,7 +92,7 @@ def s3_env(endpoint: str, **extra: str) -> dict:
 @pytest.fixture(scope="session")
 def s3_job(s3_endpoint, ray_local):
     """One finalized job on S3 with credentials in its storage_options, run once for the session."""
-    from engine.runner import run_job
+    from engine.job.runner import run_job
     from engine.spec import parse_spec
 
     data = copy.deepcopy(BASE_SPEC)
@@ -159,7 +159,7 @@ def tiny_model(tmp_path_factory):
 
     from engine.models.embedded import text_encoder_config, vae_config
     from engine.models.tokenizer import build_tokenizer
-    from engine.train.diffusion import export_pipeline
+    from engine.lab.train.diffusion import export_pipeline
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()

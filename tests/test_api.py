@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from engine.api import allowed_output, load_settings, openapi_schema
+from engine.service.api import allowed_output, load_settings, openapi_schema
 from engine.errors import UserError
 
 from .conftest import BIN, DDE, REPO

@@ -64,7 +64,7 @@ def test_capture_shapes_and_leaves_images_unchanged(tiny_model):
 
 
 def test_timestep_range_and_late_references_weight_steps(tiny_model):
-    from engine.attention import AttentionStore, CaptureConfig
+    from engine.heads.attention import AttentionStore, CaptureConfig
 
     store = AttentionStore(CaptureConfig(cross_resolutions=(8,), self_resolution=None, timesteps=(0.5, 1.0)))
     weights = torch.zeros(2, 4, 1)
@@ -99,7 +99,7 @@ def two_region_attention(side: int, blob: np.ndarray):
 
 
 def test_self_attention_exponentiation_spreads_a_seed_over_its_blob():
-    from engine.attention import class_maps
+    from engine.heads.attention import class_maps
 
     side = 8
     blob = np.zeros((side, side), bool)
@@ -115,7 +115,7 @@ def test_self_attention_exponentiation_spreads_a_seed_over_its_blob():
 
 
 def test_thresholds_make_the_uncertain_band_where_it_belongs():
-    from engine.attention import semantic_mask
+    from engine.heads.attention import semantic_mask
 
     first = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.65, 0.8, 0.9, 1.0])
     second = np.full(11, 0.05)
@@ -128,7 +128,7 @@ def test_thresholds_make_the_uncertain_band_where_it_belongs():
 
 
 def test_bca_splits_components_and_skips_flat_maps():
-    from engine.attention import bca_instances
+    from engine.heads.attention import bca_instances
 
     heat = np.zeros((2, 32, 32))
     heat[0, 2:10, 3:9] = 1.0
@@ -146,7 +146,7 @@ def masks_job(spec_data, tiny_model, head):
     from PIL import Image
     from pycocotools.coco import COCO
 
-    from engine.runner import run_job
+    from engine.job.runner import run_job
 
     spec_data.update(lower_bound=1, budget={"max_images": 4, "max_waves": 1}, unit_size=4, wave_size=4)
     spec_data["generator"] = {"name": "diffusion", "params": {"model": tiny_model, "steps": 2, "batch_size": 4}}
@@ -190,7 +190,7 @@ def test_bca_job_writes_boxes_that_load_in_pycocotools(spec_data, tiny_model, ra
 
 
 def test_box_ap_is_one_for_the_truth_and_lower_for_a_shifted_box():
-    from engine.evals.labels import box_ap
+    from engine.lab.evals.labels import box_ap
     from engine.records import Instance
 
     def square(y, x, side=10):

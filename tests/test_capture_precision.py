@@ -4,8 +4,8 @@ are NaN or inf are an error, never a silent all-background mask (paper-fidelity 
 import pytest
 import torch
 
-from engine.attention import AttentionStore, CaptureConfig
-from engine.attention.capture import _CaptureProcessor
+from engine.heads.attention import AttentionStore, CaptureConfig
+from engine.heads.attention.capture import _CaptureProcessor
 
 RES, CLASSES, KEYS = 4, 2, 6
 

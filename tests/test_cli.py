@@ -11,7 +11,7 @@ import yaml
 
 from engine.cli import main
 from engine.errors import UserError
-from engine.submit import _with_retries
+from engine.service.submit import _with_retries
 
 from .conftest import DDE
 from .helpers import free_port

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from engine.train.clip import ClipRecipe, train_clip
+from engine.lab.train.clip import ClipRecipe, train_clip
 from engine.world import CLASSES
 
 TINY = ClipRecipe(steps=4, batch_size=8, warmup=1, checkpoint_every=2, vision_width=32, vision_layers=1,
@@ -53,7 +53,7 @@ def test_export_is_a_standard_clip_folder_fed_as_in_training(trained):
     from transformers import CLIPModel, CLIPProcessor
 
     from engine.models.tokenizer import build_tokenizer
-    from engine.train.oracle import to_input
+    from engine.lab.train.oracle import to_input
     from engine.world import render_scene
 
     folder = os.path.join(trained, "model")
@@ -73,7 +73,7 @@ def test_export_is_a_standard_clip_folder_fed_as_in_training(trained):
 
 
 def test_zero_shot_and_scores_on_the_exported_model(trained):
-    from engine.evals.clip import image_similarity, image_text_scores, load_clip, zero_shot_accuracy
+    from engine.lab.metrics.clip import image_similarity, image_text_scores, load_clip, zero_shot_accuracy
     from engine.world import render_scene
 
     folder = os.path.join(trained, "model")

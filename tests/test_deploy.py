@@ -92,7 +92,7 @@ def test_serve_config_builds_the_real_app(monkeypatch):
 
 
 def test_rayservice_runs_the_serve_config_with_the_api_settings():
-    from engine.api import load_settings
+    from engine.service.api import load_settings
 
     service = load("deploy/kuberay/rayservice.yaml")
     assert (service["apiVersion"], service["kind"]) == ("ray.io/v1", "RayService")
@@ -117,7 +117,7 @@ def test_openapi_document_is_checked_in_and_valid():
 
     from openapi_spec_validator import validate
 
-    from engine.api import openapi_json
+    from engine.service.api import openapi_json
 
     with open(os.path.join(REPO, "deploy/openapi.json")) as f:
         checked_in = f.read()

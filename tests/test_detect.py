@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from engine.detect import MatchCosts, heatmap_targets, hungarian_match, set_losses
+from engine.heads.boxes.matching import MatchCosts, heatmap_targets, hungarian_match, set_losses
 
 TRUTH = {"labels": torch.tensor([0, 2, 1]),
          "boxes": torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.7, 0.6, 0.3, 0.2], [0.5, 0.8, 0.2, 0.2]])}

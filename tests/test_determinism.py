@@ -78,9 +78,9 @@ def test_bytes_do_not_depend_on_cpus_actors_or_driver_restarts(spec_data, tiny_m
                                                                monkeypatch):
     import torch
 
-    from engine.progress import Progress
-    from engine.runner import open_job, run_job
-    from engine.storage import Store
+    from engine.job.progress import Progress
+    from engine.job.runner import open_job, run_job
+    from engine.output.storage import Store
 
     def run(name, **resources):
         result = run_job(parse_spec(masks_spec(spec_data, tiny_model, tmp_path / name, **resources)), quiet=True)

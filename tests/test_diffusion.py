@@ -111,7 +111,7 @@ def test_ground_truth_head_needs_render(spec_data, tiny_model):
 def test_diffusion_job_end_to_end_on_ray(spec_data, tiny_model, ray_local):
     import pyarrow.parquet as pq
 
-    from engine.runner import run_job
+    from engine.job.runner import run_job
 
     spec_data.update(lower_bound=1, budget={"max_images": 8, "max_waves": 2}, unit_size=4, wave_size=8)
     spec_data["generator"] = {"name": "diffusion", "params": {"model": tiny_model, "steps": 2, "batch_size": 4}}
@@ -125,8 +125,8 @@ def test_diffusion_job_end_to_end_on_ray(spec_data, tiny_model, ray_local):
 
 def test_fidelity_benchmark_reports_every_metric(tiny_model, tmp_path):
     """The benchmark's plumbing on a random model: its numbers are meaningless, their shape is not."""
-    from engine.evals.fidelity import fidelity_benchmark
-    from engine.train.oracle import ORACLE_DIR
+    from engine.lab.evals.fidelity import fidelity_benchmark
+    from engine.lab.train.oracle import ORACLE_DIR
 
     if not os.path.exists(os.path.join(ORACLE_DIR, "classifier.safetensors")):
         pytest.skip("the oracle is not trained yet (dde train oracle)")

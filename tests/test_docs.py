@@ -5,7 +5,7 @@ import copy
 import os
 import re
 
-from engine.finalize import _card
+from engine.job.finalize import _card
 from engine.registry import HEADS
 from engine.spec import Component, parse_spec
 

@@ -4,7 +4,7 @@ import torch
 
 
 def test_pyramid_groups_block_outputs_by_stride_and_eq4_is_deterministic(tiny_model):
-    from engine.features import PyramidCapture, simulated_last_step
+    from engine.heads.boxes.features import PyramidCapture, simulated_last_step
     from engine.models import load_pipeline
 
     pipe = load_pipeline(tiny_model, device="cpu")
@@ -27,7 +27,7 @@ def test_pyramid_groups_block_outputs_by_stride_and_eq4_is_deterministic(tiny_mo
 
 def test_eq4_noises_to_t1_of_the_training_schedule_whatever_the_sampler(tiny_model):
     """DPM-Solver's add_noise looks t up among its inference timesteps; Eq. 4 must not."""
-    from engine.features import PyramidCapture, simulated_last_step
+    from engine.heads.boxes.features import PyramidCapture, simulated_last_step
     from engine.models import load_pipeline
 
     pipe = load_pipeline(tiny_model, device="cpu")  # DPM-Solver++

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from engine.runner import run_job
+from engine.job.runner import run_job
 from engine.spec import parse_spec
-from engine.status import format_status, job_status
-from engine.storage import Store
+from engine.job.status import format_status, job_status
+from engine.output.storage import Store
 
 from .conftest import BASE_SPEC, DDE
 
@@ -118,7 +118,7 @@ def test_row_groups_stay_under_the_limit(monkeypatch):
 
     from engine import sink
     from engine.records import Generated, ImageRequest, Labels
-    from engine.sink import SinkContext, UnitSink
+    from engine.output.sink import SinkContext, UnitSink
 
     import numpy as np
 

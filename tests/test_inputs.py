@@ -9,10 +9,10 @@ import yaml
 from PIL import Image
 
 from engine.errors import InputChanged
-from engine.layout import COMMITS_DIR, SPEC_FILE, marker_file
-from engine.runner import open_job, run_job
+from engine.output.layout import COMMITS_DIR, SPEC_FILE, marker_file
+from engine.job.runner import open_job, run_job
 from engine.spec import parse_spec
-from engine.storage import Store
+from engine.output.storage import Store
 
 from .conftest import BASE_SPEC, DDE
 from .helpers import dataset_digest, job_record
@@ -55,7 +55,7 @@ def test_a_job_that_committed_nothing_starts_over_with_the_edited_file(tmp_path,
     """Case 28 with the kill right after planning: nothing is bound yet, so the edit is taken,
     and the dataset is the one the edited file gives."""
     spec, prompts = jsonl_spec(tmp_path, tmp_path / "killed")
-    from engine.prompts import build_pool
+    from engine.job.prompts import build_pool
 
     inputs: dict = {}
     build_pool(spec, inputs)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from engine.errors import UserError
-from engine.runner import run_job
+from engine.job.runner import run_job
 from engine.spec import parse_spec
-from engine.status import job_status
-from engine.storage import Store
+from engine.job.status import job_status
+from engine.output.storage import Store
 
 from .conftest import DDE
 from .helpers import dataset_digest, job_record

@@ -8,7 +8,7 @@ import pytest
 
 from engine import location
 from engine.errors import UserError
-from engine.location import refuse_temporary_output, resolve_submitted_output
+from engine.output.location import refuse_temporary_output, resolve_submitted_output
 
 REMOTE = "http://192.0.2.1:8265"  # TEST-NET-1: never this machine, never resolved through DNS
 

@@ -10,13 +10,13 @@ import pytest
 import yaml
 
 from engine.errors import UserError
-from engine.finalize import finalize_job
-from engine.layout import COMMITS_DIR, LEASES_DIR, STAGING_DIR, marker_file
-from engine.lease import Lease, TTL_S
-from engine.runner import run_job
+from engine.job.finalize import finalize_job
+from engine.output.layout import COMMITS_DIR, LEASES_DIR, STAGING_DIR, marker_file
+from engine.output.lease import Lease, TTL_S
+from engine.job.runner import run_job
 from engine.spec import parse_spec
-from engine.storage import Store
-from engine.unit import UnitMaker
+from engine.output.storage import Store
+from workers.unit import UnitMaker
 
 from .conftest import BASE_SPEC, DDE, make_bucket, s3_env, s3_options
 from .helpers import dataset_digest, download, job_record
@@ -91,11 +91,11 @@ def test_s3_prefix_with_user_files_is_refused_and_a_sub_prefix_runs(s3_endpoint,
 
 
 def test_a_marker_never_lists_files_that_vanished_before_the_commit(tmp_path, ray_local):
-    from engine.sink import UnitSink
+    from engine.output.sink import UnitSink
     from .test_sink import first_unit
 
     spec = small_spec(str(tmp_path / "out"))
-    from engine.runner import open_job
+    from engine.job.runner import open_job
 
     store = open_job(spec)
     unit = first_unit(spec)
@@ -222,7 +222,7 @@ def test_resume_writes_where_the_uri_says_even_after_a_move(finished, tmp_path):
 
 
 def test_a_lease_whose_process_is_gone_on_this_machine_ends_at_once(finished):
-    from engine.lease import _process_namespace, live_leases
+    from engine.output.lease import _process_namespace, live_leases
 
     spec, store = finished
     gone = subprocess.Popen(["true"])

@@ -1,7 +1,7 @@
 import numpy as np
 
-from engine.planner import Planner, stop_reason, stuck_classes
-from engine.prompts import PromptItem, build_pool, class_append_prompt, generic_prompt
+from engine.job.planner import Planner, stop_reason, stuck_classes
+from engine.job.prompts import PromptItem, build_pool, class_append_prompt, generic_prompt
 from engine.spec import parse_spec
 
 

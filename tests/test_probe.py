@@ -12,7 +12,7 @@ from .conftest import BASE_SPEC
 
 
 def test_alpha_sampler_draws_synthetic_with_probability_alpha_and_repeats_itself():
-    from engine.mixing import AlphaSampler
+    from engine.lab.train.mixing import AlphaSampler
 
     sampler = AlphaSampler(synthetic=50, real=200, alpha=0.4, seed=3)
     picks = np.concatenate([sampler.draw(step, 32) for step in range(500)])
@@ -28,7 +28,7 @@ def test_alpha_sampler_draws_synthetic_with_probability_alpha_and_repeats_itself
 
 
 def test_schedule_warms_up_linearly_then_decays():
-    from engine.train.detection import Schedule
+    from engine.lab.train.detection import Schedule
 
     schedule = Schedule(100, 1.0, warmup=10)
     assert [schedule.lr_at(s) for s in (0, 4, 9, 50, 80)] == pytest.approx([0.1, 0.5, 1.0, 1.0, 0.1])
@@ -38,7 +38,7 @@ def test_schedule_warms_up_linearly_then_decays():
 @pytest.fixture(scope="module")
 def probe_inputs(tmp_path_factory, ray_local):
     """A finished 32-image render + ground_truth dde output and a 16-image val set, 32 px."""
-    from engine.runner import run_job
+    from engine.job.runner import run_job
     from engine.spec import parse_spec
     from engine.world import WorldConfig, export_coco
 
@@ -52,7 +52,7 @@ def probe_inputs(tmp_path_factory, ray_local):
 
 
 def test_probe_trains_on_ray_scores_ap_and_resumes(probe_inputs, tmp_path):
-    from engine.train.probe import ProbeRecipe, probe
+    from engine.lab.train.probe import ProbeRecipe, probe
 
     out, val = probe_inputs
     folder = str(tmp_path / "probe")
@@ -68,7 +68,7 @@ def test_probe_trains_on_ray_scores_ap_and_resumes(probe_inputs, tmp_path):
 
 
 def test_probe_mixes_real_data_by_alpha(probe_inputs, tmp_path):
-    from engine.train.probe import ProbeRecipe, probe
+    from engine.lab.train.probe import ProbeRecipe, probe
 
     out, val = probe_inputs
     real = tmp_path / "real"

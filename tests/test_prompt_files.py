@@ -6,7 +6,7 @@ import os
 import pytest
 
 from engine.errors import UserError
-from engine.prompts import build_pool
+from engine.job.prompts import build_pool
 from engine.spec import parse_spec
 
 from .conftest import BASE_SPEC

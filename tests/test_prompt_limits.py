@@ -7,8 +7,8 @@ import os
 import pytest
 
 from engine.errors import UserError
-from engine.prompt_limits import RECORD, describe_limit, limit_prompts
-from engine.prompts import build_pool
+from engine.job.prompt_limits import RECORD, describe_limit, limit_prompts
+from engine.job.prompts import build_pool
 from engine.spec import parse_spec
 
 from .conftest import BASE_SPEC
@@ -83,8 +83,8 @@ def test_backends_without_a_tokenizer_are_not_checked(tmp_path):
 
 
 def test_the_counts_are_recorded_with_the_inputs_and_shown_by_status(tmp_path):
-    from engine.runner import open_job
-    from engine.status import format_status, job_status
+    from engine.job.runner import open_job
+    from engine.job.status import format_status, job_status
 
     spec = diffusion_job(tmp_path, ["a star, " + FILLER, "a circle"])
     spec.output = f"memory://limits-{tmp_path.name}"

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from engine.errors import UserError
-from engine.prompts import build_pool
+from engine.job.prompts import build_pool
 from engine.spec import parse_spec
 
 from .conftest import BASE_SPEC
@@ -153,7 +153,7 @@ def test_missing_images_are_skipped_and_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "prompts.images: 4 of the 8 images listed are missing and are skipped" in err and "frame_000002.png" in err
     assert inputs["prompts.images"]["size"] == 4 and inputs["prompts.images"]["unit"] == "images present"
-    from engine.references import describe_missing  # the line status, the card and the report show
+    from engine.job.references import describe_missing  # the line status, the card and the report show
 
     assert describe_missing(inputs["prompts.images"]) == (
         f"4 of the 8 images listed were missing and skipped (e.g. {tmp_path / 'images' / 'frame_000002.png'})")

@@ -11,10 +11,10 @@ import urllib.request
 import pytest
 from PIL import Image
 
-from engine.runner import open_job
+from engine.job.runner import open_job
 from engine.spec import parse_spec
-from engine.storage import Store
-from engine.unit import UnitMaker
+from engine.output.storage import Store
+from workers.unit import UnitMaker
 
 from .chromium import Browser, find_chromium, open_page
 from .conftest import DDE, REPO, S3_SECRET, s3_env

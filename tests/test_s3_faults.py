@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from engine.storage import Store
+from engine.output.storage import Store
 
 from .conftest import DDE, S3_SECRET, make_bucket, s3_env, s3_options
 from .helpers import Gate, dataset_digest, download, job_record

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from engine.errors import UserError
-from engine.evals.segmentation import confusion, iou_table, pixel_accuracy
-from engine.train.segmenter import SEGMENTER_DIR, VAL_STREAM, load_segmenter, rendered_scenes, segment, train_segmenter
+from engine.lab.metrics.segmentation import confusion, iou_table, pixel_accuracy
+from engine.lab.train.segmenter import SEGMENTER_DIR, VAL_STREAM, load_segmenter, rendered_scenes, segment, train_segmenter
 
 from .conftest import DDE
 

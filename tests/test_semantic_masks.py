@@ -6,9 +6,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from engine.attention import semantic_mask
+from engine.heads.attention import semantic_mask
 from engine.records import semantic_dtype, uncertain_value
-from engine.sink import encode_png, semantic_palette
+from engine.output.sink import encode_png, semantic_palette
 
 
 def test_dtype_follows_the_vocabulary():

@@ -8,14 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from engine.layout import COMMITS_DIR, STAGING_DIR, marker_file
-from engine.planner import Planner
-from engine.prompts import build_pool
-from engine.runner import _request, open_job
-from engine.sink import UnitSink
+from engine.output.layout import COMMITS_DIR, STAGING_DIR, marker_file
+from engine.job.planner import Planner
+from engine.job.prompts import build_pool
+from engine.job.runner import _request, open_job
+from engine.output.sink import UnitSink
 from engine.spec import parse_spec
-from engine.storage import Store
-from engine.unit import UnitMaker
+from engine.output.storage import Store
+from workers.unit import UnitMaker
 
 from .conftest import make_bucket, s3_options
 

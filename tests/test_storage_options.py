@@ -12,9 +12,9 @@ import boto3
 import pytest
 
 from engine.cli import main
-from engine.prompts import build_pool
+from engine.job.prompts import build_pool
 from engine.spec import fingerprint, parse_spec, recorded_spec
-from engine.storage import input_options
+from engine.output.storage import input_options
 
 from .conftest import BASE_SPEC, S3_KEY, S3_SECRET, make_bucket, s3_options
 
@@ -164,7 +164,7 @@ def test_input_options_are_neither_fingerprinted_nor_recorded_with_credentials(s
 def test_long_storage_retries_say_so(capsys):
     import logging
 
-    from engine.storage import report_retries
+    from engine.output.storage import report_retries
 
     report_retries()
     logger = logging.getLogger("botocore.endpoint")
@@ -177,7 +177,7 @@ def test_long_storage_retries_say_so(capsys):
 def test_only_a_storage_clients_connection_error_is_a_storage_outage():
     from botocore.exceptions import EndpointConnectionError
 
-    from engine.storage import unreachable
+    from engine.output.storage import unreachable
 
     assert not unreachable(RuntimeError("unit failed 3 times"))
     try:

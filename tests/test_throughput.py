@@ -1,17 +1,17 @@
-"""One definition of throughput and ETA (engine/throughput.py), checked against a job's
+"""One definition of throughput and ETA (engine/job/throughput.py), checked against a job's
 wall clock and shared by the progress bar, `dde status`, the report and the API."""
 
 import time
 
 import pytest
 
-from engine.ledger import Ledger
-from engine.progress import Progress
-from engine.runner import run_job
+from engine.output.ledger import Ledger
+from engine.job.progress import Progress
+from engine.job.runner import run_job
 from engine.spec import parse_spec
-from engine.status import format_status, job_status
-from engine.storage import Store
-from engine.throughput import eta_seconds, run_intervals, wall_seconds
+from engine.job.status import format_status, job_status
+from engine.output.storage import Store
+from engine.job.throughput import eta_seconds, run_intervals, wall_seconds
 
 
 def _unit(started: float, committed: float, images: int = 8, seconds: float = 1.0) -> dict:

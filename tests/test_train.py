@@ -7,8 +7,8 @@ import pytest
 from safetensors.torch import load_file
 
 from engine.models.embedded import EMBEDDED_MODELS
-from engine.train.diffusion import DiffusionRecipe, train_diffusion
-from engine.train.oracle import ORACLE_DIR
+from engine.lab.train.diffusion import DiffusionRecipe, train_diffusion
+from engine.lab.train.oracle import ORACLE_DIR
 
 TINY = DiffusionRecipe(vae_steps=3, unet_steps=4, vae_batch_size=4, batch_size=4, latent_pool=16,
                        checkpoint_every=2, warmup=1)
@@ -64,7 +64,7 @@ def test_embedded_model_generates_real_images():
 def test_shipped_oracle_recognises_rendered_scenes():
     import torch
 
-    from engine.train.oracle import load_oracle, rendered_set, to_input
+    from engine.lab.train.oracle import load_oracle, rendered_set, to_input
 
     images, labels = rendered_set(31_337, 200)
     with torch.no_grad():

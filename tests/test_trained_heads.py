@@ -12,7 +12,7 @@ from engine.spec import parse_spec
 
 
 def tiny_detector(**overrides):
-    from engine.detector import DetectorConfig, build_detector
+    from engine.heads.boxes.detector import DetectorConfig, build_detector
 
     config = dict(levels={4: 6, 8: 10}, image_size=32, num_classes=3, width=32, query_side=4, heads=2, heatmap=True)
     torch.manual_seed(0)
@@ -31,7 +31,7 @@ TARGETS = [{"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.
 
 
 def test_a_few_training_steps_reduce_every_loss_including_the_heatmap():
-    from engine.detector import detection_loss
+    from engine.heads.boxes.detector import detection_loss
 
     model, features = tiny_detector(), pyramid()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -56,8 +56,8 @@ def test_grounding_scores_any_class_name_embedding():
 
 
 def test_saved_head_loads_deterministically(tmp_path):
-    from engine.train.adapter import load_detector
-    from engine.train.oracle import save_trained
+    from engine.lab.train.adapter import load_detector
+    from engine.lab.train.oracle import save_trained
 
     model = tiny_detector()
     save_trained(model, str(tmp_path), "adapter", {"classes": ["a", "b", "c"], "detector": model.config.to_json()})
@@ -72,7 +72,7 @@ def test_saved_head_loads_deterministically(tmp_path):
 
 
 def test_detections_keep_scores_above_the_threshold_in_pixels():
-    from engine.detector import detections
+    from engine.heads.boxes.detector import detections
 
     logits = torch.full((1, 3, 2), -9.0)
     logits[0, 0, 1], logits[0, 2, 0] = 2.0, -0.5  # sigmoid 0.88 and 0.38
@@ -97,7 +97,7 @@ def tiny_world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_adapter(tiny_world, tiny_model, tmp_path_factory, ray_local):
-    from engine.train.adapter import AdapterRecipe, train_adapter
+    from engine.lab.train.adapter import AdapterRecipe, train_adapter
 
     out = str(tmp_path_factory.mktemp("adapter"))
     card = train_adapter(tiny_world, tiny_model, out, AdapterRecipe(steps=4, batch=4, eval_every=2))
@@ -105,7 +105,7 @@ def tiny_adapter(tiny_world, tiny_model, tmp_path_factory, ray_local):
 
 
 def test_train_adapter_runs_on_ray_train_and_resumes(tiny_adapter, tiny_world, tiny_model):
-    from engine.train.adapter import AdapterRecipe, train_adapter
+    from engine.lab.train.adapter import AdapterRecipe, train_adapter
 
     out, card = tiny_adapter
     assert card["classes"][:2] == ["circle", "square"] and card["train_images"] == 24 and card["val_images"] == 8
@@ -140,7 +140,7 @@ def box_job(spec_data, tiny_model, head, params, classes):
     import pyarrow.parquet as pq
     from pycocotools.coco import COCO
 
-    from engine.runner import run_job
+    from engine.job.runner import run_job
 
     spec_data.update(classes=classes, lower_bound=1, budget={"max_images": 4, "max_waves": 1}, unit_size=4,
                      wave_size=4)
@@ -182,7 +182,7 @@ def test_adapter_rejects_classes_it_was_not_trained_on(spec_data, tiny_model, ti
 
 def test_grounding_trains_both_stages_and_its_job_takes_unseen_names(spec_data, tiny_model, tiny_adapter, tmp_path,
                                                                      ray_local):
-    from engine.train.grounding import GroundingRecipe, train_grounding
+    from engine.lab.train.grounding import GroundingRecipe, train_grounding
 
     recipe = GroundingRecipe(base=["circle", "square"], novel=["star"], images=8, base_steps=2, novel_steps=2,
                              batch=4, eval_every=2, val_images=8, alpha=0.0, beta=0.0, sampling_steps=2)

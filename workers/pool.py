@@ -172,7 +172,7 @@ class InProcessPool:
     lives in one process, so actors elsewhere could not write to it."""
 
     def __init__(self, spec: JobSpec):
-        from engine.unit import UnitMaker
+        from workers.unit import UnitMaker
 
         self.maker = UnitMaker(spec)
 

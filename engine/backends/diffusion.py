@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
-from ..layout import derive_seed
+from ..output.layout import derive_seed
 from ..records import Generated, ImageRequest
 from .base import Backend, StrictParams
 
@@ -100,7 +100,7 @@ class DiffusionBackend(Backend):
         from transformers import CLIPTokenizer
 
         from ..models import is_hub_id, resolve_model
-        from ..prompt_limits import TextEncoders
+        from ..job.prompt_limits import TextEncoders
 
         params = DiffusionParams(**spec.generator.params)
         try:

@@ -6,7 +6,7 @@ The box baseline that trained heads must beat; no self-attention is captured.
 from __future__ import annotations
 
 from ..records import Generated, Instance, Labels
-from .attention import AttentionCaptureHead
+from .attention.head import AttentionCaptureHead
 
 __all__ = ["BinarisedCrossAttentionHead"]
 
@@ -15,7 +15,7 @@ class BinarisedCrossAttentionHead(AttentionCaptureHead):
     uses_self_attention = False
 
     def label_one(self, generated: Generated) -> Labels:
-        from ..attention import bca_instances, class_maps
+        from .attention import bca_instances, class_maps
 
         captured = generated.extras["attention"]
         maps = class_maps(captured, generated.image.shape[0], tau=0)

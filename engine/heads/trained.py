@@ -1,5 +1,5 @@
 """What the trained box heads (``adapter``, ``grounding``) share: they read a UNet feature
-pyramid (``engine.features.PyramidCapture``, forward hooks on the ``diffusion`` backend's UNet)
+pyramid (``engine.heads.boxes.features.PyramidCapture``, forward hooks on the ``diffusion`` backend's UNet)
 and run a detector trained by ``dde train adapter`` / ``dde train grounding`` on it. Boxes only:
 instances carry no mask.
 
@@ -74,12 +74,12 @@ class TrainedBoxHead(Head):
 
     @classmethod
     def load(cls, params):
-        from ..train.adapter import load_detector
+        from ..lab.train.adapter import load_detector
 
         return load_detector(params.weights or cls.shipped, cls.load_stem(params), cls.name)
 
     def attach(self, backend) -> None:
-        from ..features import PyramidCapture
+        from .boxes.features import PyramidCapture
 
         pipe = backend.pipe
         self.detector, self.card = self.load(self.params)
@@ -112,7 +112,7 @@ class TrainedBoxHead(Head):
         """The pyramid of the images ``todo``."""
         import torch
 
-        from ..features import simulated_features
+        from .boxes.features import simulated_features
 
         if self.params.features == "simulated":
             return simulated_features(self.pipe, self.capture, [generated[k] for k in todo], requests[todo[0]].seed)
@@ -122,7 +122,7 @@ class TrainedBoxHead(Head):
     def label(self, requests: list[ImageRequest], generated: list[Generated]) -> list[Labels]:
         import torch
 
-        from ..detector import detections
+        from .boxes.detector import detections
 
         todo = [k for k, g in enumerate(generated) if g.image is not None]
         labels = [Labels([]) for _ in generated]

@@ -1,0 +1,248 @@
+"""Attention capture through diffusers attention processors (Dataset Diffusion, section 3.2).
+
+``AttentionStore.install(unet)`` wraps the processors of the chosen layers only; every
+other layer keeps its fused attention (SDPA or xformers), and the wrapped layers still
+compute their output with it. A wrapped layer also recomputes, for the conditional half
+of the batch only, the probabilities it needs:
+
+- cross-attention: the conditional queries against the keys of a class-only prompt
+  ``"c1 c2 ... cM"`` (encoded beside the generation prompt, which stays unchanged), with
+  each class's sub-tokens averaged;
+- self-attention at one resolution.
+
+Both are averaged over heads and added into fp32 running sums allocated per batch, so a
+map never outlives its layer call. A forward pre-hook on the UNet counts denoising steps:
+a step counts for an image when it lies in the configured share of the schedule and at or
+after the image's own start step (img2img references enter the batch late).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CaptureConfig", "AttentionStore", "attention_resolutions", "check_resolutions", "encode_class_prompts"]
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    cross_resolutions: tuple[int, ...]
+    self_resolution: int | None
+    timesteps: tuple[float, float] = (0.0, 1.0)  # share of the denoising schedule, 0 = the noisiest step
+    blocks: tuple[str, ...] = ("down", "mid", "up")  # UNet parts whose layers are captured
+    cross_keys: str = "start_and_classes"  # see encode_class_prompts
+
+
+def _layer_resolution(name: str, latent_size: int, levels: int) -> int:
+    """The latent side a processor runs at, from its module path (``down_blocks.1...``)."""
+    block, _, rest = name.partition(".")
+    if block == "mid_block":
+        return latent_size >> (levels - 1)
+    index = int(rest.split(".", 1)[0])
+    return latent_size >> (index if block == "down_blocks" else levels - 1 - index)
+
+
+def attention_resolutions(unet_config: dict) -> list[int]:
+    """Latent sides at which the UNet has (self and cross) attention, largest first."""
+    latent, levels = unet_config["sample_size"], len(unet_config["block_out_channels"])
+    blocks = [f"{kind}.{i}" for kind, key in (("down_blocks", "down_block_types"), ("up_blocks", "up_block_types"))
+              for i, block_type in enumerate(unet_config[key]) if "CrossAttn" in block_type]
+    if "CrossAttn" in (unet_config.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
+        blocks.append("mid_block")
+    return sorted({_layer_resolution(b, latent, levels) for b in blocks}, reverse=True)
+
+
+def check_resolutions(unet_config: dict, config: CaptureConfig) -> str | None:
+    """One message if the configured resolutions are not among the model's attention layers."""
+    available = attention_resolutions(unet_config)
+    wanted = set(config.cross_resolutions) | ({config.self_resolution} - {None})
+    missing = sorted(wanted - set(available))
+    if not missing:
+        return None
+    return (f"label_head.params: expected attention resolutions among {available} for this model, got {missing}; "
+            f"set cross_resolutions and self_resolution to some of {available}")
+
+
+def encode_class_prompts(pipe, class_lists: list[list[str]], keys: str = "start_and_classes"):
+    """Class-only prompts ``[BOS c1 ... cM EOS pad...]`` through the pipeline's own text encoder.
+
+    Returns their embeddings (B, L, D), token weights (B, L, Mmax) whose column m averages the
+    sub-tokens of class m (so "traffic light" counts once), and a key bias (B, 1, L) that
+    limits the softmax to ``keys``: ``"start_and_classes"`` (the class tokens, with the start
+    token as the place attention goes when no class is there: a softmax over one class token
+    alone would be constant), or ``"prompt"`` (every token, as Dataset Diffusion's code does).
+    """
+    import torch
+
+    tokenizer = pipe.tokenizer
+    length = tokenizer.model_max_length
+    widest = max((len(c) for c in class_lists), default=0)
+    ids = torch.full((len(class_lists), length), tokenizer.pad_token_id, dtype=torch.long)
+    weights = torch.zeros(len(class_lists), length, max(widest, 1))
+    for b, names in enumerate(class_lists):
+        row = [tokenizer.bos_token_id]
+        for m, name in enumerate(names):
+            pieces = tokenizer(name.replace("_", " "), add_special_tokens=False).input_ids
+            if len(row) + len(pieces) >= length:  # no room left (prompt_limits refuses such items before a job)
+                break
+            weights[b, len(row):len(row) + len(pieces), m] = 1.0 / len(pieces)
+            row += pieces
+        row.append(tokenizer.eos_token_id)
+        ids[b, :len(row)] = torch.tensor(row)
+    device = pipe.text_encoder.device
+    with torch.no_grad():
+        embeds = pipe.text_encoder(ids.to(device))[0]
+    bias = torch.zeros(len(class_lists), 1, length)
+    if keys == "start_and_classes":
+        keep = weights.sum(-1) > 0
+        keep[:, 0] = True
+        bias[~keep[:, None, :]] = float("-inf")
+    return embeds.to(pipe.unet.dtype), weights.to(device), bias.to(device)
+
+
+class _CaptureProcessor:
+    """Runs the layer's own (fused) processor, then lets the store record this layer."""
+
+    def __init__(self, store: "AttentionStore", inner, kind: str, resolution: int):
+        self.store, self.inner, self.kind, self.resolution = store, inner, kind, resolution
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if self.store.recording:
+            self.store.record(self, attn, hidden_states)
+        return out
+
+
+class AttentionStore:
+    """Running sums of class cross-attention and self-attention for one batch at a time.
+
+    Use::
+
+        store = AttentionStore(config); store.install(unet)
+        store.begin(*encode_class_prompts(pipe, class_lists, config.cross_keys), start_steps, steps)
+        pipe(...)                         # one UNet call per denoising step
+        maps = store.end()                # per image: {"cross": {res: (res*res, M)}, "self": (r*r, r*r)}
+    """
+
+    def __init__(self, config: CaptureConfig):
+        self.config = config
+        self.recording = False
+        self._batch = 0
+
+    # ---- installation
+    def install(self, unet) -> None:
+        from ...errors import UserError
+
+        problem = check_resolutions(unet.config, self.config)
+        if problem:
+            raise UserError(problem)
+        latent, levels = unet.config.sample_size, len(unet.config.block_out_channels)
+        processors = {}
+        for name, processor in unet.attn_processors.items():
+            kind = "self" if ".attn1." in name else "cross"
+            resolution = _layer_resolution(name, latent, levels)
+            chosen = name.split("_", 1)[0] in self.config.blocks and (
+                resolution == self.config.self_resolution if kind == "self"
+                else resolution in self.config.cross_resolutions)
+            processors[name] = _CaptureProcessor(self, processor, kind, resolution) if chosen else processor
+        unet.set_attn_processor(processors)
+        unet.register_forward_pre_hook(self._on_step)
+
+    # ---- one batch
+    def begin(self, class_embeds, token_weights, key_bias, start_steps: list[int], steps: int) -> None:
+        import torch
+
+        device = token_weights.device
+        self._batch, self._steps, self._step = len(start_steps), steps, 0
+        self._starts = torch.tensor(start_steps, device=device)
+        self._class_embeds, self._token_weights = class_embeds, token_weights
+        self._key_bias = key_bias
+        self._class_keys: dict[int, object] = {}
+        classes = token_weights.shape[-1]
+        self._cross = {r: torch.zeros(self._batch, r * r, classes, device=device)
+                       for r in self.config.cross_resolutions}
+        r = self.config.self_resolution
+        self._self = torch.zeros(self._batch, r * r, r * r, device=device) if r else None
+        self._counts = {("cross", r): torch.zeros(self._batch, device=device) for r in self.config.cross_resolutions}
+        if r:
+            self._counts[("self", r)] = torch.zeros(self._batch, device=device)
+        self._weights = None
+
+    def buffers(self) -> list:
+        """The running sums of the current batch (for measuring their memory)."""
+        return [*self._cross.values(), *([self._self] if self._self is not None else [])]
+
+    def end(self) -> list[dict]:
+        """Per image, the captured maps. Raises FloatingPointError if any sum is NaN or inf
+        (a NaN map would otherwise threshold to an all-background mask, silently)."""
+        self.recording = False
+        self._check_finite()
+        maps = []
+        for b in range(self._batch):
+            entry = {"cross": {r: (s[b] / self._counts[("cross", r)][b].clamp(min=1e-8)).float().cpu()
+                               for r, s in self._cross.items()}}
+            if self._self is not None:
+                count = self._counts[("self", self.config.self_resolution)][b].clamp(min=1e-8)
+                entry["self"] = (self._self[b] / count).float().cpu()
+            maps.append(entry)
+        self._batch, self._cross, self._self, self._class_keys = 0, {}, None, {}
+        return maps
+
+    def _check_finite(self) -> None:
+        import torch
+
+        sums = {f"cross-attention at {r}x{r}": s for r, s in self._cross.items()}
+        if self._self is not None:
+            sums[f"self-attention at {self.config.self_resolution}x{self.config.self_resolution}"] = self._self
+        bad = [name for name, total in sums.items() if not bool(torch.isfinite(total).all())]
+        if bad:
+            self._batch, self._cross, self._self, self._class_keys = 0, {}, None, {}
+            raise FloatingPointError(f"attention capture: NaN or inf in the {', '.join(bad)} maps (the model's "
+                                     f"activations overflowed); no masks are made from them")
+
+    def _on_step(self, module, args) -> None:
+        if not self._batch:
+            return
+        lo, hi = self.config.timesteps
+        step, self._step = self._step, self._step + 1
+        in_range = lo * self._steps <= step < max(hi * self._steps, lo * self._steps + 1)
+        self._weights = ((self._starts <= step) & in_range).float()
+        self.recording = bool(self._weights.any())
+
+    # ---- one layer call
+    def record(self, processor: _CaptureProcessor, attn, hidden_states) -> None:
+        import torch
+
+        batch = self._batch
+        states = hidden_states[-batch:]  # CFG puts the conditional half last
+        if states.ndim == 4:
+            states = states.flatten(2).transpose(1, 2)
+        with torch.no_grad():
+            query = self._heads(attn, attn.to_q(states), attn.norm_q)
+            if processor.kind == "self":
+                key = self._heads(attn, attn.to_k(states), attn.norm_k)
+                total = self._self
+            else:
+                key = self._class_keys.get(id(attn))
+                if key is None:
+                    key = self._class_keys[id(attn)] = self._heads(attn, attn.to_k(self._class_embeds), attn.norm_k)
+                total = self._cross[processor.resolution]
+            probs = 0
+            for h in range(attn.heads):  # one head at a time: the transient stays (B, N, L)
+                # upcast before the product, as diffusers' get_attention_scores does with
+                # upcast_attention: an fp16 q·kᵀ can overflow to inf before any scaling
+                scores = (query[:, h].float() @ key[:, h].float().transpose(-1, -2)) * attn.scale
+                if processor.kind == "cross":
+                    scores = scores + self._key_bias
+                probs = probs + torch.softmax(scores, dim=-1)
+            probs = probs / attn.heads
+            if processor.kind == "cross":
+                probs = probs @ self._token_weights
+            total.add_(self._weights[:, None, None] * probs)
+            self._counts[(processor.kind, processor.resolution)].add_(self._weights)
+
+    @staticmethod
+    def _heads(attn, projected, norm):
+        batch, length, inner = projected.shape
+        split = projected.view(batch, length, attn.heads, inner // attn.heads).transpose(1, 2)
+        return norm(split) if norm is not None else split

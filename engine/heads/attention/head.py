@@ -1,0 +1,159 @@
+"""``attention``: semantic masks with an uncertainty band from the model's own attention
+(Dataset Diffusion): class-prompt cross-attention refined by self-attention raised to tau,
+thresholded at alpha/beta (Eq. 5); instances are the connected components of each class.
+
+Works with the ``diffusion`` backend on any SD-architecture model: the head attaches an
+``AttentionStore`` to the backend's UNet, which records during sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ...backends.base import StrictParams
+from ...records import Generated, ImageRequest, Instance, Labels, semantic_dtype
+from ...spec import JobSpec, require_ordered
+from ..base import Head
+
+__all__ = ["AttentionHead", "AttentionCaptureHead", "CaptureParams"]
+
+
+class CaptureParams(StrictParams):
+    cross_resolutions: list[int] | None = Field(
+        default=None, description="Latent sides whose class cross-attention is averaged. Default: 16 for SD "
+                                  "512-px models (latent 64), the two largest attention sides for smaller latents.")
+    self_resolution: int | None = Field(
+        default=None, description="Latent side of the self-attention used for refinement. Default: 32 for SD "
+                                  "512-px models, the largest attention side for smaller latents.")
+    timesteps: tuple[float, float] = Field(
+        default=(0.0, 1.0), description="Share of the denoising schedule to average over; 0 is the noisiest step.")
+    blocks: list[Literal["down", "mid", "up"]] = Field(
+        default=["down", "mid", "up"], min_length=1, description="UNet parts whose attention layers are captured.")
+    cross_keys: Literal["start_and_classes", "prompt"] = Field(
+        default="start_and_classes", description="Keys of the class cross-attention softmax: the class tokens with "
+                                                  "the start token, or the whole class-only prompt.")
+    min_area: float = Field(default=0.005, gt=0, lt=1, description="Smallest instance, as a share of the image.")
+
+    @model_validator(mode="after")
+    def _timestep_range(self) -> "CaptureParams":
+        lo, hi = self.timesteps
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"expected 0 <= timesteps[0] < timesteps[1] <= 1, got {list(self.timesteps)}")
+        return self
+
+
+def capture_config(params: CaptureParams, unet_config: dict, with_self: bool):
+    """The resolutions to capture: the configured ones, or defaults for the model's latent size."""
+    from . import CaptureConfig, attention_resolutions
+
+    sides = attention_resolutions(unet_config)
+    if unet_config["sample_size"] >= 64:  # SD 512-px: Dataset Diffusion's Table 4 best
+        cross_default, self_default = [unet_config["sample_size"] // 4], unet_config["sample_size"] // 2
+    else:  # small latents: the finest layers still hold only a few cells per object
+        cross_default, self_default = sides[:2], sides[0]
+    return CaptureConfig(
+        cross_resolutions=tuple(params.cross_resolutions or cross_default),
+        self_resolution=(params.self_resolution or self_default) if with_self else None,
+        timesteps=tuple(params.timesteps), blocks=tuple(params.blocks), cross_keys=params.cross_keys)
+
+
+def _local_unet_config(generator_params: dict) -> dict | None:
+    """The UNet config of a local or embedded model (None for a hub id: checked when loaded)."""
+    from ...backends.diffusion import DiffusionParams
+    from ...errors import UserError
+    from ...models import is_hub_id, resolve_model
+
+    model = DiffusionParams(**generator_params).model
+    if is_hub_id(model):
+        return None
+    try:
+        path = os.path.join(resolve_model(model), "unet", "config.json")
+    except UserError:
+        return None  # the backend reports the model itself
+    with open(path) as f:
+        return json.load(f)
+
+
+class AttentionCaptureHead(Head):
+    """A head that labels from attention captured while the ``diffusion`` backend samples."""
+
+    Params = CaptureParams
+    uses_self_attention = True
+    builds_class_prompts = True
+
+    @classmethod
+    def check_spec(cls, spec: JobSpec) -> list[str]:
+        from . import check_resolutions
+
+        if spec.generator.name != "diffusion":
+            return [f"label_head.name: expected a head for {spec.generator.name!r} images, got "
+                    f"{spec.label_head.name!r} (it reads the attention of the 'diffusion' backend)"]
+        unet_config = _local_unet_config(spec.generator.params)
+        if unet_config is None:
+            return []
+        config = capture_config(cls.Params(**spec.label_head.params), unet_config, cls.uses_self_attention)
+        problem = check_resolutions(unet_config, config)
+        return [problem] if problem else []
+
+    def attach(self, backend) -> None:
+        from . import AttentionStore
+
+        unet = backend.pipe.unet
+        self.store = AttentionStore(capture_config(self.params, unet.config, self.uses_self_attention))
+        self.store.install(unet)
+        backend.observers.append(self)
+        self.category_id = {c.name: i + 1 for i, c in enumerate(self.classes)}
+
+    # ---- the backend's observer protocol
+    def begin_batch(self, pipe, requests: list[ImageRequest], start_steps: list[int], steps: int) -> None:
+        from . import encode_class_prompts
+
+        self._classes = [list(dict.fromkeys(r.classes)) for r in requests]
+        self.store.begin(*encode_class_prompts(pipe, self._classes, self.store.config.cross_keys), start_steps, steps)
+
+    def end_batch(self) -> list[dict]:
+        return [{"attention": {**maps, "classes": names}} for maps, names in zip(self.store.end(), self._classes)]
+
+    # ---- labelling
+    def label(self, requests: list[ImageRequest], generated: list[Generated]) -> list[Labels]:
+        return [self.label_one(g) if g.image is not None and g.extras.get("attention", {}).get("classes")
+                else Labels([]) for g in generated]
+
+    def label_one(self, generated: Generated) -> Labels:
+        raise NotImplementedError
+
+    def min_pixels(self, height: int, width: int) -> int:
+        return max(1, math.ceil(self.params.min_area * height * width))
+
+
+class AttentionParams(CaptureParams):
+    tau: int = Field(default=4, ge=0, le=16, description="Self-attention exponent (Eq. 3); 0 is cross-attention only.")
+    alpha: float = Field(default=0.5, ge=0, le=1, description="At or below: background (Eq. 5).")
+    beta: float = Field(default=0.6, ge=0, le=1, description="At or above: the class; between: uncertain (255).")
+
+    @model_validator(mode="after")
+    def _band(self) -> "AttentionParams":
+        return require_ordered(self, "alpha", "beta")
+
+
+class AttentionHead(AttentionCaptureHead):
+    Params = AttentionParams
+
+    def label_one(self, generated: Generated) -> Labels:
+        from . import class_maps, components, semantic_mask
+
+        captured, p = generated.extras["attention"], self.params
+        names = captured["classes"]
+        maps = class_maps(captured, generated.image.shape[0], p.tau)
+        mask, objectness = semantic_mask(maps, [self.category_id[n] for n in names], p.alpha, p.beta,
+                                         semantic_dtype(len(self.category_id)))
+        instances = [Instance(name, region, score) for name in names
+                     for region, score in components(mask == self.category_id[name], objectness,
+                                                     self.min_pixels(*generated.image.shape[:2]))]
+        return Labels(instances, semantic=mask)

@@ -1,0 +1,181 @@
+"""The set-prediction detector of the trained label heads, on a UNet feature pyramid.
+
+One network serves both heads; only the classifier differs:
+
+- ``adapter`` (DiffusionEngine's Detection-Adapter): a linear classifier over a fixed class list;
+- ``grounding`` (InstaGen's grounding head): class scores are dot products between query
+  features and text embeddings of class names, so any name can be asked for.
+
+Layout: each pyramid level is projected to ``width`` channels and summed, top-down, onto the
+finest level (the ``fused`` map; the optional PROPS heatmap head reads it, training only). The
+fused map is pooled to a ``query_side`` x ``query_side`` grid of queries, each anchored at its
+cell centre; transformer layers let the queries see each other (so one-to-one matching needs
+no NMS), then MLPs give class scores and boxes (normalised cx, cy, w, h relative to the anchor).
+
+    detector = build_detector(DetectorConfig(...))
+    out = detector(pyramid, text=None)   # {"logits": (B,Q,C), "boxes": (B,Q,4), "heatmap": (B,C,h,w) | None}
+    found = detections(out, threshold=0.3, image_size=64)  # per image: [(class index, score, xywh)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .matching import MatchCosts
+
+__all__ = ["DetectorConfig", "build_detector", "detections", "detection_loss", "LossWeights"]
+
+PRIOR_PROBABILITY = 0.01  # focal-loss prior: every query starts as "nothing here"
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    levels: dict[int, int]  # pyramid stride -> channels
+    image_size: int
+    num_classes: int = 0  # the adapter's fixed classes; 0 with text_width for grounding
+    text_width: int = 0  # grounding: width of the text encoder's embeddings
+    width: int = 128
+    query_side: int = 8
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1  # in the transformer layers: the mean teacher's student needs it (InstaGen)
+    heatmap: bool = False
+
+    def __post_init__(self):
+        # sorted by stride: module (and so optimizer state) order must not depend on where the levels came from
+        object.__setattr__(self, "levels", {int(k): int(v) for k, v in sorted(self.levels.items(),
+                                                                               key=lambda kv: int(kv[0]))})
+        if (self.num_classes > 0) == (self.text_width > 0):
+            raise ValueError(f"expected exactly one of num_classes and text_width, got {self.num_classes}, "
+                             f"{self.text_width}")
+        if self.heatmap and not self.num_classes:
+            raise ValueError("heatmap: expected a fixed class list (num_classes > 0)")
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "levels": {str(k): v for k, v in self.levels.items()}}
+
+
+@dataclass(frozen=True)
+class LossWeights(MatchCosts):
+    """DINO's loss weights are its matching costs (focal x2, L1 x5, GIoU x2); plus the PROPS
+    heatmap MSE weight and its target radius rule."""
+
+    heatmap: float = 10.0
+    min_radius: float = 4.0
+    rho: float = 0.5
+
+
+def build_detector(config: DetectorConfig):
+    import math
+
+    import torch
+    import torch.nn as nn
+
+    def mlp(cin, cout):
+        return nn.Sequential(nn.Linear(cin, config.width), nn.ReLU(), nn.Linear(config.width, config.width),
+                             nn.ReLU(), nn.Linear(config.width, cout))
+
+    class SetDetector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            w = config.width
+            self.config = config
+            self.project = nn.ModuleDict({str(s): nn.Sequential(nn.Conv2d(c, w, 1), nn.GroupNorm(16, w))
+                                          for s, c in config.levels.items()})
+            self.fuse = nn.Sequential(nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(16, w), nn.ReLU())
+            self.position = nn.Parameter(torch.randn(config.query_side**2, w) * 0.02)
+            layer = nn.TransformerEncoderLayer(w, config.heads, 2 * w, config.dropout, batch_first=True,
+                                               norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(w)
+            self.box = mlp(w, 4)
+            prior = -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY)
+            if config.num_classes:
+                self.classify = nn.Linear(w, config.num_classes)
+                nn.init.constant_(self.classify.bias, prior)
+            else:
+                self.query_proj = nn.Linear(w, w)
+                self.text_proj = nn.Sequential(nn.LayerNorm(config.text_width), nn.Linear(config.text_width, w))
+                self.logit_bias = nn.Parameter(torch.tensor(prior))
+            if config.heatmap:
+                self.heatmap = nn.Sequential(nn.Conv2d(w, 64, 3, padding=1), nn.ReLU(),
+                                             nn.Conv2d(64, config.num_classes, 1))
+            side = config.query_side
+            centres = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+            cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+            self.register_buffer("anchors", torch.stack([cx.flatten(), cy.flatten()], -1), persistent=False)
+
+        def fused(self, pyramid: dict):
+            import torch.nn.functional as F
+
+            finest = min(config.levels)
+            size = pyramid[finest].shape[-2:]
+            total = 0
+            for stride in sorted(config.levels, reverse=True):
+                level = self.project[str(stride)](pyramid[stride].float())
+                total = total + (level if stride == finest else F.interpolate(level, size=size, mode="bilinear",
+                                                                               align_corners=False))
+            return self.fuse(total)
+
+        def forward(self, pyramid: dict, text=None) -> dict:
+            import torch.nn.functional as F
+
+            fused = self.fused(pyramid)
+            queries = F.adaptive_avg_pool2d(fused, config.query_side).flatten(2).transpose(1, 2)
+            queries = self.norm(self.encoder(queries + self.position))
+            delta = self.box(queries)
+            centre = (torch.logit(self.anchors) + delta[..., :2]).sigmoid()
+            size = (delta[..., 2:] - 1.5).sigmoid()  # starts near 0.18 of the image: a typical object
+            boxes = torch.cat([centre, size], -1)
+            if config.num_classes:
+                logits = self.classify(queries)
+            else:
+                if text is None:
+                    raise ValueError("grounding detector: expected text embeddings (C, text_width), got None")
+                logits = (self.query_proj(queries) @ self.text_proj(text).T) / math.sqrt(config.width)
+                logits = logits + self.logit_bias
+            heat = self.heatmap(fused) if config.heatmap else None
+            return {"logits": logits, "boxes": boxes, "heatmap": heat}
+
+    return SetDetector()
+
+
+def detection_loss(out: dict, targets: list[dict], weights: LossWeights = LossWeights()) -> dict:
+    """Hungarian-matched focal, L1 and GIoU losses (and the heatmap MSE when the detector has the
+    auxiliary head); ``total`` is their weighted sum."""
+    import torch.nn.functional as F
+
+    from .matching import heatmap_targets, hungarian_match, set_losses
+
+    device = out["logits"].device
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    matches = hungarian_match(out["logits"], out["boxes"], targets, weights)
+    parts = set_losses(out["logits"], out["boxes"], targets, matches, weights.alpha, weights.gamma)
+    total = weights.klass * parts["focal"] + weights.l1 * parts["l1"] + weights.giou * parts["giou"]
+    if out.get("heatmap") is not None:
+        heat = out["heatmap"]
+        wanted = heatmap_targets(targets, heat.shape[1], tuple(heat.shape[-2:]), weights.min_radius, weights.rho)
+        parts["heatmap"] = F.mse_loss(heat, wanted.to(heat))
+        total = total + weights.heatmap * parts["heatmap"]
+    parts["total"] = total
+    return parts
+
+
+def detections(out: dict, threshold: float, image_size: int, nms_iou: float = 0.7) -> list[list[tuple]]:
+    """Per image, ``(class index, score, [x, y, w, h] in pixels, clipped to the image)`` for every
+    query whose best class scores ``threshold`` or more. A class-wise NMS at ``nms_iou`` drops the rare duplicate that
+    one-to-one matching leaves early in training."""
+    import torch
+    from torchvision.ops import batched_nms, box_convert
+
+    scores, classes = out["logits"].detach().sigmoid().max(-1)
+    boxes = box_convert(out["boxes"].detach().float() * image_size, "cxcywh", "xyxy").clamp(0, image_size)
+    found = []
+    for b in range(len(scores)):
+        sides = boxes[b, :, 2:] - boxes[b, :, :2]
+        keep = torch.nonzero((scores[b] >= threshold) & (sides > 0).all(-1)).flatten()
+        keep = keep[batched_nms(boxes[b, keep], scores[b, keep], classes[b, keep], nms_iou)]
+        xywh = box_convert(boxes[b, keep], "xyxy", "xywh")
+        found.append([(int(c), float(s), [float(v) for v in box])
+                      for c, s, box in zip(classes[b, keep], scores[b, keep], xywh)])
+    return found

@@ -1,0 +1,162 @@
+"""Prompt sources: each turns the spec's ``prompts:`` into a finite pool of ``PromptItem``.
+
+The planner samples from the pool towards the classes still below their bound, so each
+item carries the job classes it names.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass
+
+from .classnames import ClassMatcher
+from ..errors import UserError
+from ..spec import ClassSpec, CombinationPrompts, JobSpec, JsonlPrompts, ReferencePrompts
+from ..output.storage import input_options
+
+__all__ = ["PromptItem", "build_pool", "generic_prompt", "class_append_prompt", "objects_phrase"]
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    prompt: str
+    classes: tuple[str, ...]  # job class names, with repeats for multiple instances
+    negative_prompt: str = ""
+    reference_id: str | None = None
+    reference_uri: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def objects_phrase(names: list[str]) -> str:
+    parts = [f"{'an' if n[0].lower() in 'aeiou' else 'a'} {n}" for n in names]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def generic_prompt(domain: str, names: list[str]) -> str:
+    """DiffusionEngine's prompt for images without captions."""
+    return f"A {domain}, with {', '.join(names)} in the {domain}."
+
+
+def class_append_prompt(caption: str, names: list[str]) -> str:
+    """Dataset Diffusion's class-prompt appending: 'caption; cls-a cls-b'."""
+    return f"{caption.strip().rstrip('.')}; {' '.join(names)}"
+
+
+def _unique_in_order(names) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def build_pool(spec: JobSpec, inputs: dict | None = None) -> list[PromptItem]:
+    """The prompt pool. ``inputs``, if given, receives what each input file was when read:
+    {"prompts.<field>": {"uri", "size", "sha256"}}, so a resume can tell that a file changed."""
+    source, inputs = spec.prompts, {} if inputs is None else inputs
+    if isinstance(source, CombinationPrompts):
+        return _combination_pool(spec.class_specs, source)
+    if isinstance(source, ReferencePrompts):
+        return _reference_pool(spec, source, inputs)
+    if isinstance(source, JsonlPrompts):
+        return _jsonl_pool(spec, source, inputs)
+    raise TypeError(f"unhandled prompt source {type(source).__name__}")
+
+
+def _read_input(uri: str, field_name: str, expected: str, storage_options: dict, inputs: dict) -> bytes:
+    """The bytes of an input file, recorded in ``inputs`` (size and sha256) under its field."""
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb", **storage_options) as f:
+            data = f.read()
+    except FileNotFoundError as e:
+        hint = "; inputs on other storage than the output take prompts.storage_options" if storage_options else ""
+        raise UserError(f"prompts.{field_name}: expected an existing {expected}, got {uri!r} (not found{hint})") from e
+    inputs[f"prompts.{field_name}"] = {"uri": uri, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return data
+
+
+def _combination_pool(classes: list[ClassSpec], source: CombinationPrompts) -> list[PromptItem]:
+    names = [c.name for c in classes]
+    items = []
+    for k in range(1, min(source.max_classes, len(names)) + 1):
+        for combo in itertools.combinations(names, k):
+            prompt = source.template.format(objects=objects_phrase(list(combo)))
+            items.append(PromptItem(prompt, combo, source.negative_prompt))
+    return items
+
+
+def _load_json(uri: str, field_name: str, storage_options: dict, inputs: dict) -> dict:
+    data = _read_input(uri, field_name, "COCO JSON file", storage_options, inputs)
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"prompts.{field_name}: expected valid JSON, got a parse error in {uri!r}: {e}") from e
+
+
+def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> list[PromptItem]:
+    from .references import id_key, load_references
+
+    references = load_references(spec, _load_json(source.annotations, "annotations",
+                                                    input_options(source.annotations, spec), inputs),
+                                 inputs)
+    captions: dict[str, str] = {}
+    if source.captions:
+        coco_captions = _load_json(source.captions, "captions", input_options(source.captions, spec), inputs)
+        for i, ann in enumerate(coco_captions.get("annotations", [])):
+            image = id_key(ann.get("image_id"), f"prompts.captions: annotations[{i}].image_id")
+            if isinstance(ann.get("caption"), str):  # the first caption of an image is its prompt's
+                captions.setdefault(image, ann["caption"])
+    items = []
+    for ref in references:
+        unique = _unique_in_order(ref.classes)
+        caption = captions.get(ref.id, f"A {source.domain}")
+        if not unique:  # an image with no class of the job: 'A photograph.', not 'A photograph, with  in the ...'
+            prompt = caption if source.style == "caption_append" else f"A {source.domain}."
+        elif source.style == "caption_append":
+            prompt = class_append_prompt(caption, unique)
+        else:
+            prompt = generic_prompt(source.domain, unique)
+        items.append(PromptItem(prompt, ref.classes, source.negative_prompt, ref.id, ref.uri))
+    return items
+
+
+def _jsonl_pool(spec: JobSpec, source: JsonlPrompts, inputs: dict) -> list[PromptItem]:
+    matcher = ClassMatcher(spec.class_specs)
+    data = _read_input(source.path, "path", "JSONL file", input_options(source.path, spec), inputs)
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UserError(f"prompts.path: expected UTF-8 text, got a UTF-16 file {source.path!r} (it starts with a "
+                        f"UTF-16 byte-order mark); save it as UTF-8")
+    try:
+        lines = data.decode("utf-8-sig").splitlines()  # a byte-order mark (Windows editors) is not part of line 1
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"prompts.path line {line}: expected UTF-8 text, got bytes that do not decode "
+                        f"({data[e.start:e.start + 4]!r}) in {source.path!r}; save the file as UTF-8") from None
+    items = [_jsonl_item(line, number, matcher, source) for number, line in enumerate(lines, 1) if line.strip()]
+    if not items:
+        raise UserError(f"prompts.path: expected at least one prompt, got an empty file {source.path!r}")
+    return items
+
+
+def _jsonl_item(line: str, number: int, matcher: ClassMatcher, source: JsonlPrompts) -> PromptItem:
+    try:
+        row = json.loads(line)
+        prompt = row["prompt"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        prompt = None
+    if not isinstance(prompt, str):
+        raise UserError(f"prompts.path line {number}: expected a JSON object with a 'prompt' string, "
+                        f"got {line[:80]!r}")
+    named = row.get("classes")
+    if named is None:
+        return PromptItem(prompt, matcher.in_text(prompt), row.get("negative_prompt", source.negative_prompt))
+    if not isinstance(named, list) or not all(isinstance(n, str) for n in named):
+        raise UserError(f"prompts.path line {number}: expected 'classes' to be a list of class names, got {named!r}")
+    unknown = [n for n in named if matcher.category(n) is None]
+    if unknown:
+        raise UserError(f"prompts.path line {number}: expected classes from the job's classes, got {unknown}")
+    return PromptItem(prompt, tuple(matcher.category(n) for n in named),
+                      row.get("negative_prompt", source.negative_prompt))

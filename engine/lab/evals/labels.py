@@ -1,0 +1,329 @@
+"""``dde bench labels``: how good are attention labels, against ground truth?
+
+Two ground-truth sources, on images the model generates with attention captured:
+
+(a) ``txt2img``: prompts naming one or two classes; the truth is the segmentation oracle's
+    mask of each generated image (its own rendered-val mIoU says how far to trust it).
+(b) ``img2img``: rendered references at low strength (0.2-0.35), where the layout is kept,
+    so the reference's exact masks apply; the oracle's agreement with them checks that claim.
+
+Measured on the same images: mIoU (background and the six classes) of cross-attention alone
+and refined by self-attention for tau 1-5, with and without the uncertainty band (uncertain
+pixels ignored; their share reported), alpha/beta bands, per-class IoU, and the box AP and
+AP50 (pycocotools COCOeval) of ``bca``, of the ``attention`` head's connected components and,
+for embedded:shapes, of the shipped trained box heads (``adapter`` with both feature sources,
+``grounding`` before and after self-training, with base and novel classes apart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+
+import numpy as np
+
+from ...output.layout import derive_seed
+from ...job.prompts import objects_phrase
+from ...records import ImageRequest, Instance
+from ...world import CLASSES
+
+__all__ = ["labels_benchmark", "box_ap", "markdown_tables"]
+
+TAUS = (0, 1, 2, 3, 4, 5)
+BANDS = ((0.4, 0.5), (0.5, 0.6), (0.4, 0.6))
+NUM_CLASSES = len(CLASSES) + 1  # background and the world's classes; ids as Scene.semantic
+CATEGORY_ID = {c: i + 1 for i, c in enumerate(CLASSES)}
+
+
+def _txt2img_requests(count: int, seed: int) -> list[ImageRequest]:
+    rng = np.random.default_rng(seed)
+    requests = []
+    for k in range(count):
+        classes = list(rng.choice(CLASSES, size=1 + k % 2, replace=False))
+        requests.append(ImageRequest(k, derive_seed(seed, k), f"a photograph of {objects_phrase(classes)}",
+                                     classes=classes))
+    return requests
+
+
+def _img2img_requests(count: int, seed: int) -> tuple[list[ImageRequest], list]:
+    from ..train.oracle import model_world
+    from ...world import render_scene
+
+    scenes = [render_scene(derive_seed(seed, 10**6 + k), None, model_world()) for k in range(count)]
+    requests = [ImageRequest(10**6 + k, derive_seed(seed, 2 * 10**6 + k), scene.caption,
+                             classes=[i.category for i in scene.instances], reference_id=str(k),
+                             reference=scene.image) for k, scene in enumerate(scenes)]
+    return requests, scenes
+
+
+def _truth_instances(semantic: np.ndarray, min_area: int) -> list[Instance]:
+    """Instances of an oracle mask: each class's connected components."""
+    from ...heads.attention import components
+
+    return [Instance(c, region) for c in CLASSES
+            for region, _ in components(semantic == CATEGORY_ID[c], semantic, min_area)]
+
+
+def box_ap(truth: list[list[Instance]], found: list[list[Instance]], size: int,
+           classes: list[str] | tuple[str, ...] = CLASSES, groups: dict[str, list[str]] | None = None) -> dict:
+    """COCO box AP and AP50 of ``found`` against ``truth`` (lists per image), over all classes
+    and, as ``NAME_AP``/``NAME_AP50``, over each of ``groups`` (subsets of ``classes``, e.g. the
+    novel ones), from one COCOeval: a group's AP is the mean of its classes' precision, as
+    COCOeval gives when restricted to them."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    category_id = {c: k + 1 for k, c in enumerate(classes)}
+    images = [{"id": k, "width": size, "height": size} for k in range(len(truth))]
+    annotations = [{"image_id": k, "category_id": category_id[i.category], "bbox": i.bbox(),
+                    "area": i.area(), "iscrowd": 0} for k, insts in enumerate(truth) for i in insts]
+    for n, annotation in enumerate(annotations):
+        annotation["id"] = n + 1
+    detections = [{"image_id": k, "category_id": category_id[i.category], "bbox": i.bbox(), "score": i.score}
+                  for k, insts in enumerate(found) for i in insts]
+    if not annotations or not detections:
+        return {**{f"{prefix}{k}": 0.0 for prefix in ["", *(f"{g}_" for g in groups or {})] for k in ("AP", "AP50")},
+                "detections": len(detections), "truths": len(annotations)}
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": annotations,
+                  "categories": [{"id": k, "name": c} for c, k in category_id.items()]}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools narrates every stage
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(detections), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    result = {"AP": round(float(max(evaluator.stats[0], 0)), 4), "AP50": round(float(max(evaluator.stats[1], 0)), 4),
+              "detections": len(detections), "truths": len(annotations)}
+    # precision: (IoU thresholds, recall points, classes in id order, area ranges, max detections); all areas, 100
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    for name, members in (groups or {}).items():
+        mine = precision[:, :, [category_id[c] - 1 for c in members]]
+        for key, part in (("AP", mine), ("AP50", mine[0])):
+            known = part[part > -1]
+            result[f"{name}_{key}"] = round(float(known.mean()) if known.size else 0.0, 4)
+    return result
+
+
+class _Scores:
+    """Confusion matrices for every labelling variant, accumulated image by image."""
+
+    def __init__(self):
+        self.conf: dict[str, np.ndarray] = {}
+        self.uncertain: dict[str, list[float]] = {}
+        self.foreground: dict[str, np.ndarray] = {}  # class-agnostic: object against background
+
+    def add(self, name: str, mask: np.ndarray, truth: np.ndarray) -> None:
+        from ..metrics.segmentation import confusion
+
+        self.conf[name] = self.conf.get(name, 0) + confusion(mask, truth, NUM_CLASSES)
+        self.uncertain.setdefault(name, []).append(float((mask == 255).mean()))
+        foreground = np.where(mask == 255, 255, mask > 0).astype(np.uint8)
+        self.foreground[name] = self.foreground.get(name, 0) + confusion(foreground, (truth > 0).astype(np.uint8), 2)
+
+    def table(self) -> dict:
+        from ..metrics.segmentation import iou_table
+
+        out = {}
+        for name, conf in self.conf.items():
+            miou, per_class = iou_table(conf)
+            out[name] = {"mIoU": round(miou, 4), "uncertain_share": round(float(np.mean(self.uncertain[name])), 4),
+                         "foreground_IoU": round(iou_table(self.foreground[name])[1][1], 4),
+                         "per_class_IoU": dict(zip(["background", *CLASSES],
+                                                   [None if np.isnan(v) else round(v, 4) for v in per_class]))}
+        return out
+
+
+def _evaluate(generated, truths: list[np.ndarray], truth_instances: list[list[Instance]], min_area: int,
+              requests: list[ImageRequest], box_heads: dict) -> dict:
+    from ...heads.attention import bca_instances, class_maps, components, semantic_mask
+
+    scores = _Scores()
+    bca, attention = [], []
+    for gen, truth in zip(generated, truths):
+        captured = gen.extras["attention"]
+        ids = [CATEGORY_ID[c] for c in captured["classes"]]
+        maps = {tau: class_maps(captured, truth.shape[0], tau) for tau in TAUS}
+        for tau in TAUS:
+            scores.add(f"tau{tau}", semantic_mask(maps[tau], ids, 0.6, 0.6)[0], truth)
+            scores.add(f"tau{tau}_band", semantic_mask(maps[tau], ids, 0.5, 0.6)[0], truth)
+        for alpha, beta in BANDS:
+            scores.add(f"band{alpha}-{beta}", semantic_mask(maps[4], ids, alpha, beta)[0], truth)
+        mask, objectness = semantic_mask(maps[4], ids, 0.5, 0.6)
+        attention.append([Instance(c, region, score) for c in captured["classes"]
+                          for region, score in components(mask == CATEGORY_ID[c], objectness, min_area)])
+        bca.append([Instance(captured["classes"][m], region, score)
+                    for m, region, score in bca_instances(maps[0], min_area)])
+    size = truths[0].shape[0]
+    boxes = {"bca": box_ap(truth_instances, bca, size), "attention_components": box_ap(truth_instances, attention, size)}
+    for name, head in box_heads.items():
+        found = [labels.instances for labels in head.label(requests, generated)]
+        seen = head.card.get("classes_seen")  # grounding: base and novel apart
+        boxes[name] = box_ap(truth_instances, found, size, groups=seen and {
+            "novel": seen["novel"], "base": [c for c in CLASSES if c not in seen["novel"]]})
+    return {"images": len(truths), "segmentation": scores.table(), "boxes": boxes}
+
+
+def _box_heads(backend) -> dict:
+    """The shipped trained box heads, at COCO's score floor (0.05), attached to ``backend`` (those
+    whose weights are missing are left out)."""
+    from ...heads.adapter import AdapterHead
+    from ...heads.grounding import GroundingHead
+    from ...spec import ClassSpec
+
+    classes = [ClassSpec(name=c) for c in CLASSES]
+    heads = {"adapter": AdapterHead(params=AdapterHead.Params(threshold=0.05), classes=classes),
+             "adapter_last_step": AdapterHead(params=AdapterHead.Params(threshold=0.05, features="last_step"),
+                                              classes=classes),
+             "grounding_base_only": GroundingHead(params=GroundingHead.Params(threshold=0.05, stage="base"),
+                                                  classes=classes),
+             "grounding_self_trained": GroundingHead(params=GroundingHead.Params(threshold=0.05), classes=classes)}
+    heads = {name: head for name, head in heads.items()
+             if os.path.exists(os.path.join(head.shipped, f"{head.load_stem(head.params)}.json"))}
+    for head in heads.values():
+        head.attach(backend)
+    return heads
+
+
+def _generate(backend, requests: list[ImageRequest], batch: int):
+    kept, generated = [], []
+    for start in range(0, len(requests), batch):
+        chunk = requests[start:start + batch]
+        for k, gen in enumerate(backend.generate(chunk)):
+            if gen.image is not None:
+                kept.append(start + k)
+                generated.append(gen)
+    return kept, generated
+
+
+def _head_params(given: dict | None):
+    from pydantic import ValidationError
+
+    from ...errors import UserError
+    from ...heads.attention.head import AttentionParams
+    from ...spec import describe_error
+
+    try:
+        return AttentionParams(**(given or {}))
+    except ValidationError as e:
+        raise UserError("; ".join(f"--head-params {describe_error(err)}" for err in e.errors())) from e
+
+
+def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: int = 25, guidance_scale: float = 7.5,
+                     batch_size: int = 16, seed: int = 0, head_params: dict | None = None,
+                     out_dir: str = "bench/results") -> dict:
+    from ...backends.diffusion import DiffusionBackend, DiffusionParams
+    from ...heads.attention.head import AttentionHead
+    from ...spec import ClassSpec
+    from ..train.segmenter import SEGMENTER_DIR, load_segmenter, segment
+
+    labeller_params = _head_params(head_params)
+    oracle = load_segmenter()
+    with open(os.path.join(SEGMENTER_DIR, "segmenter.json")) as f:
+        oracle_card = json.load(f)
+    backend = DiffusionBackend(params=DiffusionParams(model=model, steps=steps, guidance_scale=guidance_scale,
+                                                      batch_size=batch_size, strength=(0.2, 0.35)), classes=[])
+    head = AttentionHead(params=labeller_params, classes=[ClassSpec(name=c) for c in CLASSES])
+    head.attach(backend)
+    box_heads = _box_heads(backend) if model == "embedded:shapes" else {}
+    min_area = head.min_pixels(backend.size, backend.size)
+    config = head.store.config
+    result: dict = {
+        "model": model, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
+        "capture": {"cross_resolutions": list(config.cross_resolutions), "self_resolution": config.self_resolution,
+                    "timesteps": list(config.timesteps), "blocks": list(config.blocks),
+                    "cross_keys": config.cross_keys},
+        "oracle_rendered_val": oracle_card.get("rendered_val"),
+        "trained_heads_val": {name: h.card["val"] for name, h in box_heads.items()}}
+    started = time.time()
+
+    requests = _txt2img_requests(images, seed)
+    kept, generated = _generate(backend, requests, batch_size)
+    truths = list(segment(oracle, np.stack([g.image for g in generated])))
+    result["txt2img"] = _evaluate(generated, truths, [_truth_instances(t, min_area) for t in truths], min_area,
+                                  [requests[k] for k in kept], box_heads)
+
+    requests, scenes = _img2img_requests(images, seed)
+    kept, generated = _generate(backend, requests, batch_size)
+    truths = [scenes[k].semantic for k in kept]
+    result["img2img"] = _evaluate(generated, truths, [[Instance(i.category, i.mask) for i in scenes[k].instances]
+                                                      for k in kept], min_area, [requests[k] for k in kept], box_heads)
+    result["img2img"]["strength"] = [0.2, 0.35]
+    result["img2img"]["oracle_vs_reference_truth"] = _oracle_agreement(oracle, generated, truths)
+    result["seconds"] = round(time.time() - started, 1)
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "labels.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out_dir, "labels.md"), "w") as f:
+        f.write(markdown_tables(result))
+    return result
+
+
+def _oracle_agreement(oracle, generated, truths) -> dict:
+    """The oracle's mIoU on the img2img images against the references' masks: high means the
+    layout was kept, so the references' truth applies."""
+    from ..train.segmenter import segment
+    from ..metrics.segmentation import confusion, iou_table
+
+    predicted = segment(oracle, np.stack([g.image for g in generated]))
+    miou, _ = iou_table(confusion(predicted, np.stack(truths), NUM_CLASSES))
+    return {"mIoU": round(miou, 4)}
+
+
+def markdown_tables(result: dict) -> str:
+    """Tables shaped like Dataset Diffusion's Tables 3 and 5, the box table and per-class IoU."""
+    sources = ("txt2img", "img2img")
+
+    def miou(source, name):
+        return f"{100 * result[source]['segmentation'][name]['mIoU']:.1f}"
+
+    lines = [f"# Label quality: {result['model']}, {result[sources[0]]['images']} txt2img and "
+             f"{result[sources[1]]['images']} img2img images", "",
+             f"Capture: {json.dumps(result['capture'])}. Truth: (a) txt2img = segmentation oracle "
+             f"(rendered-val {json.dumps(result['oracle_rendered_val'])}); (b) img2img at strength 0.2-0.35 = the "
+             f"reference's masks (oracle agreement with them: mIoU "
+             f"{100 * result['img2img']['oracle_vs_reference_truth']['mIoU']:.1f}). mIoU over background and the six "
+             f"classes, in %.", "",
+             "## Table 3 shape: what each step adds", "",
+             "| cross-attention | self-attention (tau 4) | uncertainty (0.5-0.6) | mIoU txt2img | mIoU img2img | "
+             "uncertain pixels img2img |", "|---|---|---|---|---|---|"]
+    for name, row in (("tau0", "✓ | | "), ("tau4", "✓ | ✓ | "), ("tau4_band", "✓ | ✓ | ✓")):
+        share = result["img2img"]["segmentation"][name]["uncertain_share"]
+        lines.append(f"| {row} | {miou('txt2img', name)} | {miou('img2img', name)} | {100 * share:.1f}% |")
+    lines += ["", "## Table 5a shape: tau (alpha 0.5, beta 0.6, uncertain pixels ignored)", "",
+              "| tau | " + " | ".join(str(t) for t in TAUS) + " |", "|---" * (len(TAUS) + 1) + "|"]
+    for source in sources:
+        lines.append(f"| {source} | " + " | ".join(miou(source, f"tau{t}_band") for t in TAUS) + " |")
+    lines += ["", "## Table 5b shape: alpha-beta (tau 4)", "",
+              "| alpha-beta | " + " | ".join(f"{a}-{b}" for a, b in BANDS) + " |", "|---" * (len(BANDS) + 1) + "|"]
+    for source in sources:
+        lines.append(f"| {source} | " + " | ".join(miou(source, f"band{a}-{b}") for a, b in BANDS) + " |")
+    lines += ["", "## Boxes (COCOeval bbox)", "",
+              "Last column, from each trained head's card: the adapter's rendered val (exact boxes, Eq. 4 "
+              "features); the grounding head's val (img2img at strength 0.2-0.35 from references of all six "
+              "classes, the references' exact boxes).", "",
+              "| head | AP txt2img | AP50 txt2img | AP img2img | AP50 img2img | AP50 card val |",
+              "|---|---|---|---|---|---|"]
+    for head in result["txt2img"]["boxes"]:
+        cells = [f"{100 * result[s]['boxes'][head][k]:.1f}" for s in sources for k in ("AP", "AP50")]
+        val = result.get("trained_heads_val", {}).get(head)
+        rendered = "-" if val is None else f"{100 * val['AP50']:.1f}"
+        lines.append(f"| {head} | " + " | ".join(cells) + f" | {rendered} |")
+    grounding = [h for h in result["txt2img"]["boxes"] if h.startswith("grounding")]
+    if grounding:
+        lines += ["", "### Grounding: base and novel classes (AP50)", "",
+                  "| head | base txt2img | novel txt2img | base img2img | novel img2img |", "|---|---|---|---|---|"]
+        for head in grounding:
+            cells = [f"{100 * result[s]['boxes'][head][k]:.1f}" for s in sources for k in ("base_AP50", "novel_AP50")]
+            lines.append(f"| {head} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per-class IoU (tau 4, uncertain pixels ignored)", "",
+              "| source | background | " + " | ".join(CLASSES) + " |", "|---" * (len(CLASSES) + 2) + "|"]
+    for source in sources:
+        per_class = result[source]["segmentation"]["tau4_band"]["per_class_IoU"]
+        lines.append(f"| {source} | " + " | ".join("-" if v is None else f"{100 * v:.1f}"
+                                                   for v in per_class.values()) + " |")
+    return "\n".join(lines) + "\n"

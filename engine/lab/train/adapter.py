@@ -1,0 +1,120 @@
+"""``dde train adapter``: DiffusionEngine's Detection-Adapter on a COCO folder (section 3.2).
+
+Each real image's features come from Eq. 4, computed once and cached (``OUT/cache``); the
+detector (``engine.heads.boxes.detector``, optionally with the PROPS heatmap head) trains on them with
+Hungarian-matched set losses, evaluated with COCOeval on the val split every K steps.
+Writes ``OUT/adapter.safetensors`` with its card ``OUT/adapter.json`` and the learning curve
+``OUT/curve.csv``/``.png``; rerunning the command resumes from ``OUT/checkpoint``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+__all__ = ["AdapterRecipe", "train_adapter", "ADAPTER_DIR", "load_detector"]
+
+ADAPTER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "adapter")
+
+
+class AdapterRecipe:
+    def __init__(self, *, steps: int = 3000, batch: int = 32, lr: float = 1e-3, heatmap: bool = True,
+                 heatmap_weight: float = 10.0, eval_every: int = 250, val_images: int = 500, seed: int = 0):
+        self.steps, self.batch, self.lr, self.seed = steps, batch, lr, seed
+        self.heatmap, self.heatmap_weight = heatmap, heatmap_weight
+        self.eval_every, self.val_images = eval_every, val_images
+
+    def to_json(self) -> dict:
+        return dict(vars(self))
+
+
+def train_adapter(data: str, model: str, out: str, recipe: AdapterRecipe, workers: int = 1, gpus: bool = False,
+                  device: str | None = None) -> dict:
+    """Train on Ray Train (see ``run_on_ray``; ``device`` set: directly on that device, for
+    benchmark sweeps); returns the model card."""
+    from .detection import check_model, coco_annotations, launch
+
+    coco_annotations(data, "train")  # wrong inputs fail here, each with its message, before Ray starts
+    check_model(model)
+    config = {"data": os.path.abspath(data), "model": model, "out": os.path.abspath(out), "recipe": recipe.to_json()}
+    return launch(_adapter_loop, config, "adapter", workers, gpus, device)
+
+
+def _split(data: str, val_images: int):
+    """Train and val: the folder's val split if it has one, else the last ``val_images`` of train."""
+    from .detection import load_coco
+
+    images, instances, classes = load_coco(data, "train")
+    if os.path.exists(os.path.join(data, "annotations", "instances_val.json")):
+        val_images_, val_instances, _ = load_coco(data, "val")
+        return (images, instances), (val_images_[:val_images], val_instances[:val_images]), classes
+    cut = len(images) - min(val_images, len(images) // 5)
+    return (images[:cut], instances[:cut]), (images[cut:], instances[cut:]), classes
+
+
+def _adapter_loop(config: dict) -> None:
+    import torch
+
+    from ...heads.boxes.detector import DetectorConfig, LossWeights, build_detector, detection_loss
+    from .detection import (FeatureExtractor, Schedule, WorkerContext, cached, evaluate_boxes, fingerprint,
+                            targets_batch, train_schedule, worker_share, write_curve)
+    from .oracle import save_trained
+
+    worker = WorkerContext(config)
+    rank, world, device = worker.rank, worker.world, worker.device
+    torch.set_num_threads(config["threads"])
+    recipe, out = AdapterRecipe(**config["recipe"]), config["out"]
+    (train_images, train_instances), (val_images, val_instances), classes = _split(config["data"], recipe.val_images)
+    mine = worker_share(len(train_images), rank, world)
+    extractor = FeatureExtractor(config["model"], device)
+    key = fingerprint(config["data"], config["model"], len(train_images), world)
+    train = cached(f"{out}/cache/train-{key}-{rank}.safetensors",
+                   lambda: extractor(train_images[mine], seed=recipe.seed * 1000 + rank))
+    val = None
+    if worker.leader:  # the only one that evaluates
+        val = cached(f"{out}/cache/val-{key}.safetensors", lambda: extractor(val_images, seed=recipe.seed + 999))
+        val = {s: v.to(device) for s, v in val.items()}
+    size = extractor.image_size
+    targets = targets_batch([train_instances[i] for i in mine], classes, size)
+    detector_config = DetectorConfig(levels={s: v.shape[1] for s, v in train.items()}, image_size=size,
+                                     num_classes=len(classes), heatmap=recipe.heatmap)
+    torch.manual_seed(recipe.seed)
+    detector = build_detector(detector_config)
+    model = worker.prepare(detector)
+    weights = LossWeights(heatmap=recipe.heatmap_weight)
+    per_worker = max(1, recipe.batch // world)
+
+    def loss_at(step: int) -> dict:
+        drawn = torch.randint(len(mine), (per_worker,), generator=torch.Generator().manual_seed(
+            recipe.seed * 10**7 + step * world + rank))
+        pyramid = {s: v[drawn].to(device).float() for s, v in train.items()}
+        return detection_loss(model(pyramid), [targets[i] for i in drawn.tolist()], weights)
+
+    def evaluate() -> dict:
+        return evaluate_boxes(detector, val, val_instances, classes, size)
+
+    schedule = Schedule(recipe.steps, recipe.lr, eval_every=recipe.eval_every)
+    curve = train_schedule(model, {"detector": detector}, loss_at, schedule, f"{out}/checkpoint", evaluate,
+                           leader=worker.leader, report=worker.report)
+    if not worker.leader:
+        return
+    write_curve(curve, f"{out}/curve", f"adapter{' + heatmap head' if recipe.heatmap else ''}: val box AP50")
+    card = {"head": "adapter", "classes": classes, "model": config["model"], "data": config["data"],
+            "train_images": len(train_images), "val_images": len(val_images), "workers": world,
+            "detector": detector_config.to_json(), "recipe": recipe.to_json(), "schedule": schedule.to_json(),
+            "train_minutes": curve[-1]["minutes"], "val": {k: v for k, v in curve[-1].items() if "AP" in k}}
+    save_trained(detector, out, "adapter", card)
+
+
+def load_detector(folder: str, stem: str, name: str):
+    """A trained detector and its card, from ``folder``/``stem``.safetensors and .json."""
+    from ...heads.boxes.detector import DetectorConfig, build_detector
+    from ...errors import UserError
+    from .oracle import load_trained
+
+    card_path = os.path.join(folder, f"{stem}.json")
+    if not os.path.exists(card_path):
+        raise UserError(f"{name}: expected a trained head at {card_path}; run `dde train {name}`")
+    with open(card_path) as f:
+        card = json.load(f)
+    return load_trained(build_detector(DetectorConfig(**card["detector"])), folder, stem, name), card

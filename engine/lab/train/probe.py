@@ -1,0 +1,254 @@
+"""``dde probe``: is a dde output good training data? Train a standard detector on it and measure.
+
+The dde output is read as a user reads it: ``coco/instances.json`` with ``coco/images/`` through
+torchvision's ``CocoDetection`` wrapped for transforms v2. Optionally real COCO data is mixed in,
+each sample synthetic with probability alpha (``engine.lab.train.mixing.AlphaSampler``). The model is
+torchvision's FCOS on a MobileNetV3-Large FPN backbone, no pretrained weights, sized for the
+images; it trains on Ray Train (``detection.launch``) with the shared schedule and resumable
+safetensors checkpoints, and is scored with COCOeval box AP/AP50 on the user's val set.
+Writes ``probe.json``, ``curve.csv``/``curve.png`` and ``checkpoint-*/`` into the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ...errors import UserError
+
+__all__ = ["ProbeRecipe", "probe", "read_categories", "load_detection", "build_fcos"]
+
+# MobileNetV3-Large stages at strides 8, 16 and 32 feed the FPN (its max-pool adds 64): the
+# default (two stride-32 maps) would see a 64-px scene as 2x2 cells
+RETURNED_STAGES = [2, 3, 4]
+STRIDES = (8, 16, 32, 64)
+
+
+class ProbeRecipe:
+    def __init__(self, *, steps: int = 800, batch: int = 32, lr: float = 1e-3, alpha: float = 1.0,
+                 eval_every: int | None = None, seed: int = 0):
+        self.steps, self.batch, self.lr, self.alpha, self.seed = steps, batch, lr, alpha, seed
+        self.eval_every = eval_every or max(1, steps // 8)
+
+    def to_json(self) -> dict:
+        return dict(vars(self))
+
+
+# ---- inputs, checked before anything is written
+def read_categories(path: str, field: str) -> tuple[dict[int, str], int, int]:
+    """A COCO instances file's {category id: name}, its image count and largest image side (px)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        side = max([max(i["width"], i["height"]) for i in data["images"]], default=0)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{field}: expected a readable COCO instances file, got {path!r} ({e})") from e
+    return names, len(data["images"]), side
+
+
+def _dde_output(out: str) -> str:
+    from ...output.layout import COCO_FILE, JOB_FILE
+
+    missing = [name for name in (JOB_FILE, COCO_FILE) if not os.path.isfile(os.path.join(out, name))]
+    if missing:
+        raise UserError(f"OUT: expected a finished dde output (with {JOB_FILE} and {COCO_FILE}; "
+                        f"`dde finalize` finishes one), got {out!r} without {', '.join(missing)}")
+    return os.path.join(out, COCO_FILE)
+
+
+def _check(out: str, val: str, real: str | None, folder: str, alpha: float) -> dict:
+    """Every input read and checked: the classes shared by the dde output and val, val's image side."""
+    from .detection import coco_annotations
+
+    synthetic, synthetic_images, _ = read_categories(_dde_output(out), "OUT")
+    val_names, val_images, side = read_categories(coco_annotations(val, "val", "--val"), "--val")
+    classes = [n for n in val_names.values() if n in set(synthetic.values())]
+    if not classes:
+        theirs = ", ".join(sorted(val_names.values())) or "no categories"
+        raise UserError(f"--val: expected classes shared with the dde output ({', '.join(sorted(synthetic.values()))}"
+                        f"), got {theirs}; match the class names")
+    real_images = read_categories(coco_annotations(real, "train", "--real"), "--real")[1] if real else 0
+    for field, count, used, fix in (("OUT", synthetic_images, alpha > 0, "make images first, or probe real data alone "
+                                     "with --real DIR --alpha 0"), ("--val", val_images, True, "export val images"),
+                                    ("--real", real_images, bool(real) and alpha < 1, "add images or use --alpha 1")):
+        if used and count == 0:  # an empty set the probe would train or score on
+            raise UserError(f"{field}: expected a dataset with images, got an empty one; {fix}")
+    for field, theirs in (("--val", val), ("--real", real)):
+        if theirs and os.path.commonpath([os.path.abspath(folder), os.path.abspath(theirs)]) == os.path.abspath(theirs):
+            raise UserError(f"--out: expected a folder outside {field} (the probe never writes into your data), "
+                            f"got {folder!r}; pick another --out")
+    return {"classes": classes, "ignored": [n for n in val_names.values() if n not in classes], "size": side}
+
+
+# ---- data and model (inside the workers)
+def load_detection(images: str, annotations: str, classes: list[str]) -> tuple[list, list[dict]]:
+    """A COCO folder through ``CocoDetection`` + transforms v2: uint8 images (3,H,W) and targets
+    {"boxes": float32 (N,4) XYXY px, "labels": int64 (N,) 1-based in ``classes``}; boxes of
+    other classes and boxes under a pixel wide are dropped."""
+    import contextlib
+    import io
+
+    import torch
+    from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+    from torchvision.transforms import v2
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools narrates loading
+        dataset = CocoDetection(images, annotations, transforms=v2.Compose([v2.ToImage(),
+                                                                            v2.ToDtype(torch.uint8, scale=True)]))
+    index = {cid: classes.index(c["name"]) + 1 for cid, c in dataset.coco.cats.items() if c["name"] in classes}
+    wrapped = wrap_dataset_for_transforms_v2(dataset, target_keys=("boxes", "labels"))
+    pictures, targets = [], []
+    for image, target in wrapped:
+        boxes = target.get("boxes", torch.zeros(0, 4)).as_subclass(torch.Tensor).float()
+        labels = target.get("labels", torch.zeros(0, dtype=torch.long)).tolist()
+        keep = [k for k, label in enumerate(labels) if label in index and min(boxes[k, 2:] - boxes[k, :2]) >= 1]
+        pictures.append(image.as_subclass(torch.Tensor))
+        targets.append({"boxes": boxes[keep].reshape(-1, 4),
+                        "labels": torch.tensor([index[labels[k]] for k in keep], dtype=torch.long)})
+    return pictures, targets
+
+
+def build_fcos(num_classes: int, size: int):
+    """torchvision FCOS, MobileNetV3-Large FPN backbone, no pretrained weights (BatchNorm trained, as
+    torchvision does without weights), images kept at ``size`` px, one point per cell of each level;
+    ``num_classes`` excludes the background."""
+    from torch import nn
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone
+
+    backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True,
+                                  norm_layer=nn.BatchNorm2d, trainable_layers=6, returned_layers=RETURNED_STAGES)
+    anchors = AnchorGenerator(tuple((s,) for s in STRIDES), ((1.0,),) * len(STRIDES))
+    return FCOS(backbone, num_classes + 1, min_size=size, max_size=size, anchor_generator=anchors,
+                score_thresh=0.05)  # COCO practice: detections down to 0.05 count
+
+
+def _detect(model, images: list, classes: list[str], device: str, chunk: int = 64) -> list[list]:
+    """Instances the model finds (boxes x, y, w, h px) in uint8 images."""
+    import torch
+
+    from ...records import Instance
+
+    found = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(images), chunk):
+            batch = [(im.to(device).float() / 255) for im in images[start:start + chunk]]
+            for out in model(batch):
+                found.append([Instance(classes[int(c) - 1], score=float(s), box=(x1, y1, x2 - x1, y2 - y1))
+                              for (x1, y1, x2, y2), s, c in zip(out["boxes"].tolist(), out["scores"], out["labels"])])
+    model.train(was_training)
+    return found
+
+
+def _truth(targets: list[dict], classes: list[str]) -> list[list]:
+    from ...records import Instance
+
+    return [[Instance(classes[int(c) - 1], box=(x1, y1, x2 - x1, y2 - y1))
+             for (x1, y1, x2, y2), c in zip(t["boxes"].tolist(), t["labels"].tolist())] for t in targets]
+
+
+def _scores(model, val, classes: list[str], size: int, device: str) -> dict:
+    """COCOeval AP/AP50 over the shared classes and per class (``CLASS_AP``, ``CLASS_AP50``)."""
+    from ..evals.labels import box_ap
+
+    images, targets = val
+    scores = box_ap(_truth(targets, classes), _detect(model, images, classes, device), size, classes,
+                    groups={c: [c] for c in classes})
+    return {k: v for k, v in scores.items() if k.endswith(("AP", "AP50"))}
+
+
+def _training_set(config: dict, recipe: ProbeRecipe):
+    """Synthetic then real images and targets (as ``load_detection``), their counts, and the
+    alpha sampler that draws from them."""
+    from .mixing import AlphaSampler
+
+    synthetic = load_detection(*config["synthetic"], config["classes"])
+    real = load_detection(*config["real"], config["classes"]) if config["real"] else ([], [])
+    counts = {"synthetic": len(synthetic[0]), "real": len(real[0])}
+    sampler = AlphaSampler(counts["synthetic"], counts["real"], recipe.alpha, recipe.seed)
+    return synthetic[0] + real[0], synthetic[1] + real[1], counts, sampler
+
+
+def _result(curve: list[dict], config: dict, recipe: ProbeRecipe, counts: dict, workers: int, seconds: float) -> dict:
+    """probe.json: the last evaluation (AP/AP50 over the shared classes and per class) and the run's facts."""
+    last, classes = curve[-1], config["classes"]
+    return {"AP": last["AP"], "AP50": last["AP50"],
+            "per_class": {c: {"AP": last[f"{c}_AP"], "AP50": last[f"{c}_AP50"]} for c in classes},
+            "steps": recipe.steps, "batch": recipe.batch, "alpha": recipe.alpha, "seed": recipe.seed,
+            "images": counts, "classes": classes, "val_classes_ignored": config["ignored"],
+            "image_size": config["size"], "model": "torchvision FCOS, MobileNetV3-Large FPN, no pretrained weights",
+            "workers": workers, "train_seconds": round(last["minutes"] * 60, 1), "seconds": round(seconds, 1),
+            **config["inputs"], "curve": f"{config['out']}/curve.png"}
+
+
+def _probe_loop(config: dict) -> None:
+    import time
+
+    import torch
+
+    from .detection import Schedule, WorkerContext, train_schedule, write_curve
+
+    started = time.time()
+    worker = WorkerContext(config)
+    torch.set_num_threads(config["threads"])
+    recipe, classes, device = ProbeRecipe(**config["recipe"]), config["classes"], worker.device
+    images, targets, counts, sampler = _training_set(config, recipe)
+    val = load_detection(*config["val"], classes) if worker.leader else None  # the leader alone evaluates
+    torch.manual_seed(recipe.seed)
+    detector = build_fcos(len(classes), config["size"])
+    model = worker.prepare(detector)
+    per_worker = max(1, recipe.batch // worker.world)
+
+    def loss_at(step: int) -> dict:
+        picks = sampler.draw(step * worker.world + worker.rank, per_worker).tolist()
+        losses = model([images[i].to(device).float() / 255 for i in picks],
+                       [{k: v.to(device) for k, v in targets[i].items()} for i in picks])
+        return {"total": sum(losses.values()), **losses}
+
+    # from scratch, full lr at once can kill FCOS's box-regression ReLU for good (GIoU loss stuck at 1):
+    # warm up; gradients clipped at 10, spikes only (the adapter's 0.1 would throttle it)
+    schedule = Schedule(recipe.steps, recipe.lr, eval_every=recipe.eval_every, clip=10.0,
+                        warmup=min(100, recipe.steps // 4))
+    curve = train_schedule(model, {"detector": detector}, loss_at, schedule, config["checkpoint"],
+                           lambda: _scores(detector, val, classes, config["size"], device),
+                           leader=worker.leader, report=worker.report)
+    if not worker.leader:
+        return
+    write_curve(curve, f"{config['out']}/curve", f"probe: FCOS on {', '.join(classes)}, alpha {recipe.alpha}",
+                metric="AP")
+    result = _result(curve, config, recipe, {**counts, "val": len(val[0])}, worker.world, time.time() - started)
+    with open(f"{config['out']}/probe.json", "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def probe(out: str, val: str, recipe: ProbeRecipe, real: str | None = None, folder: str | None = None,
+          workers: int = 1, gpus: bool = False, device: str | None = None) -> dict:
+    """Train and score the probe (``device`` set: directly on it, without Ray); returns probe.json's
+    content. Every input is checked, and refused with one line, before anything is written."""
+    from .detection import fingerprint, launch
+
+    if real is None and recipe.alpha != 1:
+        raise UserError(f"--alpha: expected it only with --real (synthetic-only probes use alpha 1), "
+                        f"got {recipe.alpha}")
+    folder = os.path.abspath(folder or os.path.join(out, "probe"))
+    checked = _check(out, val, real, folder, recipe.alpha)
+
+    def coco(root: str, split: str) -> list[str]:
+        return [os.path.abspath(os.path.join(root, "images", split)),
+                os.path.abspath(os.path.join(root, "annotations", f"instances_{split}.json"))]
+
+    config = {"out": folder, "classes": checked["classes"], "ignored": checked["ignored"], "size": checked["size"],
+              "recipe": recipe.to_json(), "val": coco(val, "val"),
+              "inputs": {"dde_output": os.path.abspath(out), "val_set": os.path.abspath(val),
+                         "real_set": real and os.path.abspath(real)},
+              "real": coco(real, "train") if real else None,
+              "synthetic": [os.path.abspath(os.path.join(out, "coco", "images")), os.path.abspath(_dde_output(out))]}
+    # a changed input or mix trains afresh; more --steps continue the same run
+    key = fingerprint(config["synthetic"], config["real"], config["val"], recipe.alpha, recipe.batch, recipe.lr,
+                      recipe.seed, workers)
+    config["checkpoint"] = os.path.join(folder, f"checkpoint-{key}")
+    return launch(_probe_loop, config, "probe", workers, gpus, device)
