@@ -28,11 +28,11 @@ def main() -> None:
     import torch
 
     from engine.backends.diffusion import DiffusionBackend, DiffusionParams
-    from engine.heads.boxes.features import SIMULATED
     from engine.heads.adapter import AdapterHead
+    from engine.heads.boxes.features import SIMULATED
     from engine.heads.grounding import GroundingHead
-    from engine.spec import ClassSpec
     from engine.lab.train.grounding import reference_requests
+    from engine.spec import ClassSpec
     from engine.world import CLASSES
 
     torch.set_num_threads(args.threads)

@@ -18,8 +18,8 @@ IMAGES = 64
 
 
 def main() -> None:
-    from engine.lab.train.adapter import ADAPTER_DIR
     from engine.lab.train.grounding import GroundingRecipe, generate_triplets
+    from engine.models.shipped import ADAPTER_DIR
 
     recipe = GroundingRecipe(base=["circle", "square", "triangle", "cross"], novel=["star", "ring"])
     result = {"command": "python bench/bench_teacher_yield.py", "images": IMAGES, "alphas": {}}

@@ -25,8 +25,8 @@ def arms():
 def run(name, build, lr, steps):
     import torch
 
-    from engine.models.tokenizer import build_tokenizer
     from engine.lab.train.clip import ClipRecipe, _batch
+    from engine.models.tokenizer import build_tokenizer
 
     torch.manual_seed(0)
     model, tokenizer, recipe = build(), build_tokenizer(), ClipRecipe(seed=1)

@@ -265,22 +265,20 @@ def _open_job(args):
     """The output at ``args.uri`` and its recorded spec, whose storage options are the recorded
     ones under what the user gave (the first read, with only what was given, fails fast), and
     whose output is where the URI says (the output may have moved since)."""
-    from .output.ledger import read_job_spec
-    from .spec import JobSpec
+    from .output.ledger import require_job_spec
     from .output.storage import Store, job_options
+    from .spec import JobSpec
 
     given = _given_options(args)
-    recorded = read_job_spec(Store(args.uri, given, quick=True))
-    if recorded is None:
-        raise UserError(f"URI: expected the output of a dde job (with _job/spec.json), got {args.uri!r}")
+    recorded = require_job_spec(Store(args.uri, given, quick=True), args.uri)
     options = job_options(recorded[0].storage_options, given)
     spec = JobSpec.model_validate({**recorded[0].model_dump(), "output": args.uri, "storage_options": options})
     return Store(spec.output, options), spec
 
 
 def _cmd_submit(args) -> int:
-    from .spec import load_spec
     from .service.submit import submit
+    from .spec import load_spec
 
     spec = load_spec(args.spec, args.overrides, max_images=args.max_images, seed=args.seed, output=args.output)
     from .output.location import resolve_submitted_output
@@ -433,8 +431,8 @@ def _train_diffusion(args) -> int:
     import shutil
     from dataclasses import replace
 
-    from .models.embedded import EMBEDDED_MODELS
     from .lab.train.diffusion import DiffusionRecipe, train_diffusion
+    from .models.embedded import EMBEDDED_MODELS
 
     overrides = {k: v for k, v in {"vae_steps": args.vae_steps, "unet_steps": args.unet_steps,
                                    "batch_size": args.batch_size}.items() if v is not None}
@@ -463,8 +461,8 @@ def _train_clip(args) -> int:
     import shutil
     from dataclasses import replace
 
-    from .models.embedded import CLIP_DIR
     from .lab.train.clip import ClipRecipe, train_clip
+    from .models.embedded import CLIP_DIR
 
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
     status = train_clip(args.out, replace(ClipRecipe(), **overrides), max_minutes=args.max_minutes,

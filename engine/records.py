@@ -8,9 +8,15 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ImageRequest", "Generated", "Instance", "Labels", "semantic_dtype", "uncertain_value",
-           "MAX_CATEGORIES"]
+           "category_ids", "MAX_CATEGORIES"]
 
 MAX_CATEGORIES = 65534  # a uint16 semantic mask holds 0 (background), 1..65534 and 65535 (uncertain)
+
+
+def category_ids(names) -> dict[str, int]:
+    """The category id of each class name: its index in the list + 1, as in COCO files and
+    semantic masks, where 0 is the background. The one place this rule is written."""
+    return {name: k + 1 for k, name in enumerate(names)}
 
 
 def semantic_dtype(categories: int) -> np.dtype:

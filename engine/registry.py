@@ -18,6 +18,13 @@ Label head classes (``HEADS``)::
     head.attach(backend)               # once: heads that read the model install hooks here
     head.label(requests: list[ImageRequest], generated: list[Generated]) -> list[Labels]
 
+Unit executor classes (``EXECUTORS``: ``ray`` for every output but ``memory://``, which runs
+``in_process``; ``workers/`` provides both, and the library never imports it)::
+
+    executor = Executor(spec, on_wait=callable)   # on_wait(text | None): what starting workers wait for
+    executor.run(units: list[dict], on_done)      # on_done(summary) per committed unit
+    executor.shutdown()
+
 Each class has a ``Params`` pydantic model (extra fields forbidden) that validates the
 ``params:`` mapping of the spec, and optional ``check_spec(spec) -> list[str]`` that
 returns cross-field problems (for example a head that needs a particular backend).
@@ -29,7 +36,7 @@ import importlib
 
 from .errors import UserError
 
-__all__ = ["Registry", "BACKENDS", "HEADS"]
+__all__ = ["Registry", "BACKENDS", "HEADS", "EXECUTORS"]
 
 
 class Registry:
@@ -67,3 +74,7 @@ HEADS.register("attention", "engine.heads.attention.head:AttentionHead")
 HEADS.register("bca", "engine.heads.bca:BinarisedCrossAttentionHead")
 HEADS.register("adapter", "engine.heads.adapter:AdapterHead")
 HEADS.register("grounding", "engine.heads.grounding:GroundingHead")
+
+EXECUTORS = Registry("unit executor")
+EXECUTORS.register("ray", "workers.pool:UnitPool")
+EXECUTORS.register("in_process", "workers.pool:InProcessPool")

@@ -17,12 +17,12 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError, UserError
-from .records import MAX_CATEGORIES
 from .images import PILLOW_MAX_PIXELS
+from .records import MAX_CATEGORIES
 
 __all__ = [
     "ClassSpec", "ImageFormat", "JobSpec", "load_spec", "parse_spec", "apply_overrides", "fingerprint",
-    "diff_fingerprinted", "json_schema", "recorded_spec", "describe_error", "require_ordered", "ADDED_FIELDS",
+    "diff_fingerprinted", "json_schema", "describe_error", "require_ordered", "ADDED_FIELDS",
 ]
 
 # Fields that only say where or how fast a job runs: changing them keeps the dataset.
@@ -456,17 +456,6 @@ def _drop_added_defaults(spec: JobSpec, data: dict) -> None:
         field = type(model).model_fields.get(last)
         if field is not None and getattr(model, last) == field.get_default(call_default_factory=True):
             del node[last]
-
-
-def recorded_spec(spec: JobSpec) -> dict:
-    """The spec as the output records it (_job/spec.json, job.json): storage credentials left out."""
-    from .output.storage import public_options
-
-    data = spec.model_dump(mode="json")
-    data["storage_options"] = public_options(data["storage_options"])
-    if data["prompts"].get("storage_options"):
-        data["prompts"]["storage_options"] = public_options(data["prompts"]["storage_options"])
-    return data
 
 
 def fingerprint(spec: JobSpec) -> str:

@@ -157,9 +157,9 @@ def tiny_model(tmp_path_factory):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from engine.lab.train.diffusion import export_pipeline
     from engine.models.embedded import text_encoder_config, vae_config
     from engine.models.tokenizer import build_tokenizer
-    from engine.lab.train.diffusion import export_pipeline
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import requests
 
-from engine.service.api import allowed_output, load_settings, openapi_schema
 from engine.errors import UserError
+from engine.service.api import allowed_output, load_settings, openapi_schema
 
 from .conftest import BIN, DDE, REPO
 from .helpers import free_port

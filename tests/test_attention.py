@@ -190,7 +190,7 @@ def test_bca_job_writes_boxes_that_load_in_pycocotools(spec_data, tiny_model, ra
 
 
 def test_box_ap_is_one_for_the_truth_and_lower_for_a_shifted_box():
-    from engine.lab.evals.labels import box_ap
+    from engine.lab.metrics.boxes import box_ap
     from engine.records import Instance
 
     def square(y, x, side=10):

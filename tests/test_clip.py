@@ -52,8 +52,8 @@ def test_export_is_a_standard_clip_folder_fed_as_in_training(trained):
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from engine.models.tokenizer import build_tokenizer
     from engine.lab.train.oracle import to_input
+    from engine.models.tokenizer import build_tokenizer
     from engine.world import render_scene
 
     folder = os.path.join(trained, "model")

@@ -126,7 +126,7 @@ def test_diffusion_job_end_to_end_on_ray(spec_data, tiny_model, ray_local):
 def test_fidelity_benchmark_reports_every_metric(tiny_model, tmp_path):
     """The benchmark's plumbing on a random model: its numbers are meaningless, their shape is not."""
     from engine.lab.evals.fidelity import fidelity_benchmark
-    from engine.lab.train.oracle import ORACLE_DIR
+    from engine.models.shipped import ORACLE_DIR
 
     if not os.path.exists(os.path.join(ORACLE_DIR, "classifier.safetensors")):
         pytest.skip("the oracle is not trained yet (dde train oracle)")

@@ -12,9 +12,9 @@ import yaml
 from PIL import Image
 
 from engine.job.runner import run_job
-from engine.spec import parse_spec
 from engine.job.status import format_status, job_status
 from engine.output.storage import Store
+from engine.spec import parse_spec
 
 from .conftest import BASE_SPEC, DDE
 
@@ -114,13 +114,12 @@ def test_jpeg_output_is_recorded_in_the_card_and_parquet_metadata(tmp_path):
 
 def test_row_groups_stay_under_the_limit(monkeypatch):
     """The HF dataset viewer refuses row groups over 286 MiB; dde keeps them under ROW_GROUP_BYTES."""
+    import numpy as np
     import pyarrow.parquet as pq
 
     from engine import sink
-    from engine.records import Generated, ImageRequest, Labels
     from engine.output.sink import SinkContext, UnitSink
-
-    import numpy as np
+    from engine.records import Generated, ImageRequest, Labels
 
     monkeypatch.setattr(sink, "ROW_GROUP_BYTES", 3000)  # a small limit stands for 100 MB
     store = Store(f"memory://groups-{os.getpid()}")

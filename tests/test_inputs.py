@@ -9,10 +9,10 @@ import yaml
 from PIL import Image
 
 from engine.errors import InputChanged
-from engine.output.layout import COMMITS_DIR, SPEC_FILE, marker_file
 from engine.job.runner import open_job, run_job
-from engine.spec import parse_spec
+from engine.output.layout import COMMITS_DIR, SPEC_FILE, marker_file
 from engine.output.storage import Store
+from engine.spec import parse_spec
 
 from .conftest import BASE_SPEC, DDE
 from .helpers import dataset_digest, job_record

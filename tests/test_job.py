@@ -9,9 +9,9 @@ import pytest
 
 from engine.errors import UserError
 from engine.job.runner import run_job
-from engine.spec import parse_spec
 from engine.job.status import job_status
 from engine.output.storage import Store
+from engine.spec import parse_spec
 
 from .conftest import DDE
 from .helpers import dataset_digest, job_record

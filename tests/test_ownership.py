@@ -11,11 +11,11 @@ import yaml
 
 from engine.errors import UserError
 from engine.job.finalize import finalize_job
-from engine.output.layout import COMMITS_DIR, LEASES_DIR, STAGING_DIR, marker_file
-from engine.output.lease import Lease, TTL_S
 from engine.job.runner import run_job
-from engine.spec import parse_spec
+from engine.output.layout import COMMITS_DIR, LEASES_DIR, STAGING_DIR, marker_file
+from engine.output.lease import TTL_S, Lease
 from engine.output.storage import Store
+from engine.spec import parse_spec
 from workers.unit import UnitMaker
 
 from .conftest import BASE_SPEC, DDE, make_bucket, s3_env, s3_options
@@ -92,6 +92,7 @@ def test_s3_prefix_with_user_files_is_refused_and_a_sub_prefix_runs(s3_endpoint,
 
 def test_a_marker_never_lists_files_that_vanished_before_the_commit(tmp_path, ray_local):
     from engine.output.sink import UnitSink
+
     from .test_sink import first_unit
 
     spec = small_spec(str(tmp_path / "out"))

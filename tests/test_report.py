@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from engine.job.runner import open_job
-from engine.spec import parse_spec
 from engine.output.storage import Store
+from engine.spec import parse_spec
 from workers.unit import UnitMaker
 
 from .chromium import Browser, find_chromium, open_page

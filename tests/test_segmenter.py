@@ -9,7 +9,8 @@ import pytest
 
 from engine.errors import UserError
 from engine.lab.metrics.segmentation import confusion, iou_table, pixel_accuracy
-from engine.lab.train.segmenter import SEGMENTER_DIR, VAL_STREAM, load_segmenter, rendered_scenes, segment, train_segmenter
+from engine.lab.train.segmenter import VAL_STREAM, load_segmenter, rendered_scenes, segment, train_segmenter
+from engine.models.shipped import SEGMENTER_DIR
 
 from .conftest import DDE
 

@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 
 from engine.heads.attention import semantic_mask
-from engine.records import semantic_dtype, uncertain_value
 from engine.output.sink import encode_png, semantic_palette
+from engine.records import semantic_dtype, uncertain_value
 
 
 def test_dtype_follows_the_vocabulary():

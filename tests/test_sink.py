@@ -8,13 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from engine.output.layout import COMMITS_DIR, STAGING_DIR, marker_file
 from engine.job.planner import Planner
 from engine.job.prompts import build_pool
 from engine.job.runner import _request, open_job
+from engine.output.layout import COMMITS_DIR, STAGING_DIR, marker_file
 from engine.output.sink import UnitSink
-from engine.spec import parse_spec
 from engine.output.storage import Store
+from engine.spec import parse_spec
 from workers.unit import UnitMaker
 
 from .conftest import make_bucket, s3_options

@@ -10,10 +10,10 @@ import fsspec
 import pytest
 
 from engine.errors import UserError
-from engine.output.ledger import Ledger
 from engine.job.runner import run_job
-from engine.spec import parse_spec
+from engine.output.ledger import Ledger
 from engine.output.storage import Store
+from engine.spec import parse_spec
 
 from .conftest import S3_KEY, S3_SECRET, make_bucket, s3_options
 from .helpers import Gate

@@ -13,8 +13,9 @@ import pytest
 
 from engine.cli import main
 from engine.job.prompts import build_pool
-from engine.spec import fingerprint, parse_spec, recorded_spec
+from engine.output.ledger import recorded_spec
 from engine.output.storage import input_options
+from engine.spec import fingerprint, parse_spec
 
 from .conftest import BASE_SPEC, S3_KEY, S3_SECRET, make_bucket, s3_options
 

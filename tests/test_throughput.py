@@ -5,13 +5,13 @@ import time
 
 import pytest
 
-from engine.output.ledger import Ledger
 from engine.job.progress import Progress
 from engine.job.runner import run_job
-from engine.spec import parse_spec
 from engine.job.status import format_status, job_status
-from engine.output.storage import Store
 from engine.job.throughput import eta_seconds, run_intervals, wall_seconds
+from engine.output.ledger import Ledger
+from engine.output.storage import Store
+from engine.spec import parse_spec
 
 
 def _unit(started: float, committed: float, images: int = 8, seconds: float = 1.0) -> dict:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from engine.models.embedded import EMBEDDED_MODELS
 from engine.lab.train.diffusion import DiffusionRecipe, train_diffusion
-from engine.lab.train.oracle import ORACLE_DIR
+from engine.models.embedded import EMBEDDED_MODELS
+from engine.models.shipped import ORACLE_DIR
 
 TINY = DiffusionRecipe(vae_steps=3, unet_steps=4, vae_batch_size=4, batch_size=4, latent_pool=16,
                        checkpoint_every=2, warmup=1)

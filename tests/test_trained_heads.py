@@ -56,8 +56,8 @@ def test_grounding_scores_any_class_name_embedding():
 
 
 def test_saved_head_loads_deterministically(tmp_path):
-    from engine.lab.train.adapter import load_detector
-    from engine.lab.train.oracle import save_trained
+    from engine.heads.boxes.weights import load_detector
+    from engine.models.trained import save_trained
 
     model = tiny_detector()
     save_trained(model, str(tmp_path), "adapter", {"classes": ["a", "b", "c"], "detector": model.config.to_json()})

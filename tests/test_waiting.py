@@ -7,11 +7,11 @@ import time
 import pytest
 
 from engine.errors import UserError
-from engine.output.lease import Lease
 from engine.job.runner import run_job
-from engine.spec import parse_spec
 from engine.job.status import format_status, job_status
+from engine.output.lease import Lease
 from engine.output.storage import Store
+from engine.spec import parse_spec
 
 
 @pytest.mark.ray

@@ -171,8 +171,8 @@ class InProcessPool:
     """Runs units in the driver's own process, for ``memory://`` outputs: a memory filesystem
     lives in one process, so actors elsewhere could not write to it."""
 
-    def __init__(self, spec: JobSpec):
-        from workers.unit import UnitMaker
+    def __init__(self, spec: JobSpec, on_wait: Callable[[str | None], None] = lambda text: None):
+        from .unit import UnitMaker
 
         self.maker = UnitMaker(spec)
 

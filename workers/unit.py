@@ -10,11 +10,11 @@ import numpy as np
 
 from engine.errors import InputChanged
 from engine.output.layout import marker_file
+from engine.output.sink import SinkContext, UnitSink
+from engine.output.storage import Store, input_options
 from engine.records import ImageRequest
 from engine.registry import BACKENDS, HEADS
-from engine.output.sink import SinkContext, UnitSink
 from engine.spec import JobSpec
-from engine.output.storage import Store, input_options
 
 __all__ = ["UnitMaker", "summary_of"]
 

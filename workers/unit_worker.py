@@ -13,9 +13,10 @@ __all__ = ["UnitWorker"]
 
 class UnitWorker:
     def __init__(self, spec_data: dict):
-        from engine.spec import JobSpec
         from engine.output.storage import report_retries
-        from workers.unit import UnitMaker
+        from engine.spec import JobSpec
+
+        from .unit import UnitMaker
 
         report_retries()  # a unit waiting out a storage outage says so in the job's log
         self.maker = UnitMaker(JobSpec.model_validate(spec_data))

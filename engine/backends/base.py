@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict
 
 from ..records import Generated, ImageRequest
 from ..spec import ClassSpec, JobSpec
 
-__all__ = ["Backend", "StrictParams"]
+__all__ = ["Backend", "StrictParams", "TextEncoders"]
 
 
 class StrictParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class TextEncoders:
+    """How a backend encodes prompts: its tokenizers (their ``model_max_length`` is the limit),
+    what it appends to every prompt, and whether its head builds class-only prompts too."""
+
+    name: str
+    tokenizers: list
+    suffix: str = ""
+    class_prompts: bool = False
 
 
 class Backend:
@@ -42,7 +55,7 @@ class Backend:
 
     @classmethod
     def text_encoders(cls, spec: JobSpec):
-        """``prompt_limits.TextEncoders`` for a backend that reads prompts through a tokenizer with a
+        """``TextEncoders`` for a backend that reads prompts through a tokenizer with a
         limit (loaded in the driver, before generation); None for one that has no such limit."""
         return None
 

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from ..output.layout import derive_seed
 from ..records import Generated, ImageRequest
-from .base import Backend, StrictParams
+from .base import Backend, StrictParams, TextEncoders
 
 __all__ = ["DiffusionBackend"]
 
@@ -100,7 +100,6 @@ class DiffusionBackend(Backend):
         from transformers import CLIPTokenizer
 
         from ..models import is_hub_id, resolve_model
-        from ..job.prompt_limits import TextEncoders
 
         params = DiffusionParams(**spec.generator.params)
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from ..records import Generated, ImageRequest, Instance, Labels
+from ..records import Generated, ImageRequest, Instance, Labels, category_ids
 from ..spec import JobSpec
 from .base import Backend, StrictParams
 
@@ -46,10 +46,11 @@ class RenderBackend(Backend):
                                   min_visible=params.min_visible)
         self.to_world = {c.name: _world_name(c.words) for c in classes}
         self.from_world = {w: c for c, w in self.to_world.items()}
-        # world class index + 1 -> job category id (index + 1), 0 stays background
+        # world category id -> job category id, 0 stays background
         self.semantic_lut = np.zeros(len(CLASSES) + 1, dtype=np.uint8)
-        for job_index, c in enumerate(classes):
-            self.semantic_lut[CLASSES.index(self.to_world[c.name]) + 1] = job_index + 1
+        world_ids = category_ids(CLASSES)
+        for c, job_id in zip(classes, category_ids(c.name for c in classes).values()):
+            self.semantic_lut[world_ids[self.to_world[c.name]]] = job_id
 
     @property
     def model_name(self) -> str:

@@ -5,7 +5,7 @@ list, on the UNet features of the last denoising step; trained by `dde train ada
 
 from __future__ import annotations
 
-from ..lab.train.adapter import ADAPTER_DIR
+from ..models.shipped import ADAPTER_DIR
 from .trained import TrainedBoxHead
 
 __all__ = ["AdapterHead"]

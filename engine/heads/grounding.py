@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..lab.train.grounding import GROUNDING_DIR
+from ..models.shipped import GROUNDING_DIR
 from .trained import TrainedBoxHead, TrainedHeadParams
 
 __all__ = ["GroundingHead"]
@@ -32,7 +32,7 @@ class GroundingHead(TrainedBoxHead):
         return "grounding-base" if params.stage == "base" else cls.stem
 
     def prepare(self, pipe) -> None:
-        from ..lab.train.grounding import class_text
+        from .boxes.text import class_text
 
         self.names = [c.name for c in self.classes]
         self.text = class_text(pipe, self.names)

@@ -74,7 +74,7 @@ class TrainedBoxHead(Head):
 
     @classmethod
     def load(cls, params):
-        from ..lab.train.adapter import load_detector
+        from .boxes.weights import load_detector
 
         return load_detector(params.weights or cls.shipped, cls.load_stem(params), cls.name)
 

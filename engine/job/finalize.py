@@ -15,12 +15,12 @@ import uuid
 import numpy as np
 
 from ..errors import UserError
-from ..output.layout import CARD_FILE, COCO_FILE, JOB_FILE, PUBLISHED_DIRS, STAGING_DIR
-from ..output.ledger import Ledger, iter_markers, marker_names
+from ..output.layout import CARD_FILE, COCO_FILE, JOB_FILE, PUBLISHED_DIRS, SPEC_FILE, STAGING_DIR
+from ..output.ledger import Ledger, iter_markers, marker_names, not_a_job, recorded_spec
 from ..output.ownership import remove_stale_attempts
-from ..records import semantic_dtype
-from ..spec import JobSpec, fingerprint, recorded_spec
 from ..output.storage import Store
+from ..records import category_ids, semantic_dtype
+from ..spec import JobSpec, fingerprint
 
 __all__ = ["finalize_job"]
 
@@ -62,7 +62,8 @@ def _write_json_stream(store: Store, rel: str, chunks) -> None:
 
 def _coco_chunks(store: Store, spec: JobSpec, shards: list[str], images_with: dict[str, int]):
     """COCO JSON text, one image or annotation at a time; counts images per class on the way."""
-    categories = [{"id": i + 1, "name": c.name, "supercategory": "object"} for i, c in enumerate(spec.class_specs)]
+    categories = [{"id": k, "name": name, "supercategory": "object"}
+                  for name, k in category_ids(c.name for c in spec.class_specs).items()]
     head = {"info": {"description": f"dde dataset {spec.name}", "version": fingerprint(spec)},
             "licenses": [], "categories": categories}
     yield json.dumps(head)[:-1] + ', "images": ['
@@ -138,8 +139,8 @@ def finalize_job(store: Store, spec: JobSpec, stop: str | None = None, lease: st
     """Publish, merge and describe what is committed. ``lease``: the finishing driver's own
     lease, whose attempts are over. Raises UserError if committed files are missing
     (``dde resume`` regenerates those units)."""
-    if not store.exists("_job/spec.json"):
-        raise UserError(f"URI: expected the output of a dde job, got {store.uri!r}")
+    if not store.exists(SPEC_FILE):
+        raise not_a_job(store.uri)
     names = marker_names(store)  # before the staging listing: see ownership.broken_units
     staged = set(store.find(STAGING_DIR))
     stagings, owner, shards = set(), {}, []

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..output.layout import derive_seed, unit_id
-from .prompts import PromptItem
 from ..spec import JobSpec
+from .prompts import PromptItem
 
 __all__ = ["Planner", "stuck_classes", "job_stuck_classes", "class_state", "stop_reason", "STUCK_PATIENCE"]
 

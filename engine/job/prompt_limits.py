@@ -18,25 +18,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from .classnames import ClassMatcher
+from ..backends.base import TextEncoders
 from ..errors import UserError
-from .prompts import PromptItem
 from ..spec import JobSpec
+from .classnames import ClassMatcher
+from .prompts import PromptItem
 
-__all__ = ["TextEncoders", "limit_prompts", "describe_limit", "RECORD"]
+__all__ = ["limit_prompts", "describe_limit", "RECORD"]
 
 RECORD = "prompts.token_limit"  # the key of the check's record among the job's inputs
-
-
-@dataclass
-class TextEncoders:
-    """How a backend encodes prompts: its tokenizers (their ``model_max_length`` is the limit),
-    what it appends to every prompt, and whether its head builds class-only prompts too."""
-
-    name: str
-    tokenizers: list
-    suffix: str = ""
-    class_prompts: bool = False
 
 
 @dataclass

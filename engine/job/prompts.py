@@ -12,10 +12,10 @@ import itertools
 import json
 from dataclasses import asdict, dataclass
 
-from .classnames import ClassMatcher
 from ..errors import UserError
-from ..spec import ClassSpec, CombinationPrompts, JobSpec, JsonlPrompts, ReferencePrompts
 from ..output.storage import input_options
+from ..spec import ClassSpec, CombinationPrompts, JobSpec, JsonlPrompts, ReferencePrompts
+from .classnames import ClassMatcher
 
 __all__ = ["PromptItem", "build_pool", "generic_prompt", "class_append_prompt", "objects_phrase"]
 

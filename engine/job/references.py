@@ -26,10 +26,10 @@ import re
 import sys
 from dataclasses import dataclass, replace
 
-from .classnames import ClassMatcher, closest
 from ..errors import UserError
-from ..spec import JobSpec, ReferencePrompts
 from ..output.storage import input_options
+from ..spec import JobSpec, ReferencePrompts
+from .classnames import ClassMatcher, closest
 
 __all__ = ["Reference", "load_references", "id_key", "describe_missing"]
 

@@ -23,8 +23,8 @@ from collections import Counter
 
 from ..output.layout import REPORT_FILE
 from ..output.ledger import Ledger
-from .status import job_status
 from ..output.storage import Store
+from .status import job_status
 
 __all__ = ["build_report", "write_report"]
 

@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cluster import check_address, ensure_ray
 from ..errors import InputChanged, StorageUnavailable, UserError
 from ..output.layout import COMMITS_DIR, PLANS_DIR, SPEC_FILE, plan_file
 from ..output.lease import Lease, live_leases
-from ..output.ledger import Ledger, read_job_spec
+from ..output.ledger import Ledger, read_job_spec, recorded_spec
 from ..output.location import refuse_temporary_output
 from ..output.ownership import check_owned, pinned_references, repair_broken_units
+from ..output.storage import Store, storage_errors, unreachable
+from ..spec import JobSpec, diff_fingerprinted, fingerprint
+from .cluster import check_address, ensure_ray
 from .planner import Planner, job_stuck_classes, stop_reason
 from .progress import Progress
 from .prompts import PromptItem, build_pool
-from ..spec import JobSpec, diff_fingerprinted, fingerprint, recorded_spec
-from ..output.storage import Store, storage_errors, unreachable
 
 __all__ = ["run_job", "JobResult", "open_job"]
 
@@ -175,13 +175,14 @@ class _Driver:
 
     def _execute(self, units: list[dict], address: str | None) -> None:
         if self.executor is None:
-            from workers.pool import InProcessPool, UnitPool
+            from ..registry import EXECUTORS
 
-            if self.spec.output.startswith("memory://"):
-                self.executor = InProcessPool(self.spec)
+            if self.spec.output.startswith("memory://"):  # a memory filesystem lives in this process only
+                kind = "in_process"
             else:
+                kind = "ray"
                 ensure_ray(address, quiet=self.progress.quiet and not self.progress.log)
-                self.executor = UnitPool(self.spec, on_wait=self._waiting)
+            self.executor = EXECUTORS.get(kind)(self.spec, on_wait=self._waiting)
         digests = {**self.pinned, **self.ledger.reference_digests()}
         run = {"lease": self.lease.id, "driver_started_at": self.lease.record["started_at"]}
         expanded = [dict(u, **run, requests=[_request(self.pool_items[item], image_id, seed, digests)

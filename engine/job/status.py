@@ -5,22 +5,18 @@ from __future__ import annotations
 import json
 import time
 
-from ..errors import UserError
 from ..output.layout import JOB_FILE, PLANS_DIR, SPEC_FILE
 from ..output.lease import live_leases
-from ..output.ledger import Ledger, read_job_spec
-from .planner import class_state, job_stuck_classes
+from ..output.ledger import Ledger, require_job_spec
 from ..output.storage import Store
+from .planner import class_state, job_stuck_classes
 from .throughput import eta_seconds, run_intervals, wall_seconds
 
 __all__ = ["job_status", "format_status"]
 
 
 def job_status(store: Store, ledger: Ledger | None = None) -> dict:
-    recorded = read_job_spec(store)
-    if recorded is None:
-        raise UserError(f"URI: expected the output of a dde job (with _job/spec.json), got {store.uri!r}")
-    spec, fp = recorded
+    spec, fp = require_job_spec(store)
     ledger = ledger or Ledger(store)
     units = ledger.refresh()
     waves = len([n for n in store.list_names(PLANS_DIR) if n.endswith(".json")])

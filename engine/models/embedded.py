@@ -7,16 +7,27 @@ cross-attention at 16x16 and 8x8 (the analogues of SD's 64/32 px-latent attentio
 
 from __future__ import annotations
 
-import os
+from .shipped import CLIP_DIR, SHAPES_DIR
 
-__all__ = ["EMBEDDED_MODELS", "CLIP_DIR", "IMAGE_SIZE", "vae_config", "unet_config", "text_encoder_config"]
+__all__ = ["EMBEDDED_MODELS", "CLIP_DIR", "IMAGE_SIZE", "MODEL_WORLD", "model_world", "vae_config", "unet_config",
+           "text_encoder_config"]
 
 IMAGE_SIZE = 64
 LATENT_SIZE = 16
 TEXT_WIDTH = 128
 MAX_TOKENS = 32
-EMBEDDED_MODELS = {"shapes": os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes")}
-CLIP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip")  # the small shapes CLIP
+EMBEDDED_MODELS = {"shapes": SHAPES_DIR}
+# The training world of embedded:shapes: at most 3 objects of 19-35 px (5-9 latent cells), so a
+# shape's outline, not only its colour, carries enough of the loss for the UNet to learn the class names.
+MODEL_WORLD = {"max_objects": 3, "min_scale": 0.3, "max_scale": 0.55}
+
+
+def model_world(**world):
+    """The world the embedded model is trained on (``MODEL_WORLD``, overridden by ``world``), so
+    generated and rendered images are comparable."""
+    from ..world import WorldConfig
+
+    return WorldConfig(size=IMAGE_SIZE, **{**MODEL_WORLD, **world})
 
 
 def vae_config() -> dict:

@@ -11,11 +11,12 @@ import re
 from collections import Counter
 
 from ..errors import UserError
-from .layout import COMMITS_DIR, SPEC_FILE
 from ..spec import JobSpec, parse_spec
-from .storage import Store
+from .layout import COMMITS_DIR, SPEC_FILE
+from .storage import Store, public_options
 
-__all__ = ["Ledger", "read_job_spec", "iter_markers", "marker_names"]
+__all__ = ["Ledger", "read_job_spec", "require_job_spec", "not_a_job", "recorded_spec", "iter_markers",
+           "marker_names"]
 
 _MARKER = re.compile(r"unit-\d+\.json")
 _SUMMARY_KEYS = ("unit_id", "index", "wave", "images", "instances", "counts", "rejects",
@@ -32,6 +33,28 @@ def read_job_spec(store: Store) -> tuple[JobSpec, str] | None:
     except (ValueError, KeyError, TypeError, UserError) as e:
         raise UserError(f"output: expected dde's record of the job in {store.uri}/{SPEC_FILE}, got an unreadable "
                         f"file ({type(e).__name__}: {str(e)[:120]}); restore it from a copy, or use a new output") from e
+
+
+def recorded_spec(spec: JobSpec) -> dict:
+    """The spec as the output records it (_job/spec.json, job.json): storage credentials left out."""
+    data = spec.model_dump(mode="json")
+    data["storage_options"] = public_options(data["storage_options"])
+    if data["prompts"].get("storage_options"):
+        data["prompts"]["storage_options"] = public_options(data["prompts"]["storage_options"])
+    return data
+
+
+def not_a_job(uri: str) -> UserError:
+    """The error for a URI that holds no dde job: the one wording of this check."""
+    return UserError(f"URI: expected the output of a dde job (with {SPEC_FILE}), got {uri!r}")
+
+
+def require_job_spec(store: Store, uri: str | None = None) -> tuple[JobSpec, str]:
+    """``read_job_spec``, or ``not_a_job`` (naming ``uri``, by default the store's) when there is none."""
+    recorded = read_job_spec(store)
+    if recorded is None:
+        raise not_a_job(uri or store.uri)
+    return recorded
 
 
 def marker_names(store: Store) -> list[str]:

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..records import Generated, ImageRequest, Labels, category_ids
+from ..spec import ImageFormat
 from .layout import SHARD_FILE, STAGING_DIR, image_name, marker_file
 from .lease import new_attempt_id
-from ..records import Generated, ImageRequest, Labels
-from ..spec import ImageFormat
 from .storage import Store
 
 __all__ = ["SinkContext", "UnitSink", "parquet_schema", "encode_png", "encode_image", "semantic_palette",
@@ -118,7 +118,7 @@ def _rle(mask: np.ndarray) -> dict:
 class UnitSink:
     def __init__(self, store: Store, context: SinkContext, unit: dict):
         self.store, self.context, self.unit = store, context, unit
-        self.category_id = {name: i + 1 for i, name in enumerate(context.categories)}
+        self.category_id = category_ids(context.categories)
         self._palette = None
 
     # ---- lifecycle

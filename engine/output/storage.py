@@ -180,7 +180,8 @@ def _causes(exc: BaseException | None) -> list[BaseException]:
 def unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) means a storage endpoint could not be reached: a
     connection error that a storage client raised (not, say, a Ray cluster's own)."""
-    from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError
 
     causes = _causes(exc)
     return (any(isinstance(e, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError)) for e in causes)

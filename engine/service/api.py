@@ -323,8 +323,8 @@ _SPEC_BODY = {"requestBody": {"required": True, "content": {
 
 
 def _router():
-    from . import submit as jobs
     from ..output.storage import public_options
+    from . import submit as jobs
 
     router = APIRouter(prefix="/v1", responses={401: {"model": Problem}, 422: {"model": Problem}})
 

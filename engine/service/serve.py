@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from ray import serve
 
-from .api import Settings, create_app, load_settings
 from ..errors import UserError
+from .api import Settings, create_app, load_settings
 
 __all__ = ["ApiDeployment", "build_app", "serve_api", "APP_NAME"]
 

@@ -16,7 +16,8 @@ import os
 import re
 
 from ..errors import UserError
-from ..spec import JobSpec, fingerprint, parse_spec, recorded_spec
+from ..output.ledger import recorded_spec
+from ..spec import JobSpec, fingerprint, parse_spec
 
 __all__ = ["submission_id", "submit", "job_logs", "stop_job", "list_jobs", "job_info", "submitted_spec", "SPEC_ENV"]
 

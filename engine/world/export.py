@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from engine.records import category_ids
 from engine.world.render import CLASSES, Instance, WorldConfig, render_scene
 
 _INFO = {
@@ -66,8 +67,7 @@ def export_coco(out_dir: str | os.PathLike, images: int, split: str = "train", s
     instances_path = annotation_dir / f"instances_{split}.json"
     _write_json(instances_path, {
         "info": _INFO, "licenses": [], "images": image_entries, "annotations": instance_entries,
-        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
-                       for i, name in enumerate(CLASSES)],
+        "categories": [{"id": k, "name": name, "supercategory": "shape"} for name, k in category_ids(CLASSES).items()],
     })
     _write_json(annotation_dir / f"captions_{split}.json", {
         "info": _INFO, "licenses": [], "images": image_entries, "annotations": caption_entries,
@@ -87,7 +87,7 @@ def _annotation(annotation_id: int, image_id: int, instance: Instance) -> dict:
     return {
         "id": annotation_id,
         "image_id": image_id,
-        "category_id": 1 + CLASSES.index(instance.category),
+        "category_id": category_ids(CLASSES)[instance.category],
         "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
         "area": instance.area,
         "bbox": list(instance.bbox),

@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..records import category_ids
+
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross")
 BACKGROUNDS: tuple[str, ...] = ("solid", "gradient", "noise", "stripes", "checker")
 
@@ -356,7 +358,8 @@ class _Canvas:
         return result
 
     def semantic(self) -> np.ndarray:
-        class_ids = np.array([0] + [1 + CLASSES.index(c) for c in self.categories], np.uint8)
+        ids = category_ids(CLASSES)
+        class_ids = np.array([0] + [ids[c] for c in self.categories], np.uint8)
         return class_ids[self.owner + 1]
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from ...backends.base import StrictParams
-from ...records import Generated, ImageRequest, Instance, Labels, semantic_dtype
+from ...records import Generated, ImageRequest, Instance, Labels, category_ids, semantic_dtype
 from ...spec import JobSpec, require_ordered
 from ..base import Head
 
@@ -108,7 +107,7 @@ class AttentionCaptureHead(Head):
         self.store = AttentionStore(capture_config(self.params, unet.config, self.uses_self_attention))
         self.store.install(unet)
         backend.observers.append(self)
-        self.category_id = {c.name: i + 1 for i, c in enumerate(self.classes)}
+        self.category_id = category_ids(c.name for c in self.classes)
 
     # ---- the backend's observer protocol
     def begin_batch(self, pipe, requests: list[ImageRequest], start_steps: list[int], steps: int) -> None:

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from ...output.layout import derive_seed
 from ...job.prompts import objects_phrase
+from ...output.layout import derive_seed
 from ...records import ImageRequest
 from ...world import CLASSES
 
@@ -60,7 +60,7 @@ def _rendered_ceiling(oracle, prompts: list[tuple[str, tuple[str, ...]]], seed: 
     generator would get from this oracle, so the generated score can be read against it."""
     from dataclasses import replace
 
-    from ..train.oracle import model_world
+    from ...models.embedded import model_world
     from ...world import render_scene
 
     world = model_world()
@@ -88,7 +88,8 @@ def fidelity_benchmark(model: str = "embedded:shapes", per_class: int = 50, step
                        guidance_scale: float = 7.5, batch_size: int = 32, seed: int = 0,
                        out_dir: str = "bench/results") -> dict:
     from ...backends.diffusion import DiffusionBackend, DiffusionParams
-    from ..train.oracle import ORACLE_DIR, load_oracle, rendered_set
+    from ...models.shipped import ORACLE_DIR
+    from ..train.oracle import load_oracle, rendered_set
 
     oracle = load_oracle()
     backend = DiffusionBackend(params=DiffusionParams(model=model, steps=steps, guidance_scale=guidance_scale,

@@ -17,25 +17,24 @@ for embedded:shapes, of the shipped trained box heads (``adapter`` with both fea
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import time
 
 import numpy as np
 
-from ...output.layout import derive_seed
 from ...job.prompts import objects_phrase
-from ...records import ImageRequest, Instance
+from ...output.layout import derive_seed
+from ...records import ImageRequest, Instance, category_ids
 from ...world import CLASSES
+from ..metrics.boxes import box_ap
 
-__all__ = ["labels_benchmark", "box_ap", "markdown_tables"]
+__all__ = ["labels_benchmark", "markdown_tables"]
 
 TAUS = (0, 1, 2, 3, 4, 5)
 BANDS = ((0.4, 0.5), (0.5, 0.6), (0.4, 0.6))
 NUM_CLASSES = len(CLASSES) + 1  # background and the world's classes; ids as Scene.semantic
-CATEGORY_ID = {c: i + 1 for i, c in enumerate(CLASSES)}
+CATEGORY_ID = category_ids(CLASSES)
 
 
 def _txt2img_requests(count: int, seed: int) -> list[ImageRequest]:
@@ -49,7 +48,7 @@ def _txt2img_requests(count: int, seed: int) -> list[ImageRequest]:
 
 
 def _img2img_requests(count: int, seed: int) -> tuple[list[ImageRequest], list]:
-    from ..train.oracle import model_world
+    from ...models.embedded import model_world
     from ...world import render_scene
 
     scenes = [render_scene(derive_seed(seed, 10**6 + k), None, model_world()) for k in range(count)]
@@ -65,47 +64,6 @@ def _truth_instances(semantic: np.ndarray, min_area: int) -> list[Instance]:
 
     return [Instance(c, region) for c in CLASSES
             for region, _ in components(semantic == CATEGORY_ID[c], semantic, min_area)]
-
-
-def box_ap(truth: list[list[Instance]], found: list[list[Instance]], size: int,
-           classes: list[str] | tuple[str, ...] = CLASSES, groups: dict[str, list[str]] | None = None) -> dict:
-    """COCO box AP and AP50 of ``found`` against ``truth`` (lists per image), over all classes
-    and, as ``NAME_AP``/``NAME_AP50``, over each of ``groups`` (subsets of ``classes``, e.g. the
-    novel ones), from one COCOeval: a group's AP is the mean of its classes' precision, as
-    COCOeval gives when restricted to them."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    category_id = {c: k + 1 for k, c in enumerate(classes)}
-    images = [{"id": k, "width": size, "height": size} for k in range(len(truth))]
-    annotations = [{"image_id": k, "category_id": category_id[i.category], "bbox": i.bbox(),
-                    "area": i.area(), "iscrowd": 0} for k, insts in enumerate(truth) for i in insts]
-    for n, annotation in enumerate(annotations):
-        annotation["id"] = n + 1
-    detections = [{"image_id": k, "category_id": category_id[i.category], "bbox": i.bbox(), "score": i.score}
-                  for k, insts in enumerate(found) for i in insts]
-    if not annotations or not detections:
-        return {**{f"{prefix}{k}": 0.0 for prefix in ["", *(f"{g}_" for g in groups or {})] for k in ("AP", "AP50")},
-                "detections": len(detections), "truths": len(annotations)}
-    gt = COCO()
-    gt.dataset = {"images": images, "annotations": annotations,
-                  "categories": [{"id": k, "name": c} for c, k in category_id.items()]}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools narrates every stage
-        gt.createIndex()
-        evaluator = COCOeval(gt, gt.loadRes(detections), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    result = {"AP": round(float(max(evaluator.stats[0], 0)), 4), "AP50": round(float(max(evaluator.stats[1], 0)), 4),
-              "detections": len(detections), "truths": len(annotations)}
-    # precision: (IoU thresholds, recall points, classes in id order, area ranges, max detections); all areas, 100
-    precision = evaluator.eval["precision"][:, :, :, 0, -1]
-    for name, members in (groups or {}).items():
-        mine = precision[:, :, [category_id[c] - 1 for c in members]]
-        for key, part in (("AP", mine), ("AP50", mine[0])):
-            known = part[part > -1]
-            result[f"{name}_{key}"] = round(float(known.mean()) if known.size else 0.0, 4)
-    return result
 
 
 class _Scores:
@@ -217,8 +175,9 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
                      out_dir: str = "bench/results") -> dict:
     from ...backends.diffusion import DiffusionBackend, DiffusionParams
     from ...heads.attention.head import AttentionHead
+    from ...models.shipped import SEGMENTER_DIR
     from ...spec import ClassSpec
-    from ..train.segmenter import SEGMENTER_DIR, load_segmenter, segment
+    from ..train.segmenter import load_segmenter, segment
 
     labeller_params = _head_params(head_params)
     oracle = load_segmenter()
@@ -266,8 +225,8 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
 def _oracle_agreement(oracle, generated, truths) -> dict:
     """The oracle's mIoU on the img2img images against the references' masks: high means the
     layout was kept, so the references' truth applies."""
-    from ..train.segmenter import segment
     from ..metrics.segmentation import confusion, iou_table
+    from ..train.segmenter import segment
 
     predicted = segment(oracle, np.stack([g.image for g in generated]))
     miou, _ = iou_table(confusion(predicted, np.stack(truths), NUM_CLASSES))

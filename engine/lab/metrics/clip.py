@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from ...output.layout import derive_seed
 from ...job.prompts import objects_phrase
+from ...output.layout import derive_seed
 from ...world import CLASSES, WorldConfig, render_scene
 
 __all__ = ["load_clip", "image_text_scores", "image_similarity", "zero_shot_accuracy"]

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import os
 
-__all__ = ["AdapterRecipe", "train_adapter", "ADAPTER_DIR", "load_detector"]
+__all__ = ["AdapterRecipe", "train_adapter"]
 
-ADAPTER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "adapter")
 
 
 class AdapterRecipe:
@@ -56,9 +55,19 @@ def _adapter_loop(config: dict) -> None:
     import torch
 
     from ...heads.boxes.detector import DetectorConfig, LossWeights, build_detector, detection_loss
-    from .detection import (FeatureExtractor, Schedule, WorkerContext, cached, evaluate_boxes, fingerprint,
-                            targets_batch, train_schedule, worker_share, write_curve)
-    from .oracle import save_trained
+    from ...models.trained import save_trained
+    from .detection import (
+        FeatureExtractor,
+        Schedule,
+        WorkerContext,
+        cached,
+        evaluate_boxes,
+        fingerprint,
+        targets_batch,
+        train_schedule,
+        worker_share,
+        write_curve,
+    )
 
     worker = WorkerContext(config)
     rank, world, device = worker.rank, worker.world, worker.device
@@ -104,17 +113,3 @@ def _adapter_loop(config: dict) -> None:
             "detector": detector_config.to_json(), "recipe": recipe.to_json(), "schedule": schedule.to_json(),
             "train_minutes": curve[-1]["minutes"], "val": {k: v for k, v in curve[-1].items() if "AP" in k}}
     save_trained(detector, out, "adapter", card)
-
-
-def load_detector(folder: str, stem: str, name: str):
-    """A trained detector and its card, from ``folder``/``stem``.safetensors and .json."""
-    from ...heads.boxes.detector import DetectorConfig, build_detector
-    from ...errors import UserError
-    from .oracle import load_trained
-
-    card_path = os.path.join(folder, f"{stem}.json")
-    if not os.path.exists(card_path):
-        raise UserError(f"{name}: expected a trained head at {card_path}; run `dde train {name}`")
-    with open(card_path) as f:
-        card = json.load(f)
-    return load_trained(build_detector(DetectorConfig(**card["detector"])), folder, stem, name), card

@@ -187,9 +187,9 @@ def train_clip(out: str, recipe: ClipRecipe = ClipRecipe(), *, max_minutes: floa
 def write_clip_card(out: str) -> dict:
     """``model/README.md``: recipe, sessions, size, and zero-shot accuracy measured now on rendered
     single-object val scenes of the embedded model's world and of the default world. Returns the accuracies."""
-    from ..metrics.clip import zero_shot_accuracy
+    from ...models.embedded import model_world
     from ...world import WorldConfig
-    from .oracle import model_world
+    from ..metrics.clip import zero_shot_accuracy
 
     model = os.path.join(out, "model")
     recipe = json.load(open(os.path.join(out, "recipe.json")))

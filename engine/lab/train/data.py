@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...output.layout import derive_seed
 from ...job.prompts import class_append_prompt, generic_prompt, objects_phrase
+from ...output.layout import derive_seed
 from ...world import WorldConfig, render_scene
 
 __all__ = ["render_batch", "prompt_variant", "scene_classes"]

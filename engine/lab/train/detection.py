@@ -135,7 +135,7 @@ def evaluate_boxes(model, pyramid: dict, truth: list[list[Instance]], classes: l
     import torch
 
     from ...heads.boxes.detector import detections
-    from ..evals.labels import box_ap
+    from ..metrics.boxes import box_ap
 
     found = []
     was_training = model.training

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ...models.embedded import MODEL_WORLD, model_world
 from . import flushed_print
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import prompt_variant, render_batch
@@ -41,17 +42,14 @@ class DiffusionRecipe:
     cfg_dropout: float = 0.1
     min_snr_gamma: float = 5.0
     kl_weight: float = 1e-6
-    # The training world: at most 3 objects of 19-35 px (5-9 latent cells), so a shape's outline,
-    # not only its colour, carries enough of the loss for the UNet to learn the class names.
-    max_objects: int = 3
-    min_scale: float = 0.3
-    max_scale: float = 0.55
+    # The training world (``models.embedded.MODEL_WORLD``)
+    max_objects: int = MODEL_WORLD["max_objects"]
+    min_scale: float = MODEL_WORLD["min_scale"]
+    max_scale: float = MODEL_WORLD["max_scale"]
     seed: int = 0
 
     def world(self):
-        from ...world import WorldConfig
-
-        return WorldConfig(size=64, max_objects=self.max_objects, min_scale=self.min_scale, max_scale=self.max_scale)
+        return model_world(max_objects=self.max_objects, min_scale=self.min_scale, max_scale=self.max_scale)
 
 
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:

@@ -25,10 +25,8 @@ import numpy as np
 
 from ...records import Instance
 
-__all__ = ["GroundingRecipe", "train_grounding", "GROUNDING_DIR", "class_text", "reference_requests",
-           "generate_triplets"]
+__all__ = ["GroundingRecipe", "train_grounding", "reference_requests", "generate_triplets"]
 
-GROUNDING_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "grounding")
 
 
 class GroundingRecipe:
@@ -43,20 +41,6 @@ class GroundingRecipe:
 
     def to_json(self) -> dict:
         return dict(vars(self))
-
-
-def class_text(pipe, names: list[str]):
-    """(len(names), text width): each name through the pipeline's own text encoder as
-    ``[BOS] name [EOS]``, its output averaged over the name's sub-tokens."""
-    import torch
-
-    tokenizer, rows = pipe.tokenizer, []
-    with torch.no_grad():
-        for name in names:
-            pieces = tokenizer(name.replace("_", " "), add_special_tokens=False).input_ids
-            ids = torch.tensor([[tokenizer.bos_token_id, *pieces, tokenizer.eos_token_id]], device=pipe.device)
-            rows.append(pipe.text_encoder(ids)[0][0, 1:1 + len(pieces)].float().mean(0))
-    return torch.stack(rows)
 
 
 def train_grounding(model: str, out: str, recipe: GroundingRecipe, teacher: str = "world", workers: int = 1,
@@ -101,10 +85,10 @@ def _check_teacher(folder: str, base: list[str]) -> None:
 def reference_requests(classes: list[str], count: int, seed: int, offset: int):
     """img2img requests from rendered references of the model's world holding only ``classes``
     (one or two of them named as required), captioned with every object, and the scenes."""
+    from ...models.embedded import model_world
     from ...output.layout import derive_seed
     from ...records import ImageRequest
     from ...world import render_scene
-    from .oracle import model_world
 
     rng = np.random.default_rng(seed)
     requests, scenes = [], []
@@ -126,8 +110,8 @@ def generate_triplets(config: dict, recipe: GroundingRecipe, classes: list[str],
     import torch
 
     from ...backends.diffusion import DiffusionBackend, DiffusionParams
-    from ...heads.boxes.features import PyramidCapture, simulated_features
     from ...heads.adapter import AdapterHead
+    from ...heads.boxes.features import PyramidCapture, simulated_features
     from ...spec import ClassSpec
 
     backend = DiffusionBackend(params=DiffusionParams(model=config["model"], steps=recipe.sampling_steps,
@@ -197,9 +181,10 @@ def _grounding_loop(config: dict) -> None:
     import torch
 
     from ...heads.boxes.detector import DetectorConfig, build_detector, detection_loss, detections
+    from ...heads.boxes.text import class_text
     from ...models import load_pipeline
+    from ...models.trained import save_trained
     from .detection import Schedule, WorkerContext, evaluate_boxes, targets_batch, train_schedule, write_curve
-    from .oracle import save_trained
 
     worker = WorkerContext(config)
     torch.set_num_threads(config["threads"])

@@ -12,14 +12,14 @@ import time
 
 import numpy as np
 
+from ...models.embedded import model_world
+from ...models.shipped import ORACLE_DIR
+from ...models.trained import load_trained, save_trained
 from ...output.layout import derive_seed
 from ...world import CLASSES, WorldConfig, render_scene
 from . import flushed_print
 
 __all__ = ["build_classifier", "train_oracle", "load_oracle", "ORACLE_DIR", "rendered_set"]
-
-ORACLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "oracle")
-
 
 def build_classifier():
     import torch.nn as nn
@@ -31,13 +31,6 @@ def build_classifier():
     features = nn.Sequential(*block(3, 32, 2), *block(32, 48, 2), *block(48, 64, 2), *block(64, 128, 2),
                              *block(128, 128, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return nn.Sequential(features, nn.Linear(128, len(CLASSES)))
-
-
-def model_world() -> WorldConfig:
-    """The world the embedded model is trained on, so generated and rendered images are comparable."""
-    from .diffusion import DiffusionRecipe
-
-    return DiffusionRecipe().world()
 
 
 def rendered_set(seed: int, count: int, config: WorldConfig | None = None):
@@ -87,30 +80,6 @@ def fit(model, loss_at, steps: int, lr: float, name: str, echo=None) -> None:
         schedule.step()
         if (step + 1) % 100 == 0:
             echo(f"{name} step {step + 1} loss {loss.item():.4f} ({(time.time() - started) / 60:.1f} min)")
-
-
-def save_trained(model, folder: str, stem: str, card: dict) -> None:
-    """``stem``.safetensors (weights, never a pickle) and ``stem``.json (the card) in ``folder``."""
-    from safetensors.torch import save_file
-
-    os.makedirs(folder, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(folder, f"{stem}.safetensors"))
-    with open(os.path.join(folder, f"{stem}.json"), "w") as f:
-        json.dump(card, f, indent=1)
-
-
-def load_trained(model, folder: str, stem: str, name: str):
-    """``model`` with the weights of ``folder``/``stem``.safetensors, in eval mode; a UserError
-    naming `dde train NAME` when they are missing."""
-    from safetensors.torch import load_file
-
-    from ...errors import UserError
-
-    path = os.path.join(folder, f"{stem}.safetensors")
-    if not os.path.exists(path):
-        raise UserError(f"{name}: expected trained weights at {path}; run `dde train {name}`")
-    model.load_state_dict(load_file(path))
-    return model.eval()
 
 
 def train_oracle(out: str = ORACLE_DIR, steps: int = 1500, batch: int = 128, seed: int = 0, echo=None) -> dict:

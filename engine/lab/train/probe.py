@@ -15,6 +15,7 @@ import json
 import os
 
 from ...errors import UserError
+from ...records import category_ids
 
 __all__ = ["ProbeRecipe", "probe", "read_categories", "load_detection", "build_fcos"]
 
@@ -96,7 +97,8 @@ def load_detection(images: str, annotations: str, classes: list[str]) -> tuple[l
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools narrates loading
         dataset = CocoDetection(images, annotations, transforms=v2.Compose([v2.ToImage(),
                                                                             v2.ToDtype(torch.uint8, scale=True)]))
-    index = {cid: classes.index(c["name"]) + 1 for cid, c in dataset.coco.cats.items() if c["name"] in classes}
+    ids = category_ids(classes)
+    index = {cid: ids[c["name"]] for cid, c in dataset.coco.cats.items() if c["name"] in classes}
     wrapped = wrap_dataset_for_transforms_v2(dataset, target_keys=("boxes", "labels"))
     pictures, targets = [], []
     for image, target in wrapped:
@@ -153,7 +155,7 @@ def _truth(targets: list[dict], classes: list[str]) -> list[list]:
 
 def _scores(model, val, classes: list[str], size: int, device: str) -> dict:
     """COCOeval AP/AP50 over the shared classes and per class (``CLASS_AP``, ``CLASS_AP50``)."""
-    from ..evals.labels import box_ap
+    from ..metrics.boxes import box_ap
 
     images, targets = val
     scores = box_ap(_truth(targets, classes), _detect(model, images, classes, device), size, classes,

@@ -15,15 +15,17 @@ import time
 
 import numpy as np
 
+from ...models.embedded import model_world
+from ...models.shipped import SEGMENTER_DIR
+from ...models.trained import load_trained, save_trained
 from ...output.layout import derive_seed
 from ...world import CLASSES, render_scene
 from . import flushed_print
-from .oracle import _augment, fit, load_trained, model_world, save_trained, to_input
+from .oracle import _augment, fit, to_input
 
 __all__ = ["build_segmenter", "train_segmenter", "evaluate_segmenter", "load_segmenter", "segment",
-           "SEGMENTER_DIR", "NUM_LABELS", "VaeRoundTrip"]
+           "NUM_LABELS", "VaeRoundTrip"]
 
-SEGMENTER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "segmenter")
 NUM_LABELS = len(CLASSES) + 1  # background + one per class
 VAL_STREAM = 987_654_321  # the oracle's val stream: training draws from seed * 7919 + 11 + step
 
