@@ -31,7 +31,9 @@ demo: $(STAMP)
 
 # ensure_chromium.sh installs Debian's chromium for the report's browser test; if it cannot,
 # that test skips and says why, and the rest still run.
+# lint-imports: the layers of pyproject.toml's [tool.importlinter] hold (no cycle, no upward import).
 test: $(STAMP)
+	$(BIN)/lint-imports
 	-bash tests/tools/ensure_chromium.sh
 	$(BIN)/python -m pytest -q -ra tests
 

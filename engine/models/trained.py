@@ -24,7 +24,7 @@ def load_trained(model, folder: str, stem: str, name: str):
     naming `dde train NAME` when they are missing."""
     from safetensors.torch import load_file
 
-    from ...errors import UserError
+    from ..errors import UserError
 
     path = os.path.join(folder, f"{stem}.safetensors")
     if not os.path.exists(path):
