@@ -117,7 +117,7 @@ def test_row_groups_stay_under_the_limit(monkeypatch):
     import numpy as np
     import pyarrow.parquet as pq
 
-    from engine import sink
+    from engine.output import sink
     from engine.output.sink import SinkContext, UnitSink
     from engine.records import Generated, ImageRequest, Labels
 

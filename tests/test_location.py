@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from engine import location
+from engine.output import location
 from engine.errors import UserError
 from engine.output.location import refuse_temporary_output, resolve_submitted_output
 
