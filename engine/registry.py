@@ -1,33 +1,38 @@
-"""One registry per extension point: generator backends and label heads.
+"""One registry per extension point: generator backends, label heads and unit executors.
 
 Entries are registered by import path so that looking a name up (at spec validation,
 in the CLI) does not import torch: backend and head modules import heavy libraries
-inside the functions that need them.
+inside the functions that need them. A spec may also name a class outside this package
+by its dotted path, ``generator: {name: "my_package.backends:MyBackend"}``: one file and
+no registry line (``tests/fixtures/plugins/`` holds an example of each).
 
 How registered objects are called
 ---------------------------------
-Generator backend classes (``BACKENDS``)::
+Generator backend classes (``BACKENDS``, base ``engine.backends.base.Backend``)::
 
-    backend = Backend(params=Backend.Params(...), classes=[ClassSpec, ...])
+    backend = build_backend(spec)          # Backend(params=spec.generator.config, classes=spec.class_specs)
+    backend.offers                         # capabilities (backends.base.CAPABILITIES) heads may need
     backend.max_instances_per_image        # int | None, used to reject impossible bounds
     backend.generate(requests: list[ImageRequest]) -> list[Generated]
 
-Label head classes (``HEADS``)::
+Label head classes (``HEADS``, base ``engine.heads.base.Head``)::
 
-    head = Head(params=Head.Params(...), classes=[ClassSpec, ...])
-    head.attach(backend)               # once: heads that read the model install hooks here
+    head = build_head(spec)                # Head(params=spec.label_head.config, classes=spec.class_specs)
+    head.needs(params)                     # capabilities the backend must offer (checked with the spec)
+    head.attach(backend)                   # once: heads that read the model install hooks here
     head.label(requests: list[ImageRequest], generated: list[Generated]) -> list[Labels]
 
 Unit executor classes (``EXECUTORS``: ``ray`` for every output but ``memory://``, which runs
 ``in_process``; ``workers/`` provides both, and the library never imports it)::
 
     executor = Executor(spec, on_wait=callable)   # on_wait(text | None): what starting workers wait for
-    executor.run(units: list[dict], on_done)      # on_done(summary) per committed unit
+    executor.run(units: list[records.Unit], on_done)   # on_done(summary) per committed unit
     executor.shutdown()
 
-Each class has a ``Params`` pydantic model (extra fields forbidden) that validates the
-``params:`` mapping of the spec, and optional ``check_spec(spec) -> list[str]`` that
-returns cross-field problems (for example a head that needs a particular backend).
+Each backend and head class has a ``Params`` pydantic model (extra fields forbidden) that
+validates the ``params:`` mapping of the spec once (``spec.generator.config``,
+``spec.label_head.config``), and optional ``check_spec(spec) -> list[str]`` that returns
+cross-field problems.
 """
 
 from __future__ import annotations
@@ -36,7 +41,13 @@ import importlib
 
 from .errors import UserError
 
-__all__ = ["Registry", "BACKENDS", "HEADS", "EXECUTORS"]
+__all__ = ["Registry", "BACKENDS", "HEADS", "EXECUTORS", "build_backend", "build_head", "is_dotted_path"]
+
+
+def is_dotted_path(name: str) -> bool:
+    """``package.module:ClassName``: a class named by where it lives, not by a registry name."""
+    module, sep, attr = name.partition(":")
+    return bool(sep and module and attr.isidentifier())
 
 
 class Registry:
@@ -57,10 +68,20 @@ class Registry:
         return name in self._targets
 
     def get(self, name: str) -> type:
-        if name not in self._targets:
-            raise UserError(f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}")
-        module_name, _, attr = self._targets[name].partition(":")
-        return getattr(importlib.import_module(module_name), attr)
+        """The class registered as ``name``, or at the dotted path ``name`` (``package.module:Class``);
+        UserError listing the valid names when neither holds."""
+        if name in self._targets:
+            module_name, _, attr = self._targets[name].partition(":")
+            return getattr(importlib.import_module(module_name), attr)
+        if not is_dotted_path(name):
+            raise UserError(f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}, or a dotted "
+                            f"path 'package.module:ClassName'")
+        module_name, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"{self.kind} {name!r}: cannot load it ({type(e).__name__}: {e}); valid names: "
+                            f"{', '.join(self.names())}, or the dotted path of an importable class") from None
 
 
 BACKENDS = Registry("generator backend")
@@ -78,3 +99,13 @@ HEADS.register("grounding", "engine.heads.grounding:GroundingHead")
 EXECUTORS = Registry("unit executor")
 EXECUTORS.register("ray", "workers.pool:UnitPool")
 EXECUTORS.register("in_process", "workers.pool:InProcessPool")
+
+
+def build_backend(spec):
+    """The generator backend of ``spec`` (a checked ``JobSpec``), with its validated params."""
+    return spec.generator.component(params=spec.generator.config, classes=spec.class_specs)
+
+
+def build_head(spec):
+    """The label head of ``spec`` (a checked ``JobSpec``), with its validated params."""
+    return spec.label_head.component(params=spec.label_head.config, classes=spec.class_specs)

@@ -14,7 +14,7 @@ import os
 from collections.abc import Hashable
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import SpecError, UserError
 from .images import PILLOW_MAX_PIXELS
@@ -22,7 +22,7 @@ from .records import MAX_CATEGORIES
 
 __all__ = [
     "ClassSpec", "ImageFormat", "JobSpec", "load_spec", "parse_spec", "apply_overrides", "fingerprint",
-    "diff_fingerprinted", "json_schema", "describe_error", "require_ordered", "ADDED_FIELDS",
+    "diff_fingerprinted", "json_schema", "describe_error", "require_ordered", "ADDED_FIELDS", "StrictParams",
 ]
 
 # Fields that only say where or how fast a job runs: changing them keeps the dataset.
@@ -42,8 +42,13 @@ def require_ordered(model: BaseModel, low: str, high: str):
     return model
 
 
-class _Strict(BaseModel):
+# The base of the spec's models and of every backend's and head's Params: unknown fields are errors.
+# (No docstring: it would become the description of every Params in the JSON schema.)
+class StrictParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_Strict = StrictParams
 
 
 class ClassSpec(_Strict):
@@ -64,8 +69,29 @@ class Budget(_Strict):
 class Component(_Strict):
     """A registry entry plus its parameters (validated by the entry's own Params model)."""
 
+    # ``name`` may also be the dotted path of a class ('package.module:ClassName'). The params are
+    # validated once, by the class's Params model: ``config`` holds the result, which the backend or
+    # head receives (``registry.build_backend``/``build_head``).
+
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+    _registry: str = PrivateAttr(default="")  # "BACKENDS" or "HEADS", set by the JobSpec that holds it
+    _config: Any = PrivateAttr(default=None)
+
+    @property
+    def component(self) -> type:
+        """The registered class (a UserError for an unknown name)."""
+        from . import registry
+
+        return getattr(registry, self._registry).get(self.name)
+
+    @property
+    def config(self) -> BaseModel:
+        """``params`` as the class's ``Params`` model: validated when the spec was checked
+        (``parse_spec``), or here at first use for a spec built without that check."""
+        if self._config is None:
+            self._config = self.component.Params.model_validate(self.params)
+        return self._config
 
 
 class CombinationPrompts(_Strict):
@@ -193,6 +219,9 @@ class JobSpec(_Strict):
                                      f"(in {seen[word.lower()]!r} and {c.name!r})")
                 seen[word.lower()] = c.name
         return specs
+
+    def model_post_init(self, context: Any) -> None:
+        self.generator._registry, self.label_head._registry = "BACKENDS", "HEADS"
 
     @property
     def class_specs(self) -> list[ClassSpec]:
@@ -367,27 +396,57 @@ def _problems_beside(data: dict, error: ValidationError) -> list[str]:
 
 
 def _component_problems(spec: JobSpec) -> list[str]:
-    """Validate generator/head params with the registered classes' own Params models."""
-    from .registry import BACKENDS, HEADS
+    """Validate generator/head params with the classes' own Params models (kept in ``config``),
+    compare what the head needs with what the backend offers, then the classes' own checks."""
+    from .registry import BACKENDS, HEADS, is_dotted_path
 
     problems: list[str] = []
+    found: dict[str, type] = {}
     for field, registry in (("generator", BACKENDS), ("label_head", HEADS)):
         component: Component = getattr(spec, field)
-        if component.name not in registry:
-            problems.append(f"{field}.name: expected one of {registry.names()}, got {component.name!r}")
+        if component.name not in registry and not is_dotted_path(component.name):
+            problems.append(f"{field}.name: expected one of {registry.names()}, got {component.name!r} (or the "
+                            f"dotted path of a class: 'package.module:ClassName')")
             continue
-        cls = registry.get(component.name)
         try:
-            params = cls.Params.model_validate(component.params)
+            cls = registry.get(component.name)
+        except UserError as e:
+            problems.append(f"{field}.name: {e}")
+            continue
+        try:
+            component._config = cls.Params.model_validate(component.params)
         except ValidationError as e:
             for err in e.errors():
                 err = dict(err, loc=(field, "params", *err["loc"]))
                 problems.append(describe_error(err))
             continue
-        problems.extend(cls.check_spec(spec))
+        found[field] = cls
         if field == "generator":
-            problems.extend(_budget_problems(spec, cls.max_instances_per_image(params)))
+            problems.extend(cls.check_spec(spec))
+            problems.extend(_budget_problems(spec, cls.max_instances_per_image(component.config)))
+    backend, head = found.get("generator"), found.get("label_head")
+    if backend and head:  # a head's own checks may read the backend's params, so only when these hold
+        missing = _capability_problems(spec, backend, head)
+        problems.extend(missing or head.check_spec(spec))
     return problems
+
+
+def _capability_problems(spec: JobSpec, backend: type, head: type) -> list[str]:
+    """What the head needs (``Head.needs``) that the backend does not offer (``Backend.offers``)."""
+    from .registry import BACKENDS
+
+    missing = sorted(set(head.needs(spec.label_head.config)) - set(backend.offers))
+    if not missing:
+        return []
+    providers: dict[str, list[str]] = {}  # who offers them -> the missing capabilities they offer
+    for m in missing:
+        who = " and ".join(repr(n) for n in BACKENDS.names() if m in BACKENDS.get(n).offers) or "no registered backend"
+        providers.setdefault(who, []).append(m)
+    where = "; ".join(f"{', '.join(caps) + ': ' if len(providers) > 1 else ''}offered by {who}"
+                      for who, caps in providers.items())
+    return [f"label_head.name: expected a head that generator {spec.generator.name!r} can serve (it offers "
+            f"{', '.join(sorted(backend.offers)) or 'nothing'}), got {spec.label_head.name!r}, which needs "
+            f"{', '.join(missing)} ({where})"]
 
 
 def _budget_problems(spec: JobSpec, per_image: int | None) -> list[str]:

@@ -103,7 +103,7 @@ def test_spec_rejects_missing_local_model(spec_data, tmp_path):
 
 def test_ground_truth_head_needs_render(spec_data, tiny_model):
     spec_data["generator"] = {"name": "diffusion", "params": {"model": tiny_model}}
-    with pytest.raises(SpecError, match="only the 'render' backend supplies ground truth"):
+    with pytest.raises(SpecError, match="got 'ground_truth', which needs ground_truth \\(offered by 'render'\\)"):
         parse_spec(spec_data)
 
 

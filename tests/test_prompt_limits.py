@@ -55,7 +55,8 @@ def test_the_backends_quality_suffix_counts(tmp_path):
     """The backend appends quality_suffix to every prompt: the text it encodes is what is checked."""
     spec = diffusion_job(tmp_path, ["a star on a table"])
     assert checked(spec)[1]["truncated"] == 0
-    spec.generator.params["quality_suffix"] = ", " + FILLER
+    spec = parse_spec({**spec.model_dump(), "generator": {"name": "diffusion", "params": {
+        "model": "embedded:shapes", "quality_suffix": ", " + FILLER}}})  # params are validated once, with the spec
     assert checked(spec)[1]["truncated"] == 1
 
 

@@ -13,7 +13,7 @@ from engine.output.layout import marker_file
 from engine.output.sink import SinkContext, UnitSink
 from engine.output.storage import Store, input_options
 from engine.records import ImageRequest
-from engine.registry import BACKENDS, HEADS
+from engine.registry import build_backend, build_head
 from engine.spec import JobSpec
 
 __all__ = ["UnitMaker", "summary_of"]
@@ -59,14 +59,12 @@ class UnitMaker:
         self.spec = spec
         self.store = Store(spec.output, spec.storage_options)
         classes = spec.class_specs
-        backend_cls, head_cls = BACKENDS.get(spec.generator.name), HEADS.get(spec.label_head.name)
-        if backend_cls.uses_torch:  # before anything loads or computes: the bytes depend on it
+        if spec.generator.component.uses_torch:  # before anything loads or computes: the bytes depend on it
             import torch  # not for render: its actors start without torch
 
             # Ray sets OMP_NUM_THREADS from num_cpus, and torch splits kernels by thread count
             torch.set_num_threads(spec.resources.threads_per_actor)
-        self.backend = backend_cls(params=backend_cls.Params(**spec.generator.params), classes=classes)
-        self.head = head_cls(params=head_cls.Params(**spec.label_head.params), classes=classes)
+        self.backend, self.head = build_backend(spec), build_head(spec)
         self.head.attach(self.backend)
         self.context = SinkContext(tuple(c.name for c in classes), self.backend.model_name, spec.label_head.name,
                                    spec.image_format)

@@ -15,7 +15,8 @@ from pydantic import Field, model_validator
 
 from ..output.layout import derive_seed
 from ..records import Generated, ImageRequest
-from .base import Backend, StrictParams, TextEncoders
+from .base import (ATTENTION_CAPTURE, DIFFUSERS_PIPELINE, STEP_CALLBACKS, UNET_FEATURES, Backend, StrictParams,
+                   TextEncoders)
 
 __all__ = ["DiffusionBackend"]
 
@@ -59,6 +60,7 @@ def _start_step(strength: float | None, steps: int) -> int:
 
 class DiffusionBackend(Backend):
     Params = DiffusionParams
+    offers = frozenset({DIFFUSERS_PIPELINE, UNET_FEATURES, ATTENTION_CAPTURE, STEP_CALLBACKS})
 
     def __init__(self, *, params: DiffusionParams, classes):
         super().__init__(params=params, classes=classes)
@@ -68,9 +70,6 @@ class DiffusionBackend(Backend):
                                   scheduler=params.scheduler, attention=params.attention)
         self.batch_size = params.batch_size
         self.size = params.size or self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
-        # Heads that watch sampling (attention capture): begin_batch(pipe, requests, start_steps,
-        # steps) before a batch, end_batch() -> one extras dict per image after it.
-        self.observers: list = []
 
     @property
     def model_name(self) -> str:
@@ -82,7 +81,7 @@ class DiffusionBackend(Backend):
         from ..errors import UserError
         from ..models import is_hub_id, resolve_model
 
-        model = DiffusionParams(**spec.generator.params).model
+        model = spec.generator.config.model
         if not is_hub_id(model):
             try:
                 resolve_model(model)
@@ -101,7 +100,7 @@ class DiffusionBackend(Backend):
 
         from ..models import is_hub_id, resolve_model
 
-        params = DiffusionParams(**spec.generator.params)
+        params = spec.generator.config
         try:
             if is_hub_id(params.model):
                 tokenizer = CLIPTokenizer.from_pretrained(params.model, subfolder="tokenizer")

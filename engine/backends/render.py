@@ -13,7 +13,7 @@ from pydantic import Field
 
 from ..records import Generated, ImageRequest, Instance, Labels, category_ids
 from ..spec import JobSpec
-from .base import Backend, StrictParams
+from .base import GROUND_TRUTH, Backend, StrictParams
 
 __all__ = ["RenderBackend"]
 
@@ -35,6 +35,7 @@ def _world_name(words: list[str]) -> str | None:
 
 class RenderBackend(Backend):
     Params = RenderParams
+    offers = frozenset({GROUND_TRUTH})
     uses_torch = False  # numpy only: its actors start without importing torch
 
     def __init__(self, *, params: RenderParams, classes):
@@ -60,7 +61,7 @@ class RenderBackend(Backend):
     def check_spec(cls, spec: JobSpec) -> list[str]:
         from ..world import CLASSES
 
-        params = RenderParams(**spec.generator.params)
+        params = spec.generator.config
         problems = [f"classes.{i}.name: expected a shapes-world class {list(CLASSES)} as name or synonym "
                     f"for the 'render' backend, got {c.name!r}"
                     for i, c in enumerate(spec.class_specs) if _world_name(c.words) is None]

@@ -1,6 +1,6 @@
 """What the trained box heads (``adapter``, ``grounding``) share: they read a UNet feature
-pyramid (``engine.heads.boxes.features.PyramidCapture``, forward hooks on the ``diffusion`` backend's UNet)
-and run a detector trained by ``dde train adapter`` / ``dde train grounding`` on it. Boxes only:
+pyramid (``engine.heads.boxes.features.PyramidCapture``, forward hooks on the backend's UNet: any
+backend that offers ``diffusers_pipeline`` and ``unet_features``) and run a detector trained by ``dde train adapter`` / ``dde train grounding`` on it. Boxes only:
 instances carry no mask.
 
 Two sources of features (param ``features``):
@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..backends.base import StrictParams
+from ..backends.base import DIFFUSERS_PIPELINE, STEP_CALLBACKS, UNET_FEATURES, StepObserver, StrictParams
 from ..records import Generated, ImageRequest, Instance, Labels
 from ..spec import JobSpec
 from .base import Head
@@ -38,22 +38,23 @@ class TrainedHeadParams(StrictParams):
     threshold: float = Field(default=0.3, ge=0, le=1, description="Keep detections scoring at least this (delta).")
 
 
-class TrainedBoxHead(Head):
+class TrainedBoxHead(Head, StepObserver):
     """Subclasses set ``name`` (the registry and `dde train` name), ``stem`` (weights file stem) and
     ``shipped`` (the folder shipped for the embedded model), and say which class names to ask for."""
 
     Params = TrainedHeadParams
+    requires = frozenset({DIFFUSERS_PIPELINE, UNET_FEATURES})
     name = stem = shipped = ""
 
     @classmethod
-    def check_spec(cls, spec: JobSpec) -> list[str]:
-        from ..backends.diffusion import DiffusionParams
+    def needs(cls, params: TrainedHeadParams) -> frozenset[str]:
+        """``last_step`` features are read while the backend samples: that needs its step callbacks."""
+        return cls.requires | ({STEP_CALLBACKS} if params.features == "last_step" else set())
 
-        if spec.generator.name != "diffusion":
-            return [f"label_head.name: expected a head for {spec.generator.name!r} images, got {cls.name!r} "
-                    f"(it reads the UNet features of the 'diffusion' backend)"]
-        params = cls.Params(**spec.label_head.params)
-        model = DiffusionParams(**spec.generator.params).model
+    @classmethod
+    def check_spec(cls, spec: JobSpec) -> list[str]:
+        params = spec.label_head.config
+        model = spec.generator.config.model  # diffusers_pipeline: the backend's params name the model
         if params.weights is None and model != "embedded:shapes":
             return [f"label_head.params.weights: expected the folder of a {cls.name} head trained for {model!r} "
                     f"(`dde train {cls.name} --model {model}`), got none (the shipped one is for embedded:shapes)"]
@@ -94,7 +95,7 @@ class TrainedBoxHead(Head):
     def prepare(self, pipe) -> None:
         """Once, after loading: whatever the head needs from the pipeline (text embeddings)."""
 
-    # ---- the backend's observer protocol
+    # ---- StepObserver (features: last_step)
     def begin_batch(self, pipe, requests: list[ImageRequest], start_steps: list[int], steps: int) -> None:
         self._rows = len(requests)
 

@@ -34,16 +34,12 @@ def stuck_classes(history: list[dict[str, int]], bounds: dict[str, int]) -> list
 def job_stuck_classes(spec: JobSpec, history: list[dict[str, int]]) -> list[str]:
     """``stuck_classes`` of the job; none when its head makes no labels (``none``): nothing is
     counted, so a class is "not labelled" and the job runs to its image or wave budget."""
-    from ..registry import HEADS
-
-    return stuck_classes(history, spec.bounds()) if HEADS.get(spec.label_head.name).makes_labels else []
+    return stuck_classes(history, spec.bounds()) if spec.label_head.component.makes_labels else []
 
 
 def class_state(spec: JobSpec, count: int, bound: int, stuck: bool) -> str:
     """What status, the card and the report say of a class."""
-    from ..registry import HEADS
-
-    if not HEADS.get(spec.label_head.name).makes_labels:
+    if not spec.label_head.component.makes_labels:
         return "not labelled"
     return "met" if count >= bound else ("stuck" if stuck else "below")
 

@@ -86,12 +86,10 @@ def _findings(pool: list[PromptItem], encoders: TextEncoders, spec: JobSpec) -> 
 
 def limit_prompts(spec: JobSpec, pool: list[PromptItem], inputs: dict) -> list[PromptItem]:
     """The pool the job plans from: ``pool`` checked against the backend's text encoders."""
-    from ..registry import BACKENDS, HEADS
-
-    encoders = BACKENDS.get(spec.generator.name).text_encoders(spec)
+    encoders = spec.generator.component.text_encoders(spec)
     if encoders is None or not encoders.tokenizers:
         return pool
-    encoders.class_prompts = HEADS.get(spec.label_head.name).builds_class_prompts
+    encoders.class_prompts = spec.label_head.component.builds_class_prompts
     findings = _findings(pool, encoders, spec)
     cut = [(i, f.cut[0]) for i, f in enumerate(findings) if f.cut]
     limit = min(t.model_max_length for t in encoders.tokenizers)

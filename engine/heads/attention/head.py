@@ -2,8 +2,9 @@
 (Dataset Diffusion): class-prompt cross-attention refined by self-attention raised to tau,
 thresholded at alpha/beta (Eq. 5); instances are the connected components of each class.
 
-Works with the ``diffusion`` backend on any SD-architecture model: the head attaches an
-``AttentionStore`` to the backend's UNet, which records during sampling.
+Works with any backend that offers ``diffusers_pipeline``, ``attention_capture`` and
+``step_callbacks`` (the ``diffusion`` backend, on any SD-architecture model): the head attaches
+an ``AttentionStore`` to the backend's UNet, which records during sampling.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ...backends.base import StrictParams
+from ...backends.base import ATTENTION_CAPTURE, DIFFUSERS_PIPELINE, STEP_CALLBACKS, StepObserver, StrictParams
 from ...records import Generated, ImageRequest, Instance, Labels, category_ids, semantic_dtype
 from ...spec import JobSpec, require_ordered
 from ..base import Head
@@ -62,13 +63,11 @@ def capture_config(params: CaptureParams, unet_config: dict, with_self: bool):
         timesteps=tuple(params.timesteps), blocks=tuple(params.blocks), cross_keys=params.cross_keys)
 
 
-def _local_unet_config(generator_params: dict) -> dict | None:
+def _local_unet_config(model: str) -> dict | None:
     """The UNet config of a local or embedded model (None for a hub id: checked when loaded)."""
-    from ...backends.diffusion import DiffusionParams
     from ...errors import UserError
     from ...models import is_hub_id, resolve_model
 
-    model = DiffusionParams(**generator_params).model
     if is_hub_id(model):
         return None
     try:
@@ -79,10 +78,11 @@ def _local_unet_config(generator_params: dict) -> dict | None:
         return json.load(f)
 
 
-class AttentionCaptureHead(Head):
-    """A head that labels from attention captured while the ``diffusion`` backend samples."""
+class AttentionCaptureHead(Head, StepObserver):
+    """A head that labels from the UNet's attention, captured while the backend samples."""
 
     Params = CaptureParams
+    requires = frozenset({DIFFUSERS_PIPELINE, ATTENTION_CAPTURE, STEP_CALLBACKS})
     uses_self_attention = True
     builds_class_prompts = True
 
@@ -90,13 +90,10 @@ class AttentionCaptureHead(Head):
     def check_spec(cls, spec: JobSpec) -> list[str]:
         from . import check_resolutions
 
-        if spec.generator.name != "diffusion":
-            return [f"label_head.name: expected a head for {spec.generator.name!r} images, got "
-                    f"{spec.label_head.name!r} (it reads the attention of the 'diffusion' backend)"]
-        unet_config = _local_unet_config(spec.generator.params)
+        unet_config = _local_unet_config(spec.generator.config.model)  # diffusers_pipeline: params name the model
         if unet_config is None:
             return []
-        config = capture_config(cls.Params(**spec.label_head.params), unet_config, cls.uses_self_attention)
+        config = capture_config(spec.label_head.config, unet_config, cls.uses_self_attention)
         problem = check_resolutions(unet_config, config)
         return [problem] if problem else []
 
@@ -109,7 +106,7 @@ class AttentionCaptureHead(Head):
         backend.observers.append(self)
         self.category_id = category_ids(c.name for c in self.classes)
 
-    # ---- the backend's observer protocol
+    # ---- StepObserver
     def begin_batch(self, pipe, requests: list[ImageRequest], start_steps: list[int], steps: int) -> None:
         from . import encode_class_prompts
 
