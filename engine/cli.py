@@ -129,7 +129,17 @@ def _parser() -> argparse.ArgumentParser:
 
     fin = sub.add_parser("finalize", help="merge committed units into the final dataset")
     fin.add_argument("uri")
-    for p in (resume, status, report, fin):
+    exp = sub.add_parser("export", help="write a finished output in another layout (from its Parquet shards, "
+                                        "without regenerating)")
+    exp.add_argument("uri", metavar="OUT", help="a finished dde output")
+    exp.add_argument("--to", required=True, choices=["parquet", "coco", "webdataset"])
+    exp.add_argument("--out", required=True, metavar="DIR", help="a new folder or prefix (absent or empty); "
+                     "the --storage-option values apply to it too when it is on the same storage as OUT")
+    exp.add_argument("--coco-shard-images", type=_at_least(1), default=200_000,
+                     help="above this many images, numbered COCO shard files (default 200000)")
+    exp.add_argument("--webdataset-shard-bytes", type=_at_least(1), default=1_000_000_000,
+                     help="about this many bytes a tar (default 1e9)")
+    for p in (resume, status, report, fin, exp):
         _add_storage_options(p)
 
     world = sub.add_parser("world", help="the procedural shapes world")
@@ -257,6 +267,7 @@ def _cmd_run(args) -> int:
     from .spec import load_spec
 
     spec = load_spec(args.spec, args.overrides, max_images=args.max_images, seed=args.seed, output=args.output)
+    args.uri = spec.output  # for the line that Ctrl-C prints
     return _report(run_job(spec, address=args.address, quiet=args.quiet, log=args.log,
                            finalize=not args.no_finalize))
 
@@ -334,7 +345,8 @@ def _report(result) -> int:
         reason = f"; the first reject: {result.rejects[0]['reason']}" if result.rejects else ""
         print(f"error: the job made no image{reason}. See `dde status {result.output}`", file=sys.stderr)
         return 1
-    print(f"dataset: {result.output}/coco/instances.json, {result.output}/parquet/, card {result.output}/README.md")
+    folders = ", ".join(f"{result.output}/{f}/" for f in result.formats)
+    print(f"dataset: {folders} (manifest.json lists every file), card {result.output}/README.md")
     return 0
 
 
@@ -362,6 +374,20 @@ def _cmd_finalize(args) -> int:
     job = finalize_job(store, spec)
     print(f"finalized {args.uri}: {job['images']} images, {job['instances']} instances "
           f"({job['attempts_removed']} abandoned attempt folder(s) removed)")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .job.export import export_output
+    from .output.storage import Store
+
+    given = _given_options(args)
+    same = args.out.split("://")[0] == args.uri.split("://")[0] if "://" in args.out + args.uri else True
+    layouts = export_output(Store(args.uri, given), args.to, Store(args.out, given if same else {}),
+                            coco_shard_images=args.coco_shard_images,
+                            webdataset_shard_bytes=args.webdataset_shard_bytes)
+    files = layouts[args.to]
+    print(f"exported {args.uri} as {args.to} to {args.out}: {len(files)} file(s) (and manifest.json)")
     return 0
 
 
@@ -499,11 +525,11 @@ COMMANDS = {"run": _cmd_run, "submit": _cmd_submit, "logs": _cmd_logs, "stop": _
             "resume": _cmd_resume,
             "status": _cmd_status, "finalize": _cmd_finalize, "report": _cmd_report, "serve": _cmd_serve,
             "world": _cmd_world, "train": _cmd_train, "bench": _cmd_bench, "schema": _cmd_schema,
-            "probe": _cmd_probe}
+            "probe": _cmd_probe, "export": _cmd_export}
 
 
 # Commands whose storage failures (no credentials, access denied, no endpoint) are the user's to fix.
-_STORAGE_COMMANDS = frozenset({"run", "resume", "status", "finalize", "report"})
+_STORAGE_COMMANDS = frozenset({"run", "resume", "status", "finalize", "report", "export"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -524,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # Ctrl-C: a user's choice, not a crash
-        resumable = " (committed units are kept: `dde resume OUTPUT` continues the job)" if storing else ""
+        output = getattr(args, "uri", None) or "OUTPUT"
+        resumable = f" (committed units are kept: `dde resume {output}` continues the job)" if storing else ""
         print(f"interrupted{resumable}", file=sys.stderr)
         return 130  # 128 + SIGINT
     except BrokenPipeError:  # `dde status OUT | head`: the reader left; as the Python docs advise, no traceback

@@ -153,6 +153,30 @@ class ImageFormat(_Strict):
         return {"jpeg": "jpg"}.get(self.format, self.format)
 
 
+class OutputLayout(_Strict):
+    formats: list[Literal["parquet", "coco", "webdataset"]] = Field(
+        default_factory=lambda: ["parquet", "coco"],
+        description="Layouts of the finished output. parquet (the primary layout, always listed): one shard a "
+                    "unit. coco: coco/images/, coco/semantic/ and coco/instances*.json. webdataset: tar shards "
+                    "written at finalize. Leaving coco out stores each image once (in Parquet); `dde export` "
+                    "makes any layout later.")
+    coco_shard_images: int = Field(
+        default=200_000, ge=1, description="Above this many images, COCO annotations are written as numbered "
+                                           "shard files (instances-00000-of-000NN.json) of whole units, each a "
+                                           "valid COCO file, rather than one instances.json.")
+    webdataset_shard_bytes: int = Field(default=1_000_000_000, ge=1, description="About this many bytes a tar.")
+
+    @field_validator("formats")
+    @classmethod
+    def _parquet_listed(cls, v: list[str]) -> list[str]:
+        if "parquet" not in v:
+            raise ValueError(f"expected 'parquet' among the formats (units commit Parquet shards; the others "
+                             f"are made from them), got {v}; add parquet to layout.formats")
+        if len(set(v)) != len(v):
+            raise ValueError(f"expected each format once, got {v}")
+        return v
+
+
 class ActorPool(_Strict):
     min: int = Field(default=1, ge=1)
     max: int = Field(default=2, ge=1)
@@ -193,6 +217,7 @@ class JobSpec(_Strict):
     prompts: PromptSource = Field(default_factory=lambda: CombinationPrompts(source="combinations"))
     resources: Resources = Field(default_factory=Resources)
     image_format: ImageFormat = Field(default_factory=ImageFormat, description="Generated images' file format.")
+    layout: OutputLayout = Field(default_factory=OutputLayout, description="The finished output's layouts.")
     long_prompts: Literal["error", "reject"] = Field(
         default="error", description="A prompt with a class word past the text encoder's token limit (or a class "
                                      "the attention head's class-only prompt cannot hold): 'error' stops the job "
@@ -497,6 +522,9 @@ def _fingerprinted(spec: JobSpec, *, defaults: bool = False) -> dict:
     for key in UNFINGERPRINTED:
         data.pop(key, None)
     data["prompts"].pop("storage_options", None)  # where inputs are read from, like the output's options
+    layout = data.pop("layout")  # only whether units commit coco/ files changes the dataset
+    if defaults or "coco" not in layout["formats"]:
+        data["layout"] = {"coco": "coco" in layout["formats"]}
     kept = {key: resources[key] for key in FINGERPRINTED_RESOURCES
             if defaults or resources[key] != Resources.model_fields[key].default}
     if kept:

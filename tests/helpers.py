@@ -1,4 +1,5 @@
-"""Comparing two finished outputs byte for byte, free ports, and a TCP gate for storage outages."""
+"""Comparing two finished outputs byte for byte, free ports, a TCP gate for storage outages, and an
+HTTP proxy that throttles like S3 (503 SlowDown)."""
 
 import hashlib
 import json
@@ -7,7 +8,8 @@ import socket
 import threading
 
 # report.html is left out on purpose: it shows timings, which differ between two runs of one spec.
-PUBLISHED = ("coco/instances.json", "coco/images", "coco/semantic", "parquet", "README.md", "preview.png")
+PUBLISHED = ("coco/instances.json", "coco/images", "coco/semantic", "parquet", "README.md", "preview.png",
+             "manifest.json")
 
 
 def free_port() -> int:
@@ -116,3 +118,104 @@ def _cut(conn: socket.socket) -> None:
     except OSError:
         pass
     conn.close()
+
+
+class Throttle:
+    """An HTTP proxy on 127.0.0.1 in front of a real S3 endpoint that answers some requests as S3
+    does when it throttles: ``503 SlowDown`` with ``Retry-After: 1``. ``throttle(s)`` answers every
+    request so for ``s`` seconds; ``every(n)`` answers every n-th request so (0: none). Other
+    requests reach the endpoint unchanged. ``throttled`` counts the 503s sent."""
+
+    BODY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>")
+
+    def __init__(self, upstream: str):
+        from http.server import ThreadingHTTPServer
+
+        self.upstream = upstream.rsplit("/", 1)[1].rsplit(":", 1)
+        self.throttled, self._until, self._every, self._seen = 0, 0.0, 0, 0
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _proxy_handler(self))
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def hit(self) -> bool:
+        """Whether to throttle the request that arrives now."""
+        import time
+
+        with self._lock:
+            self._seen += 1
+            hit = time.time() < self._until or bool(self._every and self._seen % self._every == 0)
+            self.throttled += hit
+            return hit
+
+    def throttle(self, seconds: float) -> None:
+        import time
+
+        self._until = time.time() + seconds
+
+    def every(self, n: int) -> None:
+        self._every = n
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _proxy_handler(throttle: Throttle):
+    import http.client
+    from http.server import BaseHTTPRequestHandler
+
+    host, port = throttle.upstream
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers, then a blank line
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+
+        def _reply(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+            self.send_response(status)
+            length = str(len(data))
+            for k, v in headers:
+                if k.lower() == "content-length" and self.command == "HEAD":
+                    length = v  # the object's size: a HEAD answer has no body
+                elif k.lower() not in ("transfer-encoding", "content-length", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", length)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def _handle(self) -> None:
+            body = self._body()
+            if throttle.hit():
+                self._reply(503, [("Retry-After", "1"), ("Content-Type", "application/xml")], Throttle.BODY)
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
+            headers["Content-Length"] = str(len(body))
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            try:
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                self._reply(response.status, response.getheaders(), response.read())
+            finally:
+                conn.close()
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+    return Handler

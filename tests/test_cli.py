@@ -103,4 +103,5 @@ def test_ctrl_c_is_one_line(spec_file):
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1].decode()
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
-    assert err.splitlines()[-1].startswith("interrupted (committed units are kept"), err[-2000:]
+    assert err.splitlines()[-1] == "interrupted (committed units are kept: `dde resume memory://ctrl-c` continues " \
+                                   "the job)", err[-2000:]

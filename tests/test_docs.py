@@ -13,6 +13,7 @@ from .conftest import BASE_SPEC, REPO
 
 _STATS = {"images": 4, "instances": 6, "rejects": 0, "stop_reason": "bounds_met", "stuck": [], "notes": [],
           "classes": {"circle": {"instances": 6, "images": 4, "lower_bound": 2, "state": "met"}}}
+_LAYOUTS = {"parquet": [{"file": "parquet/unit-000000.parquet"}], "coco": [{"file": "coco/instances.json"}]}
 
 
 def _spec(head: str):
@@ -22,11 +23,11 @@ def _spec(head: str):
 
 
 def test_the_card_of_a_box_only_dataset_promises_no_masks():
-    card = _card(_spec("adapter"), _STATS, masks=False)
+    card = _card(_spec("adapter"), _STATS, masks=False, layouts=_LAYOUTS)
     assert card.count("A detection dataset") == 1 and "segmentation" not in card and "coco/semantic" not in card
-    card = _card(_spec("ground_truth"), _STATS, masks=True)
+    card = _card(_spec("ground_truth"), _STATS, masks=True, layouts=_LAYOUTS)
     assert "A detection and segmentation dataset" in card and "`coco/semantic/`" in card
-    unlabelled = _card(_spec("none"), dict(_STATS, instances=0), masks=False)
+    unlabelled = _card(_spec("none"), dict(_STATS, instances=0), masks=False, layouts=_LAYOUTS)
     assert "An unlabelled dataset" in unlabelled and "coco/semantic" not in unlabelled
 
 

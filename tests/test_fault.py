@@ -76,3 +76,54 @@ def test_two_drivers_on_one_output_give_the_same_dataset(tmp_path, reference):
         assert driver.wait(timeout=600) == 0, driver.stderr.read().decode()[-3000:]
     assert_same_dataset(output, reference)
     assert os.listdir(output / "_job" / "leases") == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a disk that fills up mid-job, and that can turn read-only (needs mount rights)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.decode().strip() or 'mount failed'})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _remount(mount, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(mount)], check=True)
+
+
+def test_a_full_disk_stops_with_one_line_and_resume_completes(tmp_path, small_disk, reference):
+    output = small_disk / "out"
+    proc = subprocess.run([DDE, "run", str(write_spec(tmp_path, "b", output)), "--quiet"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"error: output: {str(output)!r} is full (no space left on its device); committed units are "
+                    f"kept: free space or raise the quota, then `dde resume {output}` continues"), proc.stderr[-3000:]
+    committed = len(os.listdir(output / "_commits"))
+    assert committed >= 1 and not (output / "job.json").exists()
+    _remount(small_disk, "size=64m")
+    run("resume", str(output))
+    assert_same_dataset(output, reference)
+
+
+def test_an_output_turned_read_only_stops_with_one_line_and_resume_completes(tmp_path, small_disk, reference):
+    _remount(small_disk, "size=64m")
+    output = small_disk / "out"
+    with open(tmp_path / "stderr.txt", "wb") as err:
+        driver = subprocess.Popen([DDE, "run", str(write_spec(tmp_path, "b", output)), "--quiet"],
+                                  stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None and not (
+            (output / "_commits").exists() and len(os.listdir(output / "_commits")) >= 3):
+        time.sleep(0.05)
+    _remount(small_disk, "ro")
+    assert driver.wait(timeout=300) == 2
+    last = (tmp_path / "stderr.txt").read_text().strip().splitlines()[-1]
+    assert last.startswith(f"error: output: expected a writable location, got {str(output)!r}") and \
+        f"dde resume {output}" in last, last
+    _remount(small_disk, "rw")
+    run("resume", str(output))
+    assert_same_dataset(output, reference)

@@ -12,11 +12,11 @@ import pytest
 from engine.output.storage import Store
 
 from .conftest import DDE, S3_SECRET, make_bucket, s3_env, s3_options
-from .helpers import Gate, dataset_digest, download, job_record
+from .helpers import Gate, Throttle, dataset_digest, download, job_record
 from .test_fault import run, write_spec
 
 SMALL = {"lower_bound": 20, "budget": {"max_images": 160, "max_waves": 8}, "wave_size": 40}
-OUTAGE_S = 5.0  # longer than botocore's default retries ride out without backoff
+OUTAGE_S = 30.0  # an endpoint restart; longer than botocore's retries ride out without backoff
 
 
 @pytest.fixture(scope="module")
@@ -98,4 +98,22 @@ def test_outage_past_the_retries_fails_cleanly_then_resumes(s3_endpoint, referen
     assert S3_SECRET not in stderr and not store.exists("job.json")
 
     run("resume", uri, env=s3_env(gate.url))
+    assert_same_dataset(store, tmp_path, reference)
+
+
+@pytest.mark.ray
+def test_throttling_is_ridden_out_with_backoff(s3_endpoint, reference, tmp_path):
+    """S3's 503 SlowDown with Retry-After: a burst on every request, then every 7th request to the end."""
+    proxy = Throttle(s3_endpoint)
+    uri = f"s3://{make_bucket(s3_endpoint)}/throttled"
+    store = Store(uri, s3_options(s3_endpoint))
+    try:
+        proxy.every(7)
+        driver = start(tmp_path, uri, s3_env(proxy.url))
+        wait_for_commits(store, 2, driver)
+        proxy.throttle(4.0)
+        assert driver.wait(timeout=300) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    finally:
+        proxy.close()
+    assert proxy.throttled > 20
     assert_same_dataset(store, tmp_path, reference)

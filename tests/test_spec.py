@@ -197,6 +197,7 @@ def test_a_spec_with_a_byte_order_mark_and_crlf_loads(tmp_path):
     ("image_format", {"format": "jpeg", "quality": 90}, "image_format.format: 'png' -> 'jpeg'"),
     ("long_prompts", "reject", "long_prompts: 'error' -> 'reject'"),
     ("prompts.max_image_pixels", 1000, "prompts.max_image_pixels: 89478485 -> 1000"),
+    ("layout", {"formats": ["parquet"]}, "layout.coco: True -> False"),
 ])
 def test_fields_added_later_keep_old_fingerprints_at_their_default(spec_data, field, value, shown):
     """An output made before a field existed resumes; a value other than the default is another dataset."""
@@ -205,7 +206,8 @@ def test_fields_added_later_keep_old_fingerprints_at_their_default(spec_data, fi
     spec_data["prompts"] = {"source": "references", "annotations": "refs/instances.json"}
     base = parse_spec(spec_data)
     old = {k: v for k, v in base.model_dump(mode="json").items()
-           if k not in ("name", "output", "storage_options", "resources", "image_format", "long_prompts")}
+           if k not in ("name", "output", "storage_options", "resources", "image_format", "long_prompts",
+                        "layout")}
     del old["prompts"]["max_image_pixels"], old["prompts"]["storage_options"]
     assert fingerprint(base) == hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode()
                                                ).hexdigest()[:16]

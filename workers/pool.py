@@ -76,10 +76,14 @@ class UnitPool:
                     self._replace()  # the actor (or its node) died: replace it, retry the unit
                     self._retry(queue, unit, attempt, "its actor died")
                 except RayTaskError as e:
-                    self._idle.append(actor)
                     cause = getattr(e, "cause", e)
                     if isinstance(cause, UserError):  # e.g. an input changed: a retry would meet it again
                         raise cause from None
+                    if isinstance(cause, MemoryError):  # its heap may be spent: the retry gets a fresh actor
+                        ray.kill(actor)
+                        self._replace()
+                    else:
+                        self._idle.append(actor)
                     self._retry(queue, unit, attempt, repr(cause), cause)
                 else:
                     self._idle.append(actor)

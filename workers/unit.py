@@ -67,7 +67,7 @@ class UnitMaker:
         self.backend, self.head = build_backend(spec), build_head(spec)
         self.head.attach(self.backend)
         self.context = SinkContext(tuple(c.name for c in classes), self.backend.model_name, spec.label_head.name,
-                                   spec.image_format)
+                                   spec.image_format, coco="coco" in spec.layout.formats)
 
     def make(self, unit: dict) -> dict:
         existing = marker_file(unit["unit_id"])

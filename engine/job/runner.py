@@ -19,7 +19,7 @@ from ..output.lease import Lease, live_leases
 from ..output.ledger import Ledger, read_job_spec, recorded_spec
 from ..output.location import refuse_temporary_output
 from ..output.ownership import check_owned, pinned_references, repair_broken_units
-from ..output.storage import Store, storage_errors, unreachable
+from ..output.storage import Store, storage_errors, unreachable, write_problem
 from ..spec import JobSpec, diff_fingerprinted, fingerprint
 from .cluster import check_address, ensure_ray
 from .planner import Planner, job_stuck_classes, stop_reason
@@ -39,6 +39,7 @@ class JobResult:
     counts: dict[str, int]
     stuck: list[str] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)  # the first few, with their reasons
+    formats: list[str] = field(default_factory=lambda: ["parquet", "coco"])  # the output's layouts
 
 
 def open_job(spec: JobSpec, inputs: dict | None = None) -> Store:
@@ -199,7 +200,8 @@ class _Driver:
     def _result(self, reason: str, waves: int, stuck: list[str]) -> JobResult:
         images, instances = self.ledger.totals()
         rejects = [r for u in sorted(self.ledger.units.values(), key=lambda u: u["index"]) for r in u["rejects"]]
-        return JobResult(self.spec.output, reason, waves, images, instances, self.ledger.counts(), stuck, rejects[:5])
+        return JobResult(self.spec.output, reason, waves, images, instances, self.ledger.counts(), stuck, rejects[:5],
+                         list(self.spec.layout.formats))
 
     def close(self) -> None:
         if self.executor is not None:
@@ -224,7 +226,12 @@ def run_job(spec: JobSpec, *, address: str | None = None, quiet: bool = False, l
         with Lease(store, f"the driver of job {spec.name!r}") as lease:
             return _run(spec, store, pool, lease, address, Progress(spec, quiet=quiet or log, log=log), finalize)
     except Exception as e:
-        if isinstance(e, UserError) or not unreachable(e):  # e.g. a cluster that refused to be joined
+        if isinstance(e, UserError):
+            raise
+        problem = write_problem(e, spec.output)  # a full disk, a read-only output
+        if problem is not None:
+            raise problem from e
+        if not unreachable(e):  # e.g. a cluster that refused to be joined
             raise
         raise StorageUnavailable(f"output: {spec.output!r} stayed unreachable through every retry "
                                  f"({type(e).__name__}: {str(e)[:200]}); committed units are kept: "

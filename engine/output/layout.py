@@ -6,7 +6,8 @@ import hashlib
 
 __all__ = [
     "SPEC_FILE", "LEASES_DIR", "PINS_DIR", "PLANS_DIR", "COMMITS_DIR", "STAGING_DIR", "SHARD_FILE", "JOB_FILE", "CARD_FILE",
-    "COCO_FILE", "REPORT_FILE", "PUBLISHED_DIRS", "unit_id", "plan_file", "marker_file", "image_name", "derive_seed",
+    "COCO_FILE", "MANIFEST_FILE", "WEBDATASET_DIR", "REPORT_FILE", "PUBLISHED_DIRS", "unit_id", "plan_file", "marker_file", "image_name", "derive_seed",
+    "coco_shard_file", "webdataset_shard_file",
 ]
 
 SPEC_FILE = "_job/spec.json"        # resolved spec, fingerprint and input digests, written create-only at start
@@ -18,7 +19,9 @@ STAGING_DIR = "_staging"            # _staging/unit-000123.<attempt>/... files o
 SHARD_FILE = "_shard.json"          # a unit's COCO shard, inside its staging folder
 JOB_FILE = "job.json"               # written by finalize
 CARD_FILE = "README.md"             # dataset card, written by finalize
-COCO_FILE = "coco/instances.json"   # merged by finalize
+COCO_FILE = "coco/instances.json"   # merged by finalize (coco_shard_file names above coco_shard_images)
+MANIFEST_FILE = "manifest.json"     # written by finalize: every shard of every layout, with counts
+WEBDATASET_DIR = "webdataset"       # tar shards, when the job lists the webdataset format
 REPORT_FILE = "report.html"         # the job report: finalize and `dde report` write it
 PUBLISHED_DIRS = ("parquet", "coco/images", "coco/semantic")  # where finalize moves committed files
 
@@ -43,3 +46,11 @@ def derive_seed(job_seed: int, image_id: int) -> int:
     """A 63-bit seed per image from the job seed and the image's global id (never its batch index)."""
     digest = hashlib.blake2b(f"{job_seed}:{image_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
+
+
+def coco_shard_file(index: int, total: int) -> str:
+    return f"coco/instances-{index:05d}-of-{total:05d}.json"
+
+
+def webdataset_shard_file(index: int) -> str:
+    return f"{WEBDATASET_DIR}/dde-{index:06d}.tar"

@@ -3,8 +3,8 @@
 dde writes into an output that is empty or already holds a dde job (``_job/spec.json``);
 anything else is refused before a byte is written (``check_owned``). Under a job's output
 dde owns ``_job/``, ``_plans/``, ``_commits/``, ``_staging/``, ``parquet/``,
-``coco/`` (``instances.json``, ``images/``, ``semantic/``), ``README.md``, ``job.json``,
-``preview.png`` and ``report.html``.
+``coco/`` (``instances*.json``, ``images/``, ``semantic/``), ``webdataset/``, ``README.md``,
+``job.json``, ``manifest.json``, ``preview.png`` and ``report.html``.
 
 Clean-up never works by "not listed, so delete". It removes only:
 

@@ -38,6 +38,7 @@ class SinkContext:
     model: str
     label_head: str
     image_format: ImageFormat = field(default_factory=ImageFormat)
+    coco: bool = True  # write coco/images and coco/semantic files (else images live in Parquet only)
 
 
 def parquet_schema(image_format: ImageFormat | None = None):
@@ -138,11 +139,13 @@ class UnitSink:
         height, width = generated.image.shape[:2]
         encoded = encode_image(generated.image, self.context.image_format)
         name = image_name(request.image_id, self.context.image_format.extension)
-        self._put(f"coco/images/{name}", encoded)
         semantic_png = None
         if labels.semantic is not None:  # class ids: PNG whatever the images' format, a lossy mask would mix them
             semantic_png = encode_png(labels.semantic, self.palette if labels.semantic.dtype == np.uint8 else None)
-            self._put(f"coco/semantic/{image_name(request.image_id)}", semantic_png)
+        if self.context.coco:
+            self._put(f"coco/images/{name}", encoded)
+            if semantic_png is not None:
+                self._put(f"coco/semantic/{image_name(request.image_id)}", semantic_png)
         annotations = [self._annotation(inst) for inst in labels.instances if not inst.is_empty()]
         for ann in annotations:
             self.counts[ann["category"]] += 1

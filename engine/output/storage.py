@@ -23,6 +23,7 @@ and quickly (``quick``: a wrong endpoint is likelier there than an outage), then
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import posixpath
@@ -33,16 +34,17 @@ import uuid
 
 from ..errors import StorageUnavailable, UserError
 
-__all__ = ["Store", "public_options", "unreachable", "input_options", "job_options", "storage_problem",
+__all__ = ["Store", "public_options", "unreachable", "input_options", "job_options", "storage_problem", "write_problem",
            "storage_errors", "report_retries"]
 
 _MEMORY_LOCK = threading.Lock()
 # Option names that hold credentials, at any depth (s3fs's own and botocore's client_kwargs).
 _SECRET_KEYS = frozenset({"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
                           "aws_session_token", "session_token", "access_key", "secret_key"})
-# botocore's standard mode: exponential backoff with full jitter, capped at 20 s a wait; ten
-# attempts ride out an endpoint that is gone for about a minute before the unit attempt fails.
-_S3_RETRIES = {"max_attempts": 10, "mode": "standard"}
+# botocore's standard mode: exponential backoff with full jitter, capped at 20 s a wait. With
+# fifteen attempts a call waits about 2 minutes in all (and over 30 s all but never) before it
+# fails: an endpoint restart or a 30 s outage costs nothing. SlowDown (503) is retried alike.
+_S3_RETRIES = {"max_attempts": 15, "mode": "standard"}
 # A command's first read of an output: answer within seconds, since a missing endpoint or
 # credential is likelier there than an outage (botocore's defaults take 60 s per connection).
 _QUICK = {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 3, "read_timeout": 10}
@@ -93,10 +95,27 @@ def job_options(recorded: dict, given: dict) -> dict:
     return _merged(recorded, given)
 
 
+def write_problem(exc: BaseException, uri: str) -> UserError | None:
+    """A write that failed because the output's disk is full (StorageUnavailable, exit 75) or
+    became read-only (UserError, exit 2), as one line with what to do; None for other failures.
+    Committed units are never touched by either: `dde resume` continues once it is fixed."""
+    codes = {getattr(e, "errno", None) for e in _causes(exc)}
+    if codes & {errno.ENOSPC, errno.EDQUOT}:
+        return StorageUnavailable(f"output: {uri!r} is full (no space left on its device); committed units are "
+                                  f"kept: free space or raise the quota, then `dde resume {uri}` continues")
+    if errno.EROFS in codes:
+        return UserError(f"output: expected a writable location, got {uri!r}, which is read-only now; committed "
+                         f"units are kept: make it writable, then `dde resume {uri}` continues")
+    return None
+
+
 def storage_problem(exc: BaseException, uri: str, options: dict) -> UserError | None:
     """A storage failure as the one line a user can act on, or None if it is none of these."""
     from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 
+    written = write_problem(exc, uri)
+    if written is not None:
+        return written
     causes = _causes(exc)
     if any(isinstance(e, (NoCredentialsError, PartialCredentialsError)) for e in causes):
         return UserError(f"storage: no credentials for {uri}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or "
@@ -237,6 +256,21 @@ class Store:
             return sorted(self.rel(p) for p in self.fs.find(self.path(rel_dir)))
         except FileNotFoundError:
             return []
+
+    def present(self, rels: list[str]) -> set[str]:
+        """Which of ``rels`` exist. Local and memory: a stat each. S3: one listing per folder,
+        of the names' common prefix (one unit's files share a long one), not a HEAD a file."""
+        if not self.is_s3:
+            return {rel for rel in rels if self.exists(rel)}
+        found: set[str] = set()
+        folders: dict[str, list[str]] = {}
+        for rel in rels:
+            folders.setdefault(posixpath.dirname(rel), []).append(posixpath.basename(rel))
+        for folder, names in folders.items():
+            self.fs.invalidate_cache(self.path(folder))
+            listed = self.fs.find(self.path(folder), prefix=os.path.commonprefix(names))
+            found |= {self.rel(p) for p in listed}
+        return found & set(rels)
 
     # ---- writes
     def write_bytes(self, rel: str, data: bytes, content_type: str | None = None) -> None:
