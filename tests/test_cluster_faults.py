@@ -49,8 +49,11 @@ class Cluster:
             env=self.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def add_worker(self) -> subprocess.Popen:
+        """A worker node of 1 CPU, once it has joined: nodes on one machine share the session
+        folder, and two raylets starting at once can race for its socket names."""
         node = self._start(["--address", self.address, "--num-cpus", "1"])
         self.workers.append(node)
+        self.wait_for_cpus(sum(w.poll() is None for w in self.workers))
         return node
 
     def wait_for_cpus(self, cpus: int, timeout: float = 120) -> None:
@@ -133,7 +136,6 @@ def _finish(driver, tmp_path) -> None:
 def test_a_worker_node_lost_mid_wave(tmp_path, cluster, reference):
     doomed = cluster.add_worker()
     cluster.add_worker()
-    cluster.wait_for_cpus(2)
     output = tmp_path / "out"
     driver = _start_job(tmp_path, cluster, output)
     _wait_for_commits(output, 3, driver)
@@ -146,9 +148,8 @@ def test_a_worker_node_lost_mid_wave(tmp_path, cluster, reference):
 
 
 def test_an_actor_killed_mid_unit(tmp_path, cluster, reference):
-    while len(cluster.workers) - sum(w.poll() is not None for w in cluster.workers) < 2:
+    while sum(w.poll() is None for w in cluster.workers) < 2:
         cluster.add_worker()
-    cluster.wait_for_cpus(2)
     output = tmp_path / "out"
     driver = _start_job(tmp_path, cluster, output)
     _wait_for_commits(output, 3, driver)

@@ -93,9 +93,16 @@ class UnitPool:
     def _actor_started(self, ref) -> None:
         import ray
 
+        from ray.exceptions import RayActorError
+
         actor = self._starting.pop(ref)
         try:
             ray.get(ref)
+        except RayActorError as e:
+            if getattr(e, "_actor_init_failed", True):  # its constructor raised: every actor would
+                raise RuntimeError(f"a worker failed to start: {e}") from e
+            self._spawn()  # it died for another reason (its node was lost): start another
+            return
         except Exception as e:  # a backend or head that cannot load fails every actor alike
             raise RuntimeError(f"a worker failed to start: {e}") from e
         self._alive += 1
