@@ -127,3 +127,21 @@ def test_an_output_turned_read_only_stops_with_one_line_and_resume_completes(tmp
     _remount(small_disk, "rw")
     run("resume", str(output))
     assert_same_dataset(output, reference)
+
+
+def test_a_memory_error_in_a_unit_is_retried_on_a_fresh_actor(tmp_path):
+    """A MemoryError raised while a unit is labelled: the unit is retried on a new actor (the old
+    one's heap may be spent, so it is killed), and the dataset equals a run without the fault."""
+    head = {"name": "tests.fixtures.fault_heads:MemoryErrorOnceHead"}
+    flag = tmp_path / "raised"
+    flag.write_text("")  # present: the head never raises
+    env = dict(os.environ, DDE_FAULT_FLAG=str(flag))
+    run("run", str(write_spec(tmp_path, "a", tmp_path / "clean", label_head=head)), env=env)
+    flag.unlink()
+    (tmp_path / "raised.calls").unlink()
+    run("run", str(write_spec(tmp_path, "b", tmp_path / "faulty", label_head=head)), env=env)
+    calls = (tmp_path / "raised.calls").read_text().split()
+    raised = calls.index(next(c for c in calls if c.endswith("!")))
+    assert calls[raised][:-1] not in calls[raised + 1:], calls  # that actor labelled nothing more
+    assert dataset_digest(str(tmp_path / "faulty")) == dataset_digest(str(tmp_path / "clean"))
+    assert job_record(str(tmp_path / "faulty")) == job_record(str(tmp_path / "clean"))
