@@ -231,8 +231,9 @@ def _parser() -> argparse.ArgumentParser:
                         help='attention head params as JSON, e.g. \'{"cross_resolutions": [8]}\'')
     labels.add_argument("--out", default="bench/results")
 
-    probe = sub.add_parser("probe", help="train a standard detector (torchvision FCOS, no pretrained weights) on a "
-                                         "finished dde output and report COCO box AP on your val set (Ray Train)")
+    probe = sub.add_parser("probe", help="train a standard detector (torchvision FCOS) or semantic segmenter "
+                                         "(LR-ASPP), no pretrained weights, on a finished dde output and report COCO "
+                                         "box AP or mIoU on your val set (Ray Train)")
     probe.add_argument("uri", metavar="OUT", help="a finished dde output (job.json, coco/instances.json)")
     probe.add_argument("--val", required=True, help="COCO folder: annotations/instances_val.json, images/val/ "
                                                     "(as `dde world export --split val` writes)")
@@ -240,10 +241,13 @@ def _parser() -> argparse.ArgumentParser:
                                       "images/train/; mixed in by --alpha")
     probe.add_argument("--alpha", type=_unit, help="with --real: each sample is synthetic with this probability "
                                                    "(Diffusion Synthesis Eq. 3; default 0.4, the paper's best)")
+    probe.add_argument("--task", choices=["detection", "segmentation"], default="detection",
+                       help="detection: FCOS, COCOeval box AP/AP50; segmentation: LR-ASPP on the output's "
+                            "semantic masks (uncertain pixels ignored), mIoU against val's masks")
     probe.add_argument("--steps", type=_at_least(1), default=800)
     probe.add_argument("--batch-size", type=_at_least(1), default=32)
     probe.add_argument("--lr", type=_at_least(0.0, float), default=1e-3)
-    probe.add_argument("--eval-every", type=_at_least(1), help="COCOeval on val every K steps (default steps/8)")
+    probe.add_argument("--eval-every", type=_at_least(1), help="score on val every K steps (default steps/8)")
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--out", help="where probe.json, curve.png and checkpoints go (default OUT/probe); "
                                      "rerun the command to resume")
@@ -478,7 +482,7 @@ def _cmd_probe(args) -> int:
 
     alpha = args.alpha if args.alpha is not None else (0.4 if args.real else 1.0)
     recipe = ProbeRecipe(steps=args.steps, batch=args.batch_size, lr=args.lr, alpha=alpha,
-                         eval_every=args.eval_every, seed=args.seed)
+                         eval_every=args.eval_every, seed=args.seed, task=args.task)
     print(json.dumps(probe(args.uri, args.val, recipe, args.real, args.out, args.workers, args.gpus), indent=1))
     return 0
 

@@ -119,3 +119,66 @@ def test_probe_refuses_alpha_without_real_and_an_out_inside_the_val_set(capsys, 
     out, val = probe_inputs
     _refusal(capsys, [out, "--val", val, *[a.replace("VAL", val) for a in extra]], field)
     assert sorted(os.listdir(val)) == ["annotations", "images", "semantic"] and not os.path.exists(f"{out}/probe")
+
+
+def test_segmentation_label_maps_from_dde_masks_agree_with_the_coco_instances(probe_inputs):
+    """The output's semantic PNGs and its own COCO RLE, read the two ways the probe reads data,
+    give the same label maps (the render's masks are exact and its instances do not overlap)."""
+    from engine.lab.train.segprobe import load_semantic
+
+    out, _ = probe_inputs
+    classes = ["circle", "square", "triangle", "star", "ring", "cross"]
+    images, annotations = os.path.join(out, "coco", "images"), os.path.join(out, "coco", "instances.json")
+    pictures, from_png = load_semantic(images, annotations, classes, 64, os.path.join(out, "coco", "semantic"))
+    _, from_coco = load_semantic(images, annotations, classes[:3], 64)  # the last three are not scored
+    assert len(pictures) == 32 and pictures[0].shape == (3, 64, 64) and from_png[0].shape == (64, 64)
+    png, coco = np.stack(from_png), np.stack(from_coco)
+    shared = png <= 3
+    assert (png > 0).mean() > 0.05 and np.array_equal(png[shared], coco[shared])
+    assert set(np.unique(coco[~shared])) <= {255} and set(np.unique(png)) <= set(range(7))
+
+
+def test_segmentation_probe_scores_miou_and_resumes(probe_inputs, tmp_path):
+    from engine.lab.train.probe import ProbeRecipe, probe
+
+    out, val = probe_inputs
+    folder = str(tmp_path / "seg")
+    result = probe(out, val, ProbeRecipe(steps=2, batch=4, eval_every=1, task="segmentation"), folder=folder,
+                   device="cpu")
+    assert result["task"] == "segmentation" and 0 <= result["mIoU"] <= 1 and "AP" not in result
+    assert set(result["per_class"]) == set(result["classes"]) and all(set(v) == {"IoU"}
+                                                                      for v in result["per_class"].values())
+    assert "LR-ASPP" in result["model"] and os.path.exists(f"{folder}/curve.png")
+    longer = probe(out, val, ProbeRecipe(steps=3, batch=4, eval_every=1, task="segmentation"), folder=folder,
+                   device="cpu")
+    steps = [int(line.split(",")[0]) for line in open(f"{folder}/curve.csv").read().split()[1:]]
+    assert steps == [1, 2, 3] and longer["steps"] == 3
+
+
+def test_segmentation_probe_refuses_outputs_and_val_sets_without_masks(tmp_path, probe_inputs, ray_local):
+    import subprocess
+
+    from engine.job.runner import run_job
+    from engine.spec import parse_spec
+
+    from .conftest import DDE
+
+    out, val = probe_inputs
+    boxes = copy.deepcopy(BASE_SPEC)
+    boxes.update(output=str(tmp_path / "boxes"), budget={"max_images": 8, "max_waves": 1}, lower_bound=1,
+                 label_head={"name": "none"})
+    run_job(parse_spec(boxes), quiet=True)
+    proc = subprocess.run([DDE, "probe", str(tmp_path / "boxes"), "--val", val, "--task", "segmentation"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "expected semantic masks (coco/semantic/)" in proc.stderr, proc.stderr
+    no_masks = tmp_path / "val"
+    (no_masks / "annotations").mkdir(parents=True)
+    data = json.load(open(os.path.join(val, "annotations", "instances_val.json")))
+    for ann in data["annotations"]:
+        ann.pop("segmentation", None)
+    json.dump(data, open(no_masks / "annotations" / "instances_val.json", "w"))
+    os.symlink(os.path.join(val, "images"), no_masks / "images")
+    proc = subprocess.run([DDE, "probe", out, "--val", str(no_masks), "--task", "segmentation", "--out",
+                           str(tmp_path / "p")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--val: expected instance masks" in proc.stderr, proc.stderr
+    assert not (tmp_path / "p").exists()

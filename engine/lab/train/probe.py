@@ -6,7 +6,9 @@ each sample synthetic with probability alpha (``engine.lab.train.mixing.AlphaSam
 torchvision's FCOS on a MobileNetV3-Large FPN backbone, no pretrained weights, sized for the
 images; it trains on Ray Train (``detection.launch``) with the shared schedule and resumable
 safetensors checkpoints, and is scored with COCOeval box AP/AP50 on the user's val set.
-Writes ``probe.json``, ``curve.csv``/``curve.png`` and ``checkpoint-*/`` into the output folder.
+With ``task="segmentation"`` the model is LR-ASPP on the output's semantic masks, scored as mIoU
+(``segprobe``). Writes ``probe.json``, ``curve.csv``/``curve.png`` and ``checkpoint-*/`` into the
+output folder.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ STRIDES = (8, 16, 32, 64)
 
 
 class ProbeRecipe:
+    """``task``: ``detection`` (FCOS, COCOeval box AP) or ``segmentation`` (LR-ASPP on semantic
+    masks, mIoU; ``segprobe``)."""
+
     def __init__(self, *, steps: int = 800, batch: int = 32, lr: float = 1e-3, alpha: float = 1.0,
-                 eval_every: int | None = None, seed: int = 0):
-        self.steps, self.batch, self.lr, self.alpha, self.seed = steps, batch, lr, alpha, seed
+                 eval_every: int | None = None, seed: int = 0, task: str = "detection"):
+        self.steps, self.batch, self.lr, self.alpha, self.seed, self.task = steps, batch, lr, alpha, seed, task
         self.eval_every = eval_every or max(1, steps // 8)
 
     def to_json(self) -> dict:
@@ -82,6 +87,25 @@ def _check(out: str, val: str, real: str | None, folder: str, alpha: float) -> d
     return {"classes": classes, "ignored": [n for n in val_names.values() if n not in classes], "size": side}
 
 
+def _masks(out: str, val: str, real: str | None) -> str:
+    """For --task segmentation: the output's semantic-mask folder; the output and the COCO sets must have masks."""
+    from .detection import coco_annotations
+
+    semantic = os.path.abspath(os.path.join(out, "coco", "semantic"))
+    if not os.path.isdir(semantic) or not os.listdir(semantic):
+        raise UserError(f"OUT: expected semantic masks (coco/semantic/) for --task segmentation, got {out!r} "
+                        f"without them (its label head makes boxes only); probe it with --task detection")
+    for field, root, split in (("--val", val, "val"), ("--real", real, "train")):
+        if root is None:
+            continue
+        with open(coco_annotations(root, split, field)) as f:
+            annotations = json.load(f)["annotations"]
+        if not any(a.get("segmentation") for a in annotations):
+            raise UserError(f"{field}: expected instance masks (COCO polygons or RLE) for --task segmentation, got "
+                            f"{len(annotations)} annotation(s) without any; use a set with masks, or --task detection")
+    return semantic
+
+
 # ---- data and model (inside the workers)
 def load_detection(images: str, annotations: str, classes: list[str]) -> tuple[list, list[dict]]:
     """A COCO folder through ``CocoDetection`` + transforms v2: uint8 images (3,H,W) and targets
@@ -127,6 +151,33 @@ def build_fcos(num_classes: int, size: int):
                 score_thresh=0.05)  # COCO practice: detections down to 0.05 count
 
 
+def _detection_loss(model, images: list, targets: list, device: str) -> dict:
+    losses = model([im.to(device).float() / 255 for im in images], [{k: v.to(device) for k, v in t.items()}
+                                                                   for t in targets])
+    return {"total": sum(losses.values()), **losses}
+
+
+class _Task:
+    """What a probe task trains and scores: ``load(images, annotations, classes, size, semantic)``,
+    ``build(num_classes, size)``, ``loss(model, images, targets, device)``, ``scores(model, val,
+    classes, size, device)``, the headline ``metrics`` (the first drawn on the curve) and the model's name."""
+
+    def __init__(self, load, build, loss, scores, metrics: tuple[str, ...], model: str):
+        self.load, self.build, self.loss, self.scores, self.metrics, self.model = load, build, loss, scores, metrics, model
+
+
+def _task(name: str) -> _Task:
+    if name == "detection":
+        return _Task(lambda images, annotations, classes, size, semantic=None: load_detection(images, annotations, classes),
+                     build_fcos, _detection_loss, _scores, ("AP", "AP50"),
+                     "torchvision FCOS, MobileNetV3-Large FPN, no pretrained weights")
+    from .segprobe import build_lraspp, load_semantic, segmentation_loss, segmentation_scores
+
+    return _Task(load_semantic, lambda num_classes, size: build_lraspp(num_classes), segmentation_loss,
+                 lambda model, val, classes, size, device: segmentation_scores(model, val, classes, device),
+                 ("mIoU",), "torchvision LR-ASPP, MobileNetV3-Large, no pretrained weights")
+
+
 def _detect(model, images: list, classes: list[str], device: str, chunk: int = 64) -> list[list]:
     """Instances the model finds (boxes x, y, w, h px) in uint8 images."""
     import torch
@@ -163,26 +214,28 @@ def _scores(model, val, classes: list[str], size: int, device: str) -> dict:
     return {k: v for k, v in scores.items() if k.endswith(("AP", "AP50"))}
 
 
-def _training_set(config: dict, recipe: ProbeRecipe):
-    """Synthetic then real images and targets (as ``load_detection``), their counts, and the
+def _training_set(config: dict, recipe: ProbeRecipe, task: _Task):
+    """Synthetic then real images and targets (as the task loads them), their counts, and the
     alpha sampler that draws from them."""
     from .mixing import AlphaSampler
 
-    synthetic = load_detection(*config["synthetic"], config["classes"])
-    real = load_detection(*config["real"], config["classes"]) if config["real"] else ([], [])
+    synthetic = task.load(*config["synthetic"], config["classes"], config["size"], config["semantic"])
+    real = task.load(*config["real"], config["classes"], config["size"]) if config["real"] else ([], [])
     counts = {"synthetic": len(synthetic[0]), "real": len(real[0])}
     sampler = AlphaSampler(counts["synthetic"], counts["real"], recipe.alpha, recipe.seed)
     return synthetic[0] + real[0], synthetic[1] + real[1], counts, sampler
 
 
-def _result(curve: list[dict], config: dict, recipe: ProbeRecipe, counts: dict, workers: int, seconds: float) -> dict:
-    """probe.json: the last evaluation (AP/AP50 over the shared classes and per class) and the run's facts."""
+def _result(curve: list[dict], config: dict, recipe: ProbeRecipe, task: _Task, counts: dict, workers: int,
+            seconds: float) -> dict:
+    """probe.json: the last evaluation (AP/AP50 or mIoU over the shared classes, and per class) and the run's facts."""
     last, classes = curve[-1], config["classes"]
-    return {"AP": last["AP"], "AP50": last["AP50"],
-            "per_class": {c: {"AP": last[f"{c}_AP"], "AP50": last[f"{c}_AP50"]} for c in classes},
+    per_class = ("IoU",) if recipe.task == "segmentation" else task.metrics
+    return {**{m: last[m] for m in task.metrics}, "task": recipe.task,
+            "per_class": {c: {m: last[f"{c}_{m}"] for m in per_class} for c in classes},
             "steps": recipe.steps, "batch": recipe.batch, "alpha": recipe.alpha, "seed": recipe.seed,
             "images": counts, "classes": classes, "val_classes_ignored": config["ignored"],
-            "image_size": config["size"], "model": "torchvision FCOS, MobileNetV3-Large FPN, no pretrained weights",
+            "image_size": config["size"], "model": task.model,
             "workers": workers, "train_seconds": round(last["minutes"] * 60, 1), "seconds": round(seconds, 1),
             **config["inputs"], "curve": f"{config['out']}/curve.png"}
 
@@ -198,31 +251,30 @@ def _probe_loop(config: dict) -> None:
     worker = WorkerContext(config)
     torch.set_num_threads(config["threads"])
     recipe, classes, device = ProbeRecipe(**config["recipe"]), config["classes"], worker.device
-    images, targets, counts, sampler = _training_set(config, recipe)
-    val = load_detection(*config["val"], classes) if worker.leader else None  # the leader alone evaluates
+    task = _task(recipe.task)
+    images, targets, counts, sampler = _training_set(config, recipe, task)
+    val = task.load(*config["val"], classes, config["size"]) if worker.leader else None  # the leader alone evaluates
     torch.manual_seed(recipe.seed)
-    detector = build_fcos(len(classes), config["size"])
+    detector = task.build(len(classes), config["size"])
     model = worker.prepare(detector)
     per_worker = max(1, recipe.batch // worker.world)
 
     def loss_at(step: int) -> dict:
         picks = sampler.draw(step * worker.world + worker.rank, per_worker).tolist()
-        losses = model([images[i].to(device).float() / 255 for i in picks],
-                       [{k: v.to(device) for k, v in targets[i].items()} for i in picks])
-        return {"total": sum(losses.values()), **losses}
+        return task.loss(model, [images[i] for i in picks], [targets[i] for i in picks], device)
 
     # from scratch, full lr at once can kill FCOS's box-regression ReLU for good (GIoU loss stuck at 1):
     # warm up; gradients clipped at 10, spikes only (the adapter's 0.1 would throttle it)
     schedule = Schedule(recipe.steps, recipe.lr, eval_every=recipe.eval_every, clip=10.0,
                         warmup=min(100, recipe.steps // 4))
     curve = train_schedule(model, {"detector": detector}, loss_at, schedule, config["checkpoint"],
-                           lambda: _scores(detector, val, classes, config["size"], device),
+                           lambda: task.scores(detector, val, classes, config["size"], device),
                            leader=worker.leader, report=worker.report)
     if not worker.leader:
         return
-    write_curve(curve, f"{config['out']}/curve", f"probe: FCOS on {', '.join(classes)}, alpha {recipe.alpha}",
-                metric="AP")
-    result = _result(curve, config, recipe, {**counts, "val": len(val[0])}, worker.world, time.time() - started)
+    write_curve(curve, f"{config['out']}/curve", f"probe: {task.model.split(',')[0]} on {', '.join(classes)}, "
+                f"alpha {recipe.alpha}", metric=task.metrics[0])
+    result = _result(curve, config, recipe, task, {**counts, "val": len(val[0])}, worker.world, time.time() - started)
     with open(f"{config['out']}/probe.json", "w") as f:
         json.dump(result, f, indent=1)
 
@@ -238,6 +290,7 @@ def probe(out: str, val: str, recipe: ProbeRecipe, real: str | None = None, fold
                         f"got {recipe.alpha}")
     folder = os.path.abspath(folder or os.path.join(out, "probe"))
     checked = _check(out, val, real, folder, recipe.alpha)
+    semantic = _masks(out, val, real) if recipe.task == "segmentation" else None
 
     def coco(root: str, split: str) -> list[str]:
         return [os.path.abspath(os.path.join(root, "images", split)),
@@ -248,9 +301,10 @@ def probe(out: str, val: str, recipe: ProbeRecipe, real: str | None = None, fold
               "inputs": {"dde_output": os.path.abspath(out), "val_set": os.path.abspath(val),
                          "real_set": real and os.path.abspath(real)},
               "real": coco(real, "train") if real else None,
-              "synthetic": [os.path.abspath(os.path.join(out, "coco", "images")), os.path.abspath(_dde_output(out))]}
+              "synthetic": [os.path.abspath(os.path.join(out, "coco", "images")), os.path.abspath(_dde_output(out))],
+              "semantic": semantic}
     # a changed input or mix trains afresh; more --steps continue the same run
     key = fingerprint(config["synthetic"], config["real"], config["val"], recipe.alpha, recipe.batch, recipe.lr,
-                      recipe.seed, workers)
+                      recipe.seed, workers, *([recipe.task] if recipe.task != "detection" else []))
     config["checkpoint"] = os.path.join(folder, f"checkpoint-{key}")
     return launch(_probe_loop, config, "probe", workers, gpus, device)
