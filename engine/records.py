@@ -1,4 +1,9 @@
-"""Plain records that flow between the planner, backends, heads and the sink."""
+"""Plain records that flow between the planner, the workers, backends, heads and the sink.
+
+A unit travels in one form: the planner builds a ``Unit`` (``Planner.unit``) from a wave's plan,
+the driver hands it to the executor unchanged, and the worker and the sink read it. Inside the
+worker each ``UnitImage`` becomes an ``ImageRequest`` for the backend, which returns a
+``Generated``; the head returns ``Labels``."""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageRequest", "Generated", "Instance", "Labels", "semantic_dtype", "uncertain_value",
+__all__ = ["Unit", "UnitImage", "ImageRequest", "Generated", "Instance", "Labels", "semantic_dtype", "uncertain_value",
            "category_ids", "MAX_CATEGORIES"]
 
 MAX_CATEGORIES = 65534  # a uint16 semantic mask holds 0 (background), 1..65534 and 65535 (uncertain)
@@ -28,6 +33,36 @@ def semantic_dtype(categories: int) -> np.dtype:
 def uncertain_value(dtype: np.dtype) -> int:
     """The 'uncertain' label of a semantic mask: its dtype's largest value (255 or 65535)."""
     return int(np.iinfo(dtype).max)
+
+
+@dataclass(frozen=True)
+class UnitImage:
+    """One image of a unit, as the driver sends it: what the worker needs to make it."""
+
+    image_id: int
+    seed: int
+    prompt: str
+    negative_prompt: str = ""
+    classes: tuple[str, ...] = ()  # job classes the prompt/reference names, with repeats
+    reference_id: str | None = None
+    reference_uri: str | None = None  # the img2img reference the worker reads
+    reference_sha256: str | None = None  # as committed units of this job read it: another file is refused
+
+    def request(self) -> "ImageRequest":
+        return ImageRequest(self.image_id, self.seed, self.prompt, self.negative_prompt, list(self.classes),
+                            self.reference_id)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work, one commit: built by the planner, read by the worker and its sink."""
+
+    unit_id: str
+    index: int
+    wave: int
+    images: tuple[UnitImage, ...]
+    lease: str | None = None  # the id of the driver's lease: its attempts are named after it
+    driver_started_at: float | None = None  # when this run of the driver began (for throughput)
 
 
 @dataclass

@@ -119,11 +119,11 @@ def test_row_groups_stay_under_the_limit(monkeypatch):
 
     from engine.output import sink
     from engine.output.sink import SinkContext, UnitSink
-    from engine.records import Generated, ImageRequest, Labels
+    from engine.records import Generated, ImageRequest, Labels, Unit
 
     monkeypatch.setattr(sink, "ROW_GROUP_BYTES", 3000)  # a small limit stands for 100 MB
     store = Store(f"memory://groups-{os.getpid()}")
-    unit = UnitSink(store, SinkContext(("circle",), "m", "none"), {"unit_id": "unit-000000", "index": 0, "wave": 0})
+    unit = UnitSink(store, SinkContext(("circle",), "m", "none"), Unit("unit-000000", 0, 0, ()))
     unit.on_write_start()
     noise = np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8)  # ~1.7 kB as PNG
     for i in range(5):

@@ -107,7 +107,7 @@ def test_a_marker_never_lists_files_that_vanished_before_the_commit(tmp_path, ra
     store.delete(f"{sink.staging}/{sink.files[0]}")  # what a clean-up racing this attempt did (case 37)
     with pytest.raises(RuntimeError, match="vanished before the commit"):
         sink.on_write_complete()
-    assert not store.exists(marker_file(unit["unit_id"]))
+    assert not store.exists(marker_file(unit.unit_id))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from PIL import Image
 
 from engine.job.planner import Planner
 from engine.job.prompts import build_pool
-from engine.job.runner import _request, open_job
+from engine.job.runner import open_job
 from engine.output.layout import COMMITS_DIR, STAGING_DIR, marker_file
 from engine.output.sink import UnitSink
 from engine.output.storage import Store
@@ -22,9 +22,8 @@ from .conftest import make_bucket, s3_options
 
 def first_unit(spec):
     pool = build_pool(spec)
-    unit = Planner(spec, pool).plan_wave(0, {}, [], 0, 0, np.zeros(len(pool)), 0, 0)[0]
-    requests = [_request(pool[item], image_id, seed) for image_id, item, seed in unit["images"]]
-    return {k: v for k, v in unit.items() if k != "images"} | {"requests": requests}
+    planner = Planner(spec, pool)
+    return planner.unit(planner.plan_wave(0, {}, [], 0, 0, np.zeros(len(pool)), 0, 0)[0], {})
 
 
 @pytest.fixture
@@ -49,13 +48,13 @@ def test_unit_writes_files_then_a_marker(job):
     spec, store, unit = job
     summary = UnitMaker(spec).make(unit)
     assert summary["won"] and summary["images"] == 8 and summary["rejects"] == 0
-    marker = json.loads(store.read_bytes(marker_file(unit["unit_id"])))
+    marker = json.loads(store.read_bytes(marker_file(unit.unit_id)))
     staged = set(store.find(marker["staging"]))
     for rel in marker["files"]:
         assert f"{marker['staging']}/{rel}" in staged
     assert sum(marker["counts"].values()) == marker["instances"] == summary["instances"] > 0
     shard = json.loads(store.read_bytes(f"{marker['staging']}/{marker['shard']}"))
-    assert [im["id"] for im in shard["images"]] == [r["image_id"] for r in unit["requests"]]
+    assert [im["id"] for im in shard["images"]] == [image.image_id for image in unit.images]
     assert len(shard["annotations"]) == marker["instances"]
 
 
@@ -77,8 +76,8 @@ def test_racing_attempts_leave_exactly_one_committed(job_anywhere):
     results = [sink.on_write_complete() for sink in sinks]
     assert [won for won, _ in results] == [True, False]
     assert results[0][1]["attempt"] == results[1][1]["attempt"] == sinks[0].attempt
-    assert store.list_names(STAGING_DIR) == [f"{unit['unit_id']}.{sinks[0].attempt}"]
-    assert store.list_names(COMMITS_DIR) == [f"{unit['unit_id']}.json"]
+    assert store.list_names(STAGING_DIR) == [f"{unit.unit_id}.{sinks[0].attempt}"]
+    assert store.list_names(COMMITS_DIR) == [f"{unit.unit_id}.json"]
 
 
 def test_failed_attempt_removes_its_files(job):
@@ -89,14 +88,14 @@ def test_failed_attempt_removes_its_files(job):
     maker._fill(sink, unit)
     assert store.find(sink.staging)
     sink.on_write_failed()
-    assert store.find(STAGING_DIR) == [] and not store.exists(marker_file(unit["unit_id"]))
+    assert store.find(STAGING_DIR) == [] and not store.exists(marker_file(unit.unit_id))
 
 
 def test_parquet_columns_and_hf_features(job):
     spec, store, unit = job
     UnitMaker(spec).make(unit)
-    marker = json.loads(store.read_bytes(marker_file(unit["unit_id"])))
-    path = store.path(f"{marker['staging']}/parquet/{unit['unit_id']}.parquet")
+    marker = json.loads(store.read_bytes(marker_file(unit.unit_id)))
+    path = store.path(f"{marker['staging']}/parquet/{unit.unit_id}.parquet")
     table = pq.read_table(path)
     assert table.column_names == ["image", "image_id", "width", "height", "prompt", "negative_prompt", "seed",
                                   "strength", "reference_id", "model", "label_head", "annotations", "semantic_mask"]
@@ -128,7 +127,7 @@ def test_missing_and_corrupt_references_are_rejected_not_fatal(tmp_path, spec_da
     open_job(spec)
     unit = first_unit(spec)
     summary = UnitMaker(spec).make(unit)
-    marker = json.loads(Store(spec.output).read_bytes(marker_file(unit["unit_id"])))
+    marker = json.loads(Store(spec.output).read_bytes(marker_file(unit.unit_id)))
     rejected = {r["reference_id"] for r in marker["rejects"]}  # the missing one never entered the pool
     assert rejected == {"2"} and summary["images"] == 6 - len(marker["rejects"])
     assert all("unusable" in r["reason"] and "not an image Pillow can decode" in r["reason"]

@@ -14,6 +14,7 @@ from collections import deque
 from typing import Callable
 
 from engine.errors import UserError
+from engine.records import Unit
 from engine.spec import JobSpec
 
 __all__ = ["UnitPool", "InProcessPool"]
@@ -51,7 +52,7 @@ class UnitPool:
         actor = self._actor_cls.remote(self._spec_data)
         self._starting[actor.ready.remote()] = actor
 
-    def run(self, units: list[dict], on_done: Callable[[dict], None]) -> None:
+    def run(self, units: list[Unit], on_done: Callable[[dict], None]) -> None:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
@@ -108,9 +109,9 @@ class UnitPool:
         self._alive += 1
         self._idle.append(actor)
 
-    def _retry(self, queue: deque, unit: dict, attempt: int, why: str, cause: BaseException | None = None) -> None:
+    def _retry(self, queue: deque, unit: Unit, attempt: int, why: str, cause: BaseException | None = None) -> None:
         if attempt >= self.max_attempts:  # chained, so the driver can tell an unreachable storage apart
-            raise RuntimeError(f"{unit['unit_id']} failed {attempt} times; last error: {why}") from cause
+            raise RuntimeError(f"{unit.unit_id} failed {attempt} times; last error: {why}") from cause
         queue.append((unit, attempt + 1))
 
     def _expire(self, running: dict, queue: deque) -> None:
@@ -187,7 +188,7 @@ class InProcessPool:
 
         self.maker = UnitMaker(spec)
 
-    def run(self, units: list[dict], on_done: Callable[[dict], None]) -> None:
+    def run(self, units: list[Unit], on_done: Callable[[dict], None]) -> None:
         for unit in units:
             on_done(self.maker.make(unit))
 

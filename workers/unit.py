@@ -12,7 +12,7 @@ from engine.errors import InputChanged
 from engine.output.layout import marker_file
 from engine.output.sink import SinkContext, UnitSink
 from engine.output.storage import Store, input_options
-from engine.records import ImageRequest
+from engine.records import Unit
 from engine.registry import build_backend, build_head
 from engine.spec import JobSpec
 
@@ -69,8 +69,8 @@ class UnitMaker:
         self.context = SinkContext(tuple(c.name for c in classes), self.backend.model_name, spec.label_head.name,
                                    spec.image_format, coco="coco" in spec.layout.formats)
 
-    def make(self, unit: dict) -> dict:
-        existing = marker_file(unit["unit_id"])
+    def make(self, unit: Unit) -> dict:
+        existing = marker_file(unit.unit_id)
         if self.store.exists(existing):  # committed by an earlier attempt: nothing to do
             return summary_of(json.loads(self.store.read_bytes(existing)), won=False)
         sink = UnitSink(self.store, self.context, unit)
@@ -83,20 +83,19 @@ class UnitMaker:
             raise
         return summary_of(marker, won)
 
-    def _fill(self, sink: UnitSink, unit: dict) -> float:
+    def _fill(self, sink: UnitSink, unit: Unit) -> float:
         requests = []
-        for image in unit["requests"]:
-            request = ImageRequest(image["image_id"], image["seed"], image["prompt"], image["negative_prompt"],
-                                   list(image["classes"]), image["reference_id"])
-            if image["reference_uri"]:
+        for image in unit.images:
+            request = image.request()
+            if image.reference_uri:
                 try:
-                    request.reference, sink.references[image["reference_uri"]] = _read_reference(
-                        image["reference_uri"], input_options(image["reference_uri"], self.spec),
-                        image.get("reference_sha256"), self.spec.prompts.max_image_pixels)
+                    request.reference, sink.references[image.reference_uri] = _read_reference(
+                        image.reference_uri, input_options(image.reference_uri, self.spec),
+                        image.reference_sha256, self.spec.prompts.max_image_pixels)
                 except InputChanged:
                     raise
                 except Exception as e:  # missing or corrupt reference: record it, never crash the job
-                    sink.reject(request, f"reference {image['reference_uri']!r} unusable: {type(e).__name__}: {e}")
+                    sink.reject(request, f"reference {image.reference_uri!r} unusable: {type(e).__name__}: {e}")
                     continue
             requests.append(request)
         busy = 0.0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from engine.records import Unit
+
 __all__ = ["UnitWorker"]
 
 
@@ -31,5 +33,5 @@ class UnitWorker:
 
         return sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
 
-    def make(self, unit: dict) -> dict:
+    def make(self, unit: Unit) -> dict:
         return self.maker.make(unit)

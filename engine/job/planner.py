@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..output.layout import derive_seed, unit_id
+from ..records import Unit, UnitImage
 from ..spec import JobSpec
 from .prompts import PromptItem
 
@@ -68,7 +69,8 @@ class Planner:
 
     def plan_wave(self, wave: int, counts: dict[str, int], stuck: list[str], images_planned: int,
                   first_unit: int, uses: np.ndarray, images_done: int, instances_done: int) -> list[dict]:
-        """Units of wave ``wave`` as JSON-able dicts: unit id, index, wave and the images' item/seed/id."""
+        """The plan of wave ``wave`` as stored (``_plans/``): one JSON-able dict a unit, with its id,
+        index, wave and images as ``[image_id, pool item, seed]``. ``unit`` makes each a ``Unit``."""
         n = self._wave_images(counts, stuck, images_planned, images_done, instances_done)
         weights = self._weights(counts, stuck, uses)
         rng = np.random.default_rng([self.spec.seed, wave])
@@ -83,6 +85,18 @@ class Planner:
                       for i, item in enumerate(items)]
             units.append({"unit_id": unit_id(index), "index": index, "wave": wave, "images": images})
         return units
+
+    def unit(self, planned: dict, digests: dict[str, str], lease: str | None = None,
+             driver_started_at: float | None = None) -> Unit:
+        """The ``Unit`` a worker makes from the stored plan of one unit. ``digests``: sha256 of the
+        references as committed units read them, so a changed one is caught; ``lease`` and
+        ``driver_started_at``: this run of the driver."""
+        images = []
+        for image_id, item, seed in planned["images"]:
+            p = self.pool[item]
+            images.append(UnitImage(image_id, seed, p.prompt, p.negative_prompt, tuple(p.classes), p.reference_id,
+                                    p.reference_uri, digests.get(p.reference_uri)))
+        return Unit(planned["unit_id"], planned["index"], planned["wave"], tuple(images), lease, driver_started_at)
 
     def _wave_images(self, counts, stuck, images_planned, images_done, instances_done) -> int:
         budget_left = self.spec.budget.max_images - images_planned

@@ -10,7 +10,7 @@ import codecs
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from ..errors import UserError
 from ..output.storage import input_options
@@ -27,9 +27,6 @@ class PromptItem:
     negative_prompt: str = ""
     reference_id: str | None = None
     reference_uri: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def objects_phrase(names: list[str]) -> str:

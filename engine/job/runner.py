@@ -114,13 +114,6 @@ def _describe_input(record: dict) -> str:
     return f"{record['uri']} ({record['size']} {record.get('unit', 'bytes')}, sha256 {record['sha256'][:12]})"
 
 
-def _request(item: PromptItem, image_id: int, seed: int, digests: dict[str, str] | None = None) -> dict:
-    """``digests``: sha256 of references as committed units read them, so a changed one is caught."""
-    return {"image_id": image_id, "seed": seed, "prompt": item.prompt, "negative_prompt": item.negative_prompt,
-            "classes": list(item.classes), "reference_id": item.reference_id, "reference_uri": item.reference_uri,
-            "reference_sha256": (digests or {}).get(item.reference_uri)}
-
-
 class _Driver:
     def __init__(self, spec: JobSpec, store: Store, pool: list[PromptItem], lease: Lease, progress: Progress):
         self.spec, self.store, self.lease, self.progress = spec, store, lease, progress
@@ -185,12 +178,8 @@ class _Driver:
                 ensure_ray(address, quiet=self.progress.quiet and not self.progress.log)
             self.executor = EXECUTORS.get(kind)(self.spec, on_wait=self._waiting)
         digests = {**self.pinned, **self.ledger.reference_digests()}
-        run = {"lease": self.lease.id, "driver_started_at": self.lease.record["started_at"]}
-        expanded = [dict(u, **run, requests=[_request(self.pool_items[item], image_id, seed, digests)
-                                             for image_id, item, seed in u["images"]]) for u in units]
-        for u in expanded:
-            del u["images"]
-        self.executor.run(expanded, self.progress.unit_done)
+        self.executor.run([self.planner.unit(u, digests, self.lease.id, self.lease.record["started_at"])
+                           for u in units], self.progress.unit_done)
 
     def _waiting(self, text: str | None) -> None:
         """Actors that cannot start: say so in the bar or the log, and in the lease for `dde status`."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..records import Generated, ImageRequest, Labels, category_ids
+from ..records import Generated, ImageRequest, Labels, Unit, category_ids
 from ..spec import ImageFormat
 from .layout import SHARD_FILE, STAGING_DIR, image_name, marker_file
 from .lease import new_attempt_id
@@ -117,15 +117,15 @@ def _rle(mask: np.ndarray) -> dict:
 
 
 class UnitSink:
-    def __init__(self, store: Store, context: SinkContext, unit: dict):
+    def __init__(self, store: Store, context: SinkContext, unit: Unit):
         self.store, self.context, self.unit = store, context, unit
         self.category_id = category_ids(context.categories)
         self._palette = None
 
     # ---- lifecycle
     def on_write_start(self) -> None:
-        self.attempt = new_attempt_id(self.unit.get("lease"))
-        self.staging = f"{STAGING_DIR}/{self.unit['unit_id']}.{self.attempt}"
+        self.attempt = new_attempt_id(self.unit.lease)
+        self.staging = f"{STAGING_DIR}/{self.unit.unit_id}.{self.attempt}"
         self.rows: list[dict] = []
         self.files: list[str] = []
         self.shard_images: list[dict] = []
@@ -180,25 +180,25 @@ class UnitSink:
             buf = io.BytesIO()
             pq.write_table(table, buf, compression="zstd", row_group_size=self._rows_per_group())
             parquet = buf.getvalue()
-            self._put(f"parquet/{self.unit['unit_id']}.parquet", parquet)
-        shard = {"unit_id": self.unit["unit_id"], "images": self.shard_images, "annotations": self.shard_annotations}
+            self._put(f"parquet/{self.unit.unit_id}.parquet", parquet)
+        shard = {"unit_id": self.unit.unit_id, "images": self.shard_images, "annotations": self.shard_annotations}
         shard_bytes = json.dumps(shard, separators=(",", ":")).encode()
         self.store.write_bytes(f"{self.staging}/{SHARD_FILE}", shard_bytes)
         marker = {
-            "unit_id": self.unit["unit_id"], "index": self.unit["index"], "wave": self.unit["wave"],
+            "unit_id": self.unit.unit_id, "index": self.unit.index, "wave": self.unit.wave,
             "attempt": self.attempt, "staging": self.staging, "files": self.files,
             "shard": SHARD_FILE, "shard_sha256": hashlib.sha256(shard_bytes).hexdigest(),
             "parquet_sha256": parquet and hashlib.sha256(parquet).hexdigest(),
             "images": len(self.rows), "instances": sum(self.counts.values()), "counts": self.counts,
             "rejects": self.rejects, "references": self.references, "backend_seconds": round(backend_seconds, 4),
             "seconds": round(time.time() - self.started, 4), "committed_at": time.time(),
-            "driver_started_at": self.unit.get("driver_started_at"),  # for throughput: when this run began
+            "driver_started_at": self.unit.driver_started_at,  # for throughput: when this run began
         }
         self._check_staged()
-        won = self.store.create_only(marker_file(self.unit["unit_id"]), json.dumps(marker).encode())
+        won = self.store.create_only(marker_file(self.unit.unit_id), json.dumps(marker).encode())
         if not won:  # another attempt committed first: its files are the unit's, ours are garbage
             self.on_write_failed()
-            marker = json.loads(self.store.read_bytes(marker_file(self.unit["unit_id"])))
+            marker = json.loads(self.store.read_bytes(marker_file(self.unit.unit_id)))
         return won, marker
 
     def on_write_failed(self) -> None:
@@ -216,7 +216,7 @@ class UnitSink:
         staged = set(self.store.find(self.staging))
         missing = [rel for rel in [*self.files, SHARD_FILE] if f"{self.staging}/{rel}" not in staged]
         if missing:
-            raise RuntimeError(f"{self.unit['unit_id']}: {len(missing)} staged file(s) vanished before the commit "
+            raise RuntimeError(f"{self.unit.unit_id}: {len(missing)} staged file(s) vanished before the commit "
                                f"(e.g. {missing[0]}); this attempt is not committed and the unit is retried")
 
 
