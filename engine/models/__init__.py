@@ -1,4 +1,6 @@
-"""Diffusion models: the embedded shapes model and loading any SD-architecture pipeline."""
+"""Diffusion models: the embedded shapes model (``embedded``, with ``model_world``), loading any
+SD-architecture pipeline (``loading``), the folders of the shipped weights (``shipped``) and how
+trained weights are stored (``trained``). Below ``backends`` and ``heads``; imports ``world`` only."""
 
 from .loading import is_hub_id, load_pipeline, resolve_model
 

@@ -1,1 +1,2 @@
-"""Benchmarks that judge generated data against the shapes world's ground truth."""
+"""Benchmarks that judge generated data against the shapes world's ground truth (``dde bench``).
+The top of ``lab``: uses ``train`` (the oracles it loads) and ``metrics``."""

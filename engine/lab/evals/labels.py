@@ -165,7 +165,7 @@ def _head_params(given: dict | None):
     from ...spec import describe_error
 
     try:
-        return AttentionParams(**(given or {}))
+        return AttentionParams.model_validate(given or {})
     except ValidationError as e:
         raise UserError("; ".join(f"--head-params {describe_error(err)}" for err in e.errors())) from e
 

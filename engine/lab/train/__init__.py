@@ -1,4 +1,6 @@
-"""Training recipes. Checkpoints are safetensors plus JSON: never pickles."""
+"""Training recipes (``dde train ...``, ``dde probe``). Checkpoints are safetensors plus JSON: never
+pickles. Part of ``lab``: may use ``heads`` (their detectors), ``models`` and ``job``, and
+``lab.metrics`` to score; never imported by the job path."""
 
 
 def flushed_print(*args) -> None:
