@@ -78,16 +78,10 @@ class DiffusionBackend(Backend):
     @classmethod
     def check_spec(cls, spec) -> list[str]:
         """Local models must exist before any work starts; hub ids are checked when a worker loads them."""
-        from ..errors import UserError
-        from ..models import is_hub_id, resolve_model
+        from ..models import local_model_problem
 
-        model = spec.generator.config.model
-        if not is_hub_id(model):
-            try:
-                resolve_model(model)
-            except UserError as e:
-                return [str(e)]
-        return []
+        problem = local_model_problem(spec.generator.config.model)
+        return [problem] if problem else []
 
     @classmethod
     def text_encoders(cls, spec):

@@ -10,7 +10,7 @@ import os
 
 from ..errors import UserError
 
-__all__ = ["resolve_model", "is_hub_id", "load_pipeline", "pick_device", "pick_dtype"]
+__all__ = ["resolve_model", "is_hub_id", "local_model_problem", "load_pipeline", "pick_device", "pick_dtype"]
 
 
 def is_hub_id(model: str) -> bool:
@@ -42,6 +42,18 @@ def resolve_model(model: str) -> str:
         return _hub_snapshot(model)
     raise UserError(f"generator.params.model: expected 'embedded:shapes', a local diffusers folder or a hub id "
                     f"like 'stabilityai/stable-diffusion-2-1-base', got {model!r}")
+
+
+def local_model_problem(model: str) -> str | None:
+    """Why a local or embedded ``model`` cannot be opened, or None if it can. A hub id is None too:
+    only a loader can check it, so it is checked when a worker loads it."""
+    if is_hub_id(model):
+        return None
+    try:
+        resolve_model(model)
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def _hub_snapshot(repo_id: str) -> str:

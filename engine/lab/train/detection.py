@@ -25,13 +25,11 @@ __all__ = ["check_model", "coco_annotations", "load_coco", "FeatureExtractor", "
 # ---- inputs
 def check_model(model: str) -> None:
     """A local or embedded ``--model`` must exist before Ray starts (a hub id is checked when loaded)."""
-    from ...models import is_hub_id, resolve_model
+    from ...models import local_model_problem
 
-    if not is_hub_id(model):
-        try:
-            resolve_model(model)
-        except UserError as e:
-            raise UserError(str(e).replace("generator.params.model", "--model", 1)) from e
+    problem = local_model_problem(model)
+    if problem:
+        raise UserError(problem.replace("generator.params.model", "--model", 1))
 
 
 # ---- data
