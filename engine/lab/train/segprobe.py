@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from ...output.layout import image_name
+from ...records import category_ids
 from ..metrics.segmentation import confusion, iou_table
 
 __all__ = ["IGNORE", "MIN_SIDE", "load_semantic", "build_lraspp", "segmentation_loss", "segmentation_scores"]
@@ -68,7 +69,8 @@ def load_semantic(images: str, annotations: str, classes: list[str], size: int,
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools narrates loading
         coco = COCO(annotations)
-    index = {cid: classes.index(c["name"]) + 1 for cid, c in coco.cats.items() if c["name"] in classes}
+    ids = category_ids(classes)
+    index = {cid: ids[c["name"]] for cid, c in coco.cats.items() if c["name"] in classes}
     pictures, targets = [], []
     for image_id in sorted(coco.getImgIds()):
         info = coco.imgs[image_id]
