@@ -220,6 +220,12 @@ def _parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--steps", type=_at_least(1), default=25)
     fidelity.add_argument("--guidance-scale", type=_at_least(0.0, float), default=7.5)
     fidelity.add_argument("--out", default="bench/results")
+    downstream = bench_sub.add_parser("downstream", help="the papers' downstream tables on the shapes world: "
+                                                         "probes trained on each dde source against real data")
+    downstream.add_argument("--quick", action="store_true", help="small sets and few steps: checks the pipeline "
+                                                                  "end to end (numbers are not meaningful)")
+    downstream.add_argument("--out", help="work folder: sources, probes and the tables (default "
+                                          "bench/out/downstream[-quick]); rerun to resume")
     labels = bench_sub.add_parser("labels", help="label quality of the attention heads and the shipped box heads "
                                                  "against ground truth (segmentation oracle; low-strength img2img "
                                                  "references)")
@@ -244,6 +250,8 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--task", choices=["detection", "segmentation"], default="detection",
                        help="detection: FCOS, COCOeval box AP/AP50; segmentation: LR-ASPP on the output's "
                             "semantic masks (uncertain pixels ignored), mIoU against val's masks")
+    probe.add_argument("--synthetic-images", type=_at_least(1), metavar="N",
+                       help="train on the output's first N images only (compare sources at equal counts)")
     probe.add_argument("--steps", type=_at_least(1), default=800)
     probe.add_argument("--batch-size", type=_at_least(1), default=32)
     probe.add_argument("--lr", type=_at_least(0.0, float), default=1e-3)
@@ -443,6 +451,13 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.bench_command == "downstream":
+        from .lab.evals.downstream import FULL, QUICK, downstream_benchmark
+
+        out = args.out or os.path.join("bench", "out", "downstream-quick" if args.quick else "downstream")
+        downstream_benchmark(os.path.abspath(out), QUICK if args.quick else FULL)
+        print(open(os.path.join(out, "downstream.md")).read())
+        return 0
     if args.bench_command == "labels":
         from .lab.evals.labels import labels_benchmark
 
@@ -482,7 +497,8 @@ def _cmd_probe(args) -> int:
 
     alpha = args.alpha if args.alpha is not None else (0.4 if args.real else 1.0)
     recipe = ProbeRecipe(steps=args.steps, batch=args.batch_size, lr=args.lr, alpha=alpha,
-                         eval_every=args.eval_every, seed=args.seed, task=args.task)
+                         eval_every=args.eval_every, seed=args.seed, task=args.task,
+                         synthetic_images=args.synthetic_images)
     print(json.dumps(probe(args.uri, args.val, recipe, args.real, args.out, args.workers, args.gpus), indent=1))
     return 0
 

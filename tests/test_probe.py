@@ -78,6 +78,9 @@ def test_probe_mixes_real_data_by_alpha(probe_inputs, tmp_path):
     result = probe(out, val, ProbeRecipe(steps=1, batch=2, alpha=0.5), real=str(real), folder=str(tmp_path / "p"),
                    device="cpu")
     assert result["alpha"] == 0.5 and result["images"]["real"] == 8
+    first = probe(out, val, ProbeRecipe(steps=1, batch=2, synthetic_images=10), folder=str(tmp_path / "q"),
+                  device="cpu")
+    assert first["images"]["synthetic"] == 10  # the output's first 10 images: sources compared at equal counts
 
 
 def _refusal(capsys, argv, field):

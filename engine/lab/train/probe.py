@@ -29,11 +29,14 @@ STRIDES = (8, 16, 32, 64)
 
 class ProbeRecipe:
     """``task``: ``detection`` (FCOS, COCOeval box AP) or ``segmentation`` (LR-ASPP on semantic
-    masks, mIoU; ``segprobe``)."""
+    masks, mIoU; ``segprobe``). ``synthetic_images``: train on the output's first N images (by
+    image id) only, to compare sources or mixes at equal counts; None: all of them."""
 
     def __init__(self, *, steps: int = 800, batch: int = 32, lr: float = 1e-3, alpha: float = 1.0,
-                 eval_every: int | None = None, seed: int = 0, task: str = "detection"):
+                 eval_every: int | None = None, seed: int = 0, task: str = "detection",
+                 synthetic_images: int | None = None):
         self.steps, self.batch, self.lr, self.alpha, self.seed, self.task = steps, batch, lr, alpha, seed, task
+        self.synthetic_images = synthetic_images
         self.eval_every = eval_every or max(1, steps // 8)
 
     def to_json(self) -> dict:
@@ -220,6 +223,7 @@ def _training_set(config: dict, recipe: ProbeRecipe, task: _Task):
     from .mixing import AlphaSampler
 
     synthetic = task.load(*config["synthetic"], config["classes"], config["size"], config["semantic"])
+    synthetic = tuple(part[:recipe.synthetic_images] for part in synthetic)  # load_* keep image-id order
     real = task.load(*config["real"], config["classes"], config["size"]) if config["real"] else ([], [])
     counts = {"synthetic": len(synthetic[0]), "real": len(real[0])}
     sampler = AlphaSampler(counts["synthetic"], counts["real"], recipe.alpha, recipe.seed)
@@ -305,6 +309,7 @@ def probe(out: str, val: str, recipe: ProbeRecipe, real: str | None = None, fold
               "semantic": semantic}
     # a changed input or mix trains afresh; more --steps continue the same run
     key = fingerprint(config["synthetic"], config["real"], config["val"], recipe.alpha, recipe.batch, recipe.lr,
-                      recipe.seed, workers, *([recipe.task] if recipe.task != "detection" else []))
+                      recipe.seed, workers, *([recipe.task] if recipe.task != "detection" else []),
+                      *([recipe.synthetic_images] if recipe.synthetic_images else []))
     config["checkpoint"] = os.path.join(folder, f"checkpoint-{key}")
     return launch(_probe_loop, config, "probe", workers, gpus, device)

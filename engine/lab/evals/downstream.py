@@ -1,0 +1,166 @@
+"""``dde bench downstream``: the seed papers' downstream tables on the shapes world.
+
+Rendered scenes stand for real data and a rendered val split is the test set; every cell is one
+``dde probe`` run (``lab.train.probe``) at the same steps, batch and seed:
+
+- (a) synthetic only against real only at equal image counts, per dde source (DiffusionEngine
+  Tab. 1, Dataset Diffusion Tab. 3);
+- (b) 10% real plus 1x, 3x and 9x as many images of the best diffusion source (InstaGen Tab. 2,
+  DiffusionEngine Tab. 4), mixed by alpha = k / (k + 1), the share of synthetic images in the union;
+- (c) alpha in {0, 0.2, 0.4, 0.6, 0.8} over 10% real and 9x synthetic (Diffusion Synthesis Fig. 7);
+- (d) semantic segmentation (LR-ASPP, mIoU) from the `attention` head's masks, the render's
+  exact masks and real masks.
+
+Sources are dde jobs built from the example specs in ``jobs/examples/`` with only the output,
+the image budget and (for img2img) the reference set changed. Writes ``downstream.md`` (tables),
+``downstream.json`` and ``downstream.png`` into ``out``; cells already measured (their probe.json
+exists) are read back, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import yaml
+
+__all__ = ["Scale", "QUICK", "FULL", "downstream_benchmark"]
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "jobs", "examples")
+SOURCES = {  # the source's name in the tables: its example spec
+    "render + ground_truth": "shapes-render.yaml",
+    "img2img + adapter": "shapes-boxes.yaml",
+    "txt2img + grounding": "shapes-open-vocab.yaml",
+    "txt2img + attention": "shapes-masks.yaml",
+}
+CLASSES = ["circle", "square", "triangle", "star", "ring", "cross"]
+
+
+class Scale:
+    def __init__(self, images: int, val: int, steps: int, batch: int, seeds: int):
+        self.images, self.val, self.steps, self.batch, self.seeds = images, val, steps, batch, seeds
+
+
+QUICK = Scale(images=120, val=60, steps=20, batch=16, seeds=1)
+FULL = Scale(images=2000, val=300, steps=800, batch=32, seeds=2)
+
+
+def _source(name: str, root: str, images: int, real: str) -> str:
+    """Run (or continue) the dde job of one source; returns its output folder."""
+    from ...job.runner import run_job
+    from ...spec import parse_spec
+
+    with open(os.path.join(EXAMPLES, SOURCES[name])) as f:
+        data = yaml.safe_load(f)
+    out = os.path.join(root, "sources", name.replace(" + ", "-"))
+    # bounds no source meets (the render draws at most 4 objects a scene): the image budget ends each job
+    data.update(output=out, classes=CLASSES, lower_bound=images * 4 // len(CLASSES),
+                budget={"max_images": images, "max_waves": 50})
+    if data["prompts"]["source"] == "references":  # img2img from the real set, as the papers expand theirs
+        data["prompts"].update(annotations=f"{real}/annotations/instances_train.json", images=f"{real}/images/train",
+                               captions=f"{real}/annotations/captions_train.json")
+    if not os.path.exists(os.path.join(out, "job.json")):
+        run_job(parse_spec(data), quiet=True)
+    return out
+
+
+def _probe(root: str, cell: str, out: str, val: str, scale: Scale, seed: int, **options) -> dict:
+    from ..train.probe import ProbeRecipe, probe
+
+    folder = os.path.join(root, "probes", f"{cell}-seed{seed}")
+    if os.path.exists(os.path.join(folder, "probe.json")):
+        with open(os.path.join(folder, "probe.json")) as f:
+            return json.load(f)
+    real = options.pop("real", None)
+    recipe = ProbeRecipe(steps=scale.steps, batch=scale.batch, seed=seed, eval_every=scale.steps, **options)
+    return probe(out, val, recipe, real=real, folder=folder, device="cpu")
+
+
+def _cells(root: str, name: str, out: str, val: str, scale: Scale, metric: str, **options) -> dict:
+    """One cell over the seeds: mean and spread (max - min) of ``metric``."""
+    values = [_probe(root, name, out, val, scale, seed, **options)[metric] for seed in range(scale.seeds)]
+    return {"mean": sum(values) / len(values), "spread": max(values) - min(values), "runs": values}
+
+
+def _fmt(cell: dict, base: dict | None = None) -> str:
+    share = f" ({100 * cell['mean'] / base['mean']:.0f}%)" if base and base["mean"] > 0 else ""
+    spread = f" ± {cell['spread'] / 2:.3f}" if len(cell["runs"]) > 1 else ""
+    return f"{cell['mean']:.3f}{spread}{share}"
+
+
+def downstream_benchmark(root: str, scale: Scale = FULL) -> dict:
+    """Run the tables (module docstring) under ``root``; returns downstream.json's content."""
+    from ...world import WorldConfig, export_coco
+
+    n, tenth = scale.images, max(1, scale.images // 10)
+    world = WorldConfig()
+    sets = {}
+    for name, count, split, seed in (("val", scale.val, "val", 1), ("real", n, "train", 2),
+                                     ("real10", tenth, "train", 3)):
+        sets[name] = os.path.join(root, "sets", name)
+        if not os.path.exists(os.path.join(sets[name], "annotations", f"instances_{split}.json")):
+            export_coco(sets[name], count, split, seed=seed, config=world)
+    val, real, real10 = sets["val"], sets["real"], sets["real10"]
+    sources = {name: _source(name, root, n, real) for name in SOURCES}
+    anchor = sources["render + ground_truth"]  # any output: alpha 0 trains on real images only
+
+    a = {"real only": _cells(root, "a-real", anchor, val, scale, "AP", real=real, alpha=0.0)}
+    for name, out in sources.items():
+        a[name] = _cells(root, f"a-{name.replace(' + ', '-')}", out, val, scale, "AP")
+    diffusion = [s for s in SOURCES if not s.startswith("render")]
+    best = max(diffusion, key=lambda s: a[s]["mean"])
+
+    b = {"10% real only": _cells(root, "b-real10", anchor, val, scale, "AP", real=real10, alpha=0.0)}
+    for k in (1, 3, 9):
+        b[f"10% real + {k}x {best}"] = _cells(root, f"b-{k}x", sources[best], val, scale, "AP", real=real10,
+                                               alpha=k / (k + 1), synthetic_images=min(n, k * tenth))
+    c = {f"alpha {alpha}": _cells(root, f"c-{alpha}", sources[best], val, scale, "AP", real=real10, alpha=alpha,
+                                  synthetic_images=min(n, 9 * tenth))
+         for alpha in (0.0, 0.2, 0.4, 0.6, 0.8)}
+    d = {"real masks": _cells(root, "d-real", anchor, val, scale, "mIoU", real=real, alpha=0.0, task="segmentation"),
+         "render + ground_truth": _cells(root, "d-render", anchor, val, scale, "mIoU", task="segmentation"),
+         "txt2img + attention": _cells(root, "d-attention", sources["txt2img + attention"], val, scale, "mIoU",
+                                       task="segmentation")}
+    result = {"scale": vars(scale), "best_diffusion_source": best, "a": a, "b": b, "c": c, "d": d}
+    _write(root, result)
+    return result
+
+
+def _write(root: str, result: dict) -> None:
+    a, b, c, d = result["a"], result["b"], result["c"], result["d"]
+    s = result["scale"]
+    lines = [f"# Downstream: a from-scratch FCOS / LR-ASPP trained on dde output (shapes world)",
+             "", f"{s['images']} images a source, {s['steps']} steps of batch {s['batch']}, {s['seeds']} seed(s) "
+             f"(± half the seed-to-seed spread), val: {s['val']} rendered scenes. Percentages: of the first row.", "",
+             "## (a) synthetic only vs real only, equal counts (box AP)", "", "| train set | AP |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v, a['real only'] if k != 'real only' else None)} |" for k, v in a.items()]
+    lines += ["", f"## (b) 10% real + k x dde ({result['best_diffusion_source']}) (box AP)", "", "| train set | AP |",
+              "|---|---|"]
+    lines += [f"| {k} | {_fmt(v, b['10% real only'] if k != '10% real only' else None)} |" for k, v in b.items()]
+    lines += ["", "## (c) synthetic sampling probability alpha, 10% real + 9x dde (box AP)", "",
+              "| alpha | AP |", "|---|---|"]
+    lines += [f"| {k.split()[1]} | {_fmt(v)} |" for k, v in c.items()]
+    lines += ["", "## (d) semantic segmentation (mIoU)", "", "| masks | mIoU |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v, d['real masks'] if k != 'real masks' else None)} |" for k, v in d.items()]
+    with open(os.path.join(root, "downstream.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(root, "downstream.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    _plot(root, c)
+
+
+def _plot(root: str, c: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3), dpi=120)
+    alphas = [float(k.split()[1]) for k in c]
+    ax.errorbar(alphas, [v["mean"] for v in c.values()], yerr=[v["spread"] / 2 for v in c.values()], marker="o")
+    ax.set_xlabel("alpha (synthetic sampling probability)")
+    ax.set_ylabel("box AP")
+    ax.set_title("(c) 10% real + 9x dde")
+    fig.tight_layout()
+    fig.savefig(os.path.join(root, "downstream.png"))
+    plt.close(fig)
