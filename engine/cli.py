@@ -176,6 +176,18 @@ def _parser() -> argparse.ArgumentParser:
     clip.add_argument("--export-unfinished", action="store_true", help="export the weights reached so far")
     clip.add_argument("--export", action="store_true", help="when exported, install the model at engine/models/clip")
 
+    controlnet = train_sub.add_parser("controlnet", help="a segmentation ControlNet for the embedded model "
+                                                         "(from_unet of its UNet), on rendered class-index maps")
+    controlnet.add_argument("--out", required=True, help="training folder (checkpoints resume from here)")
+    controlnet.add_argument("--steps", type=_at_least(1))
+    controlnet.add_argument("--batch-size", type=_at_least(1))
+    controlnet.add_argument("--max-minutes", type=_at_least(0.0, float), help="stop cleanly after this long; rerun "
+                                                                             "to continue")
+    controlnet.add_argument("--eval-images", type=_at_least(2), default=64,
+                            help="val scenes for the agreement measured against an untrained ControlNet")
+    controlnet.add_argument("--export", action="store_true",
+                            help="install at engine/models/controlnet, only if it beats the untrained one")
+
     oracle = train_sub.add_parser("oracle", help="the fidelity oracle (multi-label classifier) on rendered scenes")
     oracle.add_argument("--steps", type=_at_least(1), default=1500)
     segmenter = train_sub.add_parser("segmenter", help="the segmentation oracle (semantic masks) on rendered scenes")
@@ -236,6 +248,11 @@ def _parser() -> argparse.ArgumentParser:
     labels.add_argument("--head-params", type=json.loads, default=None,
                         help='attention head params as JSON, e.g. \'{"cross_resolutions": [8]}\'')
     labels.add_argument("--out", default="bench/results")
+    labels.add_argument("--source", choices=["attention", "controlnet"], default="attention",
+                        help="attention: the attention and box heads; controlnet: condition-image agreement of a "
+                             "ControlNet with and without High-quality Image Selection, and its cost")
+    labels.add_argument("--controlnet", default="embedded:shapes", help="with --source controlnet")
+    labels.add_argument("--min-miou", type=_unit, default=0.5, help="with --source controlnet: the selection's bound")
 
     probe = sub.add_parser("probe", help="train a standard detector (torchvision FCOS) or semantic segmenter "
                                          "(LR-ASPP), no pretrained weights, on a finished dde output and report COCO "
@@ -447,10 +464,19 @@ def _cmd_train(args) -> int:
         return 0
     if args.train_command == "clip":
         return _train_clip(args)
+    if args.train_command == "controlnet":
+        return _train_controlnet(args)
     return _train_diffusion(args)
 
 
 def _cmd_bench(args) -> int:
+    if args.bench_command == "labels" and args.source == "controlnet":
+        from .lab.evals.controlnet import controlnet_labels_benchmark
+
+        controlnet_labels_benchmark(args.model, args.controlnet, args.images, args.steps, args.guidance_scale,
+                                    min_miou=args.min_miou, out_dir=args.out)
+        print(open(os.path.join(args.out, "labels-controlnet.md")).read())
+        return 0
     if args.bench_command == "downstream":
         from .lab.evals.downstream import FULL, QUICK, downstream_benchmark
 
@@ -500,6 +526,33 @@ def _cmd_probe(args) -> int:
                          eval_every=args.eval_every, seed=args.seed, task=args.task,
                          synthetic_images=args.synthetic_images)
     print(json.dumps(probe(args.uri, args.val, recipe, args.real, args.out, args.workers, args.gpus), indent=1))
+    return 0
+
+
+def _train_controlnet(args) -> int:
+    import shutil
+    from dataclasses import replace
+
+    from .models.embedded import EMBEDDED_CONTROLNETS
+    from .lab.evals.controlnet import measure
+    from .lab.train.controlnet import ControlNetRecipe, train_controlnet, write_card
+
+    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
+    status = train_controlnet(args.out, replace(ControlNetRecipe(), **overrides), max_minutes=args.max_minutes)
+    agreement = measure(args.out, args.eval_images)
+    better = agreement["trained"]["mIoU"] > agreement["untrained (from_unet)"]["mIoU"]
+    write_card(args.out, {"agreement": agreement, "command": f"dde train controlnet --out {args.out} "
+                          f"--eval-images {args.eval_images}", "note": "segmentation-oracle mIoU between the "
+                          "condition and the generated image (txt2img, 25 steps, guidance 7.5, class_index "
+                          "palette), on the same val scenes and seeds"})
+    print(json.dumps({**status, "agreement": agreement, "beats_untrained": better}, indent=1))
+    if args.export and better:
+        target = EMBEDDED_CONTROLNETS["shapes"]
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(f"{args.out}/controlnet", target)
+        print(f"installed as the embedded ControlNet at {target}")
+    elif args.export:
+        print("not installed: it does not beat the untrained ControlNet")
     return 0
 
 

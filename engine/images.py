@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 
-__all__ = ["ImageRejected", "decode_rgb", "PILLOW_MAX_PIXELS"]
+__all__ = ["ImageRejected", "decode_rgb", "fit_square", "PILLOW_MAX_PIXELS"]
 
 PILLOW_MAX_PIXELS = 89_478_485  # Pillow's own default limit: about 9459 x 9459
 
@@ -100,3 +100,14 @@ def decode_rgb(data: bytes, max_pixels: int = PILLOW_MAX_PIXELS):
             return np.asarray(image.convert("RGB"))
         except (ValueError, OSError) as e:
             raise ImageRejected(f"{image.mode} image cannot be converted to RGB: {e}") from None
+
+
+def fit_square(image, size: int, mode: str, resample):
+    """A PIL image made ``size`` x ``size``: ``center_crop`` (the largest centred square, then
+    resized) or ``resize`` (stretched). References and their condition maps go through this one
+    function, so a condition stays aligned with its image."""
+    if mode == "center_crop":
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    return image.resize((size, size), resample)

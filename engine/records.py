@@ -76,6 +76,7 @@ class ImageRequest:
     classes: list[str] = field(default_factory=list)  # classes the prompt/reference names
     reference_id: str | None = None
     reference: np.ndarray | None = None  # uint8 HxWx3, loaded by the worker
+    condition: Any = None  # conditions.Condition: the reference's layout, for mask-conditioned backends
 
 
 @dataclass

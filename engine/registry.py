@@ -87,6 +87,7 @@ class Registry:
 BACKENDS = Registry("generator backend")
 BACKENDS.register("render", "engine.backends.render:RenderBackend")
 BACKENDS.register("diffusion", "engine.backends.diffusion:DiffusionBackend")
+BACKENDS.register("controlnet", "engine.backends.controlnet:ControlNetBackend")
 
 HEADS = Registry("label head")
 HEADS.register("ground_truth", "engine.heads.ground_truth:GroundTruthHead")
@@ -95,6 +96,7 @@ HEADS.register("attention", "engine.heads.attention.head:AttentionHead")
 HEADS.register("bca", "engine.heads.bca:BinarisedCrossAttentionHead")
 HEADS.register("adapter", "engine.heads.adapter:AdapterHead")
 HEADS.register("grounding", "engine.heads.grounding:GroundingHead")
+HEADS.register("condition", "engine.heads.condition:ConditionHead")
 
 EXECUTORS = Registry("unit executor")
 EXECUTORS.register("ray", "workers.pool:UnitPool")

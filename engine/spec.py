@@ -32,7 +32,8 @@ UNFINGERPRINTED = ("name", "output", "storage_options", "resources")
 FINGERPRINTED_RESOURCES = ("threads_per_actor",)
 # Fields added after outputs were made: left out of the fingerprint at their default, so the
 # fingerprints of those outputs hold; any other value changes the dataset and is fingerprinted.
-ADDED_FIELDS = ("prompts.max_image_pixels", "long_prompts", "image_format")
+ADDED_FIELDS = ("prompts.max_image_pixels", "long_prompts", "image_format", "selection", "prompts.ways",
+                "prompts.variants", "prompts.captioner")
 
 
 def require_ordered(model: BaseModel, low: str, high: str):
@@ -116,7 +117,17 @@ class ReferencePrompts(_Strict):
     storage_options: dict[str, Any] | None = Field(
         default=None, description="fsspec options for reading the inputs (not fingerprinted). Default: the "
                                   "output's storage_options for inputs on the output's protocol, none for others.")
-    style: Literal["generic", "caption_append"] = "generic"
+    style: Literal["generic", "caption_append", "multiway"] = Field(
+        default="generic", description="generic (DiffusionEngine), caption_append (Dataset Diffusion) or multiway "
+                                       "(Diffusion Synthesis' Multi-way Prompt Generator: see ways, variants).")
+    ways: dict[Literal["caption", "caption_classes", "classes"], float] = Field(
+        default_factory=lambda: {"caption": 1.0, "caption_classes": 1.0, "classes": 1.0},
+        description="multiway: the mix of the base caption, the caption with the image's class names appended, "
+                    "and the class names alone (relative weights).")
+    variants: int = Field(default=1, ge=1, le=64, description="multiway: K prompt variants per reference, planned as "
+                                                              "K items (each image gets its own seed).")
+    captioner: str | None = Field(default=None, description="multiway: a transformers image-to-text model (folder "
+                                                            "or hub id, e.g. BLIP) for images the captions file lacks.")
     domain: str = Field(default="photograph", description="[domain] of the generic prompt.")
     negative_prompt: str = ""
     max_image_pixels: int = Field(
@@ -127,6 +138,11 @@ class ReferencePrompts(_Strict):
     def _captions_for_append(self) -> "ReferencePrompts":
         if self.style == "caption_append" and not self.captions:
             raise ValueError("style 'caption_append' expected a 'captions' file, got none; set prompts.captions")
+        if self.style == "multiway" and not (self.captions or self.captioner):
+            raise ValueError("style 'multiway' expected a 'captions' file or a 'captioner' model for the base "
+                             "captions, got neither; set prompts.captions or prompts.captioner")
+        if self.style == "multiway" and (min(self.ways.values(), default=0) < 0 or sum(self.ways.values()) <= 0):
+            raise ValueError(f"expected prompts.ways weights >= 0 with a positive sum, got {self.ways}")
         return self
 
 
@@ -202,6 +218,30 @@ class Resources(_Strict):
                                      "bytes, so unlike the other resources it is part of the fingerprint.")
 
 
+class ClipFilter(_Strict):
+    """High-quality Image Selection by CLIP (Diffusion Synthesis Eq. 2; ``job/selection.py``)."""
+
+    model: str = Field(description="A CLIPModel folder or hub id (safetensors).")
+    epsilon: float = Field(default=0.8, ge=-1, le=1, description="Keep if cos(reference, generated) > epsilon (Eq. 2).")
+
+
+class SegmenterFilter(_Strict):
+    """High-quality Image Selection by a segmenter's agreement with the labels (``job/selection.py``)."""
+
+    model: str = Field(default="embedded:segmenter", description="'embedded:segmenter' or a transformers "
+                                                               "semantic-segmentation folder or hub id.")
+    min_miou: float = Field(default=0.5, ge=0, le=1, description="Keep if mIoU(segmenter mask, labels) > min_miou.")
+    classes: dict[str, int | str] = Field(default_factory=dict, description="Job class -> the model's label (name "
+                                                                            "or id); transformers models only.")
+
+
+class SelectionSpec(_Strict):
+    """The filters of High-quality Image Selection; each one configured must pass."""
+
+    clip: ClipFilter | None = None
+    segmenter: SegmenterFilter | None = None
+
+
 class JobSpec(_Strict):
     name: str = Field(min_length=1)
     output: str = Field(min_length=1, description="Any fsspec URI: a path, file://, s3://, memory://.")
@@ -223,6 +263,10 @@ class JobSpec(_Strict):
                                      "the attention head's class-only prompt cannot hold): 'error' stops the job "
                                      "before anything is written; 'reject' leaves such prompts out of the pool and "
                                      "counts them in status, the card and the report.")
+
+    selection: SelectionSpec | None = Field(
+        default=None, description="High-quality Image Selection (Diffusion Synthesis): filters after generation, "
+                                  "before commit; a rejected image is recorded with its reason and scores.")
 
     @field_validator("output")
     @classmethod

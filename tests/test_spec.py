@@ -67,7 +67,7 @@ def test_bounds_above_budget_rejected(spec_data):
 def test_unknown_backend_lists_valid_names(spec_data):
     spec_data["generator"]["name"] = "dalle"
     problems = problems_of(spec_data)
-    assert any(p.startswith("generator.name: expected one of ['diffusion', 'render'], got 'dalle'") for p in problems)
+    assert any(p.startswith("generator.name: expected one of ['controlnet', 'diffusion', 'render'], got 'dalle'") for p in problems)
 
 
 def test_backend_params_validated_by_backend(spec_data):
@@ -198,6 +198,8 @@ def test_a_spec_with_a_byte_order_mark_and_crlf_loads(tmp_path):
     ("long_prompts", "reject", "long_prompts: 'error' -> 'reject'"),
     ("prompts.max_image_pixels", 1000, "prompts.max_image_pixels: 89478485 -> 1000"),
     ("layout", {"formats": ["parquet"]}, "layout.coco: True -> False"),
+    ("prompts.variants", 3, "prompts.variants: 1 -> 3"),
+    ("selection", {"segmenter": {"min_miou": 0.4}}, "selection.segmenter.min_miou: '<unset>' -> 0.4"),
 ])
 def test_fields_added_later_keep_old_fingerprints_at_their_default(spec_data, field, value, shown):
     """An output made before a field existed resumes; a value other than the default is another dataset."""
@@ -207,8 +209,9 @@ def test_fields_added_later_keep_old_fingerprints_at_their_default(spec_data, fi
     base = parse_spec(spec_data)
     old = {k: v for k, v in base.model_dump(mode="json").items()
            if k not in ("name", "output", "storage_options", "resources", "image_format", "long_prompts",
-                        "layout")}
-    del old["prompts"]["max_image_pixels"], old["prompts"]["storage_options"]
+                        "layout", "selection")}
+    for added in ("max_image_pixels", "storage_options", "ways", "variants", "captioner"):
+        del old["prompts"][added]
     assert fingerprint(base) == hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode()
                                                ).hexdigest()[:16]
     changed = parse_spec(apply_overrides(spec_data, [f"{field}={json.dumps(value)}"]))

@@ -9,6 +9,8 @@ import time
 import numpy as np
 
 from engine.errors import InputChanged
+from engine.job.conditions import ReferenceMasks, conditioned_on_masks
+from engine.job.selection import Selection
 from engine.output.layout import marker_file
 from engine.output.sink import SinkContext, UnitSink
 from engine.output.storage import Store, input_options
@@ -66,6 +68,11 @@ class UnitMaker:
             torch.set_num_threads(spec.resources.threads_per_actor)
         self.backend, self.head = build_backend(spec), build_head(spec)
         self.head.attach(self.backend)
+        self.conditions = self.selection = None
+        if conditioned_on_masks(spec) is not None:  # each request gets its reference's condition map
+            self.conditions = ReferenceMasks.for_job(spec)
+        if spec.selection is not None:
+            self.selection = Selection(spec.selection, classes)
         self.context = SinkContext(tuple(c.name for c in classes), self.backend.model_name, spec.label_head.name,
                                    spec.image_format, coco="coco" in spec.layout.formats)
 
@@ -92,6 +99,8 @@ class UnitMaker:
                     request.reference, sink.references[image.reference_uri] = _read_reference(
                         image.reference_uri, input_options(image.reference_uri, self.spec),
                         image.reference_sha256, self.spec.prompts.max_image_pixels)
+                    if self.conditions is not None:
+                        request.condition = self.conditions.condition(request.reference_id, request.reference)
                 except InputChanged:
                     raise
                 except Exception as e:  # missing or corrupt reference: record it, never crash the job
@@ -105,10 +114,13 @@ class UnitMaker:
             t0 = time.perf_counter()
             generated = self.backend.generate(chunk)
             labels = self.head.label(chunk, generated)
+            verdicts = self.selection.judge(chunk, generated, labels) if self.selection else [None] * len(chunk)
             busy += time.perf_counter() - t0
-            for request, gen, lab in zip(chunk, generated, labels):
+            for request, gen, lab, verdict in zip(chunk, generated, labels, verdicts):
                 if gen.reject:
                     sink.reject(request, gen.reject)
+                elif verdict:
+                    sink.reject(request, verdict["reason"], scores=verdict["scores"], classes=list(request.classes))
                 else:
                     sink.write(request, gen, lab)
         return busy

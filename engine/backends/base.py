@@ -44,8 +44,9 @@ CAPABILITIES = {
                        "classifier-free-guidance rows [unconditional..., conditional...]",
     STEP_CALLBACKS: "``backend.observers``: each ``StepObserver`` there is told before and after every sampled "
                     "batch, and what it returns lands in ``Generated.extras``",
-    CONDITION_MASKS: "each image is generated from per-class masks (e.g. a ControlNet's segmentation condition), "
-                     "which the backend returns in ``Generated.extras['condition_masks']``",
+    CONDITION_MASKS: "each image is generated from its reference's masks (a ControlNet's segmentation condition), "
+                     "which the backend returns as ``Labels`` in ``Generated.extras['condition_masks']``; its "
+                     "params hold ``condition`` (``backends.conditions.ConditionParams``)",
     GROUND_TRUTH: "``Generated.ground_truth`` holds exact labels (the render backend draws them)",
 }
 

@@ -64,12 +64,19 @@ class DiffusionBackend(Backend):
 
     def __init__(self, *, params: DiffusionParams, classes):
         super().__init__(params=params, classes=classes)
-        from ..models import load_pipeline
-
-        self.pipe = load_pipeline(params.model, device=params.device, dtype=params.dtype,
-                                  scheduler=params.scheduler, attention=params.attention)
+        self.pipe = self._load_pipeline()
         self.batch_size = params.batch_size
         self.size = params.size or self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    def _load_pipeline(self):
+        from ..models import load_pipeline
+
+        p = self.params
+        return load_pipeline(p.model, device=p.device, dtype=p.dtype, scheduler=p.scheduler, attention=p.attention)
+
+    def _conditioning(self, requests: list[ImageRequest]) -> dict:
+        """Extra pipeline arguments for a batch (a ControlNet's condition images); none here."""
+        return {}
 
     @property
     def model_name(self) -> str:
@@ -156,6 +163,7 @@ class DiffusionBackend(Backend):
             height=self.size, width=self.size, num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
             latents=latents, output_type="np",
             callback_on_step_end=injections, callback_on_step_end_tensor_inputs=["latents"],
+            **self._conditioning(requests),
         ).images
         extras = [{} for _ in requests]
         for observer in self.observers:
@@ -193,13 +201,10 @@ class DiffusionBackend(Backend):
         import torch
         from PIL import Image
 
+        from ..images import fit_square
+
         pipe = self.pipe
-        image = Image.fromarray(reference)
-        if self.params.reference_resize == "center_crop":
-            side = min(image.size)
-            left, top = (image.width - side) // 2, (image.height - side) // 2
-            image = image.crop((left, top, left + side, top + side))
-        image = image.resize((self.size, self.size), Image.BICUBIC)
+        image = fit_square(Image.fromarray(reference), self.size, self.params.reference_resize, Image.BICUBIC)
         x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(127.5).sub(1)[None]
         x = x.to(pipe.device, pipe.vae.dtype)
         return pipe.vae.encode(x).latent_dist.sample(generator=generator)[0] * pipe.vae.config.scaling_factor

@@ -99,6 +99,21 @@ def _semantic_line(categories: int) -> str:
     return "(and `coco/semantic/` 16-bit PNGs: 0 background,\n  65535 uncertain, else the category id)"
 
 
+def _selection_section(rows: list | None) -> str:
+    if rows is None:
+        return ""
+    lines = "\n".join(f"| {name} | {kept} | {rejected} |" for name, kept, rejected in rows)
+    return f"""
+## High-quality Image Selection
+Instances per class in kept images (they count towards the lower bounds) and in images the
+selection rejected (reasons and scores in `dde status` and the report).
+
+| class | kept instances | rejected instances |
+|---|---|---|
+{lines}
+"""
+
+
 def _coco_lines(coco: list[dict], semantic: str) -> tuple[str, str]:
     """The card's Layout line and Loading lines for the COCO layout (one file or shards)."""
     if len(coco) == 1:
@@ -138,7 +153,7 @@ def _card(spec: JobSpec, stats: dict, masks: bool, layouts: dict[str, list[dict]
 | class | instances | images | lower bound | status |
 |---|---|---|---|---|
 {rows}
-
+{_selection_section(stats.get("selection"))}
 ## Layout
 {coco_layout}- `parquet/unit-*.parquet`: one row per image, loads in HF `datasets` and Ray Data
 {webdataset_layout}- `manifest.json`: every shard of every layout, with its counts
@@ -188,6 +203,7 @@ def finalize_job(store: Store, spec: JobSpec, stop: str | None = None, lease: st
         "classes": {c: {"instances": s["count"], "images": tally.images_with[c], "lower_bound": s["lower_bound"],
                         "state": s["state"]}
                     for c, s in status["classes"].items()},
+        **({"selection": status["selection"]} if status["selection"] is not None else {}),
     }
     from .preview import write_preview
 

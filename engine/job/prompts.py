@@ -94,11 +94,12 @@ def _load_json(uri: str, field_name: str, storage_options: dict, inputs: dict) -
 
 
 def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> list[PromptItem]:
+    from .conditions import check_reference_masks
     from .references import id_key, load_references
 
-    references = load_references(spec, _load_json(source.annotations, "annotations",
-                                                    input_options(source.annotations, spec), inputs),
-                                 inputs)
+    coco = _load_json(source.annotations, "annotations", input_options(source.annotations, spec), inputs)
+    references = load_references(spec, coco, inputs)
+    check_reference_masks(spec, coco)
     captions: dict[str, str] = {}
     if source.captions:
         coco_captions = _load_json(source.captions, "captions", input_options(source.captions, spec), inputs)
@@ -106,6 +107,8 @@ def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> li
             image = id_key(ann.get("image_id"), f"prompts.captions: annotations[{i}].image_id")
             if isinstance(ann.get("caption"), str):  # the first caption of an image is its prompt's
                 captions.setdefault(image, ann["caption"])
+    if source.style == "multiway":
+        return _multiway_pool(spec, source, references, captions)
     items = []
     for ref in references:
         unique = _unique_in_order(ref.classes)
@@ -117,6 +120,25 @@ def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> li
         else:
             prompt = generic_prompt(source.domain, unique)
         items.append(PromptItem(prompt, ref.classes, source.negative_prompt, ref.id, ref.uri))
+    return items
+
+
+def _multiway_pool(spec: JobSpec, source: ReferencePrompts, references, captions: dict[str, str]) -> list[PromptItem]:
+    """Diffusion Synthesis' Multi-way Prompt Generator (``multiway``): K items per reference, each the
+    caption, the caption with the class names appended, or the class names; references the captions
+    file lacks are captioned by ``source.captioner`` when there is one."""
+    from .multiway import allot_ways, caption_images
+
+    lacking = [r for r in references if r.id not in captions]
+    if lacking and source.captioner:
+        captions = {**captions, **caption_images(source.captioner, lacking, spec)}
+    items = []
+    for n, ref in enumerate(references):
+        caption, names = captions.get(ref.id, f"A {source.domain}"), _unique_in_order(ref.classes)
+        forms = {"caption": caption, "caption_classes": class_append_prompt(caption, names) if names else caption,
+                 "classes": ", ".join(names) or caption}
+        items += [PromptItem(forms[way], ref.classes, source.negative_prompt, ref.id, ref.uri)
+                  for way in allot_ways(source.ways, source.variants, n)]
     return items
 
 

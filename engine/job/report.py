@@ -147,6 +147,13 @@ def _reject_table(units: list[dict]) -> str:
     return _table(["reject reason", "images", "first image id"], rows)
 
 
+def _selection_table(rows: list | None) -> str:
+    if rows is None:
+        return ""
+    cells = [[_cell(name), _cell(kept, "n"), _cell(rejected, "n")] for name, kept, rejected in rows]
+    return "<h2>High-quality Image Selection</h2>" + _table(["class", "kept instances", "rejected instances"], cells)
+
+
 def build_report(store: Store, grid: bytes | None = None) -> str:
     """The report page of the job at ``store``, as HTML text. ``grid`` is the sample grid PNG
     if the caller has drawn it already (finalize has: ``preview.png``)."""
@@ -177,6 +184,7 @@ def build_report(store: Store, grid: bytes | None = None) -> str:
 <h2>Throughput and rejects</h2>
 {throughput}
 {_reject_table(units)}
+{_selection_table(status.get("selection"))}
 </body></html>
 """
 

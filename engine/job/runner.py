@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputChanged, StorageUnavailable, UserError
+from ..errors import InputChanged, SpecError, StorageUnavailable, UserError
 from ..output.layout import COMMITS_DIR, PLANS_DIR, SPEC_FILE, plan_file
 from ..output.lease import Lease, live_leases
 from ..output.ledger import Ledger, read_job_spec, recorded_spec
@@ -206,9 +206,14 @@ def run_job(spec: JobSpec, *, address: str | None = None, quiet: bool = False, l
     workers' output as log lines (a submitted driver: its output is the job's log)."""
     from .prompt_limits import limit_prompts
 
+    from .selection import check_selection
+
     inputs: dict = {}
     if not spec.output.startswith("memory://"):  # memory:// jobs run in this process, without Ray
         check_address(address)
+    problems = check_selection(spec)
+    if problems:
+        raise SpecError(problems)
     pool = limit_prompts(spec, build_pool(spec, inputs), inputs)
     store = open_job(spec, inputs)
     try:

@@ -43,7 +43,15 @@ def job_status(store: Store, ledger: Ledger | None = None) -> dict:
         "waiting": [lease["waiting"] for lease in live.values() if lease.get("waiting")],
         "wall_s": round(wall, 3), "images_per_s": round(rate, 2) if rate else None,
         "eta_s": None if eta is None else round(eta, 1),
+        "selection": _selection(spec, units, bounds),
     }
+
+
+def _selection(spec, units: dict, bounds: dict) -> list | None:
+    """Kept and rejected instances per class when the job selects images (``selection``), else None."""
+    from .selection import per_class_table
+
+    return per_class_table(list(units.values()), list(bounds)) if spec.selection is not None else None
 
 
 def _input_notes(store: Store) -> list[str]:

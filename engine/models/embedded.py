@@ -7,9 +7,9 @@ cross-attention at 16x16 and 8x8 (the analogues of SD's 64/32 px-latent attentio
 
 from __future__ import annotations
 
-from .shipped import CLIP_DIR, SHAPES_DIR
+from .shipped import CLIP_DIR, CONTROLNET_DIR, SHAPES_DIR
 
-__all__ = ["EMBEDDED_MODELS", "CLIP_DIR", "IMAGE_SIZE", "MODEL_WORLD", "model_world", "vae_config", "unet_config",
+__all__ = ["EMBEDDED_MODELS", "EMBEDDED_CONTROLNETS", "CLIP_DIR", "IMAGE_SIZE", "MODEL_WORLD", "model_world", "vae_config", "unet_config",
            "text_encoder_config"]
 
 IMAGE_SIZE = 64
@@ -17,6 +17,7 @@ LATENT_SIZE = 16
 TEXT_WIDTH = 128
 MAX_TOKENS = 32
 EMBEDDED_MODELS = {"shapes": SHAPES_DIR}
+EMBEDDED_CONTROLNETS = {"shapes": CONTROLNET_DIR}
 # The training world of embedded:shapes: at most 3 objects of 19-35 px (5-9 latent cells), so a
 # shape's outline, not only its colour, carries enough of the loss for the UNet to learn the class names.
 MODEL_WORLD = {"max_objects": 3, "min_scale": 0.3, "max_scale": 0.55}

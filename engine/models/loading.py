@@ -23,25 +23,29 @@ def resolve_model(model: str) -> str:
     """A local folder or hub id that ``from_pretrained`` can open; raise UserError otherwise."""
     from .embedded import EMBEDDED_MODELS
 
-    if model.startswith("embedded:"):
-        name = model.split(":", 1)[1]
-        if name not in EMBEDDED_MODELS:
-            raise UserError(f"generator.params.model: expected one of "
-                            f"{['embedded:' + n for n in EMBEDDED_MODELS]}, got {model!r}")
-        folder = EMBEDDED_MODELS[name]
-        if not os.path.exists(os.path.join(folder, "model_index.json")):
-            raise UserError(f"generator.params.model: {model!r} has no weights at {folder}; "
-                            f"train them with `dde train diffusion --out DIR --export`")
+    return resolve_folder(model, EMBEDDED_MODELS, "model_index.json", field="generator.params.model",
+                          kind="diffusers folder", train="dde train diffusion --out DIR --export",
+                          example="stabilityai/stable-diffusion-2-1-base")
+
+
+def resolve_folder(name: str, embedded: dict[str, str], marker: str, *, field: str, kind: str, train: str,
+                   example: str) -> str:
+    """``embedded:NAME`` (a folder of ``embedded``), a local folder holding ``marker``, or a hub id
+    (downloaded or cached): the folder ``from_pretrained`` opens. UserError naming ``field`` otherwise."""
+    if name.startswith("embedded:"):
+        folder = embedded.get(name.split(":", 1)[1])
+        if folder is None:
+            raise UserError(f"{field}: expected one of {['embedded:' + n for n in embedded]}, got {name!r}")
+        if not os.path.exists(os.path.join(folder, marker)):
+            raise UserError(f"{field}: {name!r} has no weights at {folder}; train them with `{train}`")
         return folder
-    if os.path.isdir(model):
-        if not os.path.exists(os.path.join(model, "model_index.json")):
-            raise UserError(f"generator.params.model: expected a diffusers folder with model_index.json, "
-                            f"got {model!r}")
-        return model
-    if is_hub_id(model):
-        return _hub_snapshot(model)
-    raise UserError(f"generator.params.model: expected 'embedded:shapes', a local diffusers folder or a hub id "
-                    f"like 'stabilityai/stable-diffusion-2-1-base', got {model!r}")
+    if os.path.isdir(name):
+        if not os.path.exists(os.path.join(name, marker)):
+            raise UserError(f"{field}: expected a {kind} with {marker}, got {name!r}")
+        return name
+    if is_hub_id(name):
+        return _hub_snapshot(name, field)
+    raise UserError(f"{field}: expected 'embedded:shapes', a local {kind} or a hub id like {example!r}, got {name!r}")
 
 
 def local_model_problem(model: str) -> str | None:
@@ -56,7 +60,7 @@ def local_model_problem(model: str) -> str | None:
     return None
 
 
-def _hub_snapshot(repo_id: str) -> str:
+def _hub_snapshot(repo_id: str, field: str = "generator.params.model") -> str:
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.txt", "*.safetensors", "tokenizer/*", "*/*.json", "*/*.safetensors"]
@@ -67,7 +71,7 @@ def _hub_snapshot(repo_id: str) -> str:
     try:
         return snapshot_download(repo_id, allow_patterns=patterns)
     except Exception as e:
-        raise UserError(f"generator.params.model: expected a reachable hub id, got {repo_id!r} "
+        raise UserError(f"{field}: expected a reachable hub id, got {repo_id!r} "
                         f"({type(e).__name__}: {str(e)[:200]}); download it on a machine with access and "
                         f"point model: at the local folder, or use 'embedded:shapes'") from e
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 __all__ = ["SHIPPED_DIR", "shipped", "SHAPES_DIR", "CLIP_DIR", "ADAPTER_DIR", "GROUNDING_DIR", "ORACLE_DIR",
-           "SEGMENTER_DIR"]
+           "SEGMENTER_DIR", "CONTROLNET_DIR"]
 
 SHIPPED_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -25,3 +25,4 @@ ADAPTER_DIR = shipped("adapter")  # the Detection-Adapter box head
 GROUNDING_DIR = shipped("grounding")  # the open-vocabulary grounding box head
 ORACLE_DIR = shipped("oracle")  # the fidelity oracle (a classifier)
 SEGMENTER_DIR = shipped("segmenter")  # the oracle segmenter of the labels benchmark
+CONTROLNET_DIR = shipped("controlnet")  # the embedded model's segmentation ControlNet

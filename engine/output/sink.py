@@ -167,8 +167,10 @@ class UnitSink:
              "iscrowd": 0, "score": a["score"], **({"segmentation": a["segmentation"]} if a["segmentation"] else {})}
             for a in annotations)
 
-    def reject(self, request: ImageRequest, reason: str) -> None:
-        self.rejects.append({"image_id": request.image_id, "reference_id": request.reference_id, "reason": reason})
+    def reject(self, request: ImageRequest, reason: str, **details) -> None:
+        """Record an image not written: its reason, and ``details`` (e.g. a filter's scores and the classes)."""
+        self.rejects.append({"image_id": request.image_id, "reference_id": request.reference_id, "reason": reason,
+                             **details})
 
     def on_write_complete(self, backend_seconds: float = 0.0) -> tuple[bool, dict]:
         import pyarrow as pa

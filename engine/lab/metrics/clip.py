@@ -11,28 +11,14 @@ from dataclasses import replace
 import numpy as np
 
 from ...job.prompts import objects_phrase
+from ...models.clip_embeddings import image_embeddings as _image_embeddings
+from ...models.clip_embeddings import load_clip
 from ...output.layout import derive_seed
 from ...world import CLASSES, WorldConfig, render_scene
 
 __all__ = ["load_clip", "image_text_scores", "image_similarity", "zero_shot_accuracy"]
 
 VAL_SEED = 246_813_579  # a seed stream training never draws
-
-
-def load_clip(model: str):
-    """(CLIPModel in eval mode, CLIPProcessor) from a folder or hub id; no remote code."""
-    from transformers import CLIPModel, CLIPProcessor
-
-    return CLIPModel.from_pretrained(model).eval(), CLIPProcessor.from_pretrained(model)
-
-
-def _image_embeddings(clip, images: np.ndarray):
-    import torch
-
-    model, processor = clip
-    pixels = processor(images=list(images), return_tensors="pt").pixel_values
-    with torch.no_grad():
-        return torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
 
 
 def _text_embeddings(clip, texts: list[str]):

@@ -14,6 +14,7 @@ import numpy as np
 
 from ...models.embedded import model_world
 from ...models.shipped import ORACLE_DIR
+from ...models.segmentation import to_input
 from ...models.trained import load_trained, save_trained
 from ...output.layout import derive_seed
 from ...world import CLASSES, WorldConfig, render_scene
@@ -42,12 +43,6 @@ def rendered_set(seed: int, count: int, config: WorldConfig | None = None):
         for inst in scene.instances:
             labels[k, CLASSES.index(inst.category)] = 1
     return np.stack([s.image for s in scenes]), labels
-
-
-def to_input(images: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 def _augment(x, generator):

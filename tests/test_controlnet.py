@@ -1,0 +1,295 @@
+"""Mask-conditioned generation (issue 14): condition maps, palettes, the controlnet backend and the
+condition head, on tiny random components built from config (CPU, seconds) and real pycocotools."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from engine.backends.conditions import Condition, ConditionParams, palette_colours, palette_indices
+from engine.job.conditions import ReferenceMasks
+from engine.errors import SpecError, UserError
+from engine.job.prompts import build_pool
+from engine.records import ImageRequest
+from engine.spec import ClassSpec, parse_spec
+
+WORLD = ["circle", "square", "triangle", "star", "ring", "cross"]
+
+
+@pytest.fixture(scope="module")
+def tiny_controlnet(tiny_model, tmp_path_factory):
+    """A random ControlNet made from the tiny model's UNet (conditioning downsamples by 4, like its VAE)."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16))
+    with torch.no_grad():  # zero convolutions would make it the plain model: give them weights
+        for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                      controlnet.controlnet_cond_embedding.conv_out]:
+            block.weight.normal_(0, 0.5)
+    folder = tmp_path_factory.mktemp("controlnet") / "controlnet"
+    controlnet.save_pretrained(str(folder), safe_serialization=True)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """A shapes-world COCO export (RLE masks) of 6 images."""
+    from engine.world import export_coco
+
+    root = tmp_path_factory.mktemp("refs")
+    export_coco(root, 6, "train", seed=3)
+    return str(root)
+
+
+def controlnet_spec(spec_data, references, tiny_model, controlnet, **params):
+    spec_data["classes"] = WORLD
+    spec_data["generator"] = {"name": "controlnet", "params": {"model": tiny_model, "controlnet": controlnet,
+                                                               "steps": 2, "batch_size": 4, **params}}
+    spec_data["label_head"] = {"name": "condition"}
+    spec_data["prompts"] = {"source": "references",
+                            "annotations": f"{references}/annotations/instances_train.json",
+                            "images": f"{references}/images/train"}
+    return spec_data
+
+
+# ---- palettes
+def test_class_index_palette_is_distinct_and_defaults_to_world_indices():
+    colours = palette_colours("class_index")
+    assert colours.shape == (256, 3) and len({tuple(c) for c in colours}) == 256
+    assert tuple(colours[0]) == (0, 0, 0) and tuple(colours[1]) == (128, 0, 0)  # PASCAL VOC's colour map
+    indices, problems = palette_indices(ConditionParams(), [ClassSpec(name=c) for c in ("star", "circle")])
+    assert problems == [] and indices == {"star": 4, "circle": 1}
+
+
+def test_ade20k_palette_maps_names_and_reports_collisions():
+    colours = palette_colours("ade20k")
+    assert colours.shape == (151, 3) and tuple(colours[0]) == (0, 0, 0)
+    classes = [ClassSpec(name="street"), ClassSpec(name="tower block"), ClassSpec(name="plate")]
+    params = ConditionParams(palette="ade20k", classes={"street": "road", "tower block": "skyscraper", "plate": 143})
+    indices, problems = palette_indices(params, classes)
+    assert indices == {"street": 7, "tower block": 49, "plate": 143}
+    assert len(problems) == 1 and "RGB [140, 140, 140]" in problems[0] and "street -> road" in problems[0]
+    _, problems = palette_indices(ConditionParams(palette="ade20k", classes={"street": "road", "lorry": "truck"}),
+                                  classes)
+    assert any("classes.lorry: expected a job class" in p for p in problems)
+    assert any("expected a palette class for job class 'tower block'" in p for p in problems)
+    _, problems = palette_indices(ConditionParams(classes={"widget": 999}), [ClassSpec(name="widget")])
+    assert problems and "classes.widget: expected a class_index palette class" in problems[0]
+
+
+# ---- masks from COCO
+def test_polygon_rle_and_uncompressed_rle_decode_to_the_same_masks():
+    from pycocotools import mask as mask_utils
+
+    square = np.zeros((20, 30), bool)
+    square[4:12, 6:18] = True
+    rle = mask_utils.encode(np.asfortranarray(square.astype(np.uint8)))
+    counts = _runs(square)
+    coco = {"categories": [{"id": 1, "name": "square"}], "images": [{"id": i, "file_name": f"{i}.png"}
+                                                                    for i in (1, 2, 3)],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[6, 4, 18, 4, 18, 12, 6, 12]]},
+                {"id": 2, "image_id": 2, "category_id": 1,
+                 "segmentation": {"size": [20, 30], "counts": rle["counts"].decode()}},
+                {"id": 3, "image_id": 3, "category_id": 1, "segmentation": {"size": [20, 30], "counts": counts}}]}
+    masks = ReferenceMasks(coco, [ClassSpec(name="square")])
+    reference = np.zeros((20, 30, 3), np.uint8)
+    decoded = [masks.condition(str(i), reference) for i in (1, 2, 3)]
+    assert all(c.categories == ["square"] for c in decoded)
+    assert np.array_equal(decoded[1].instances == 1, square) and np.array_equal(decoded[2].instances == 1, square)
+    polygon = decoded[0].instances == 1  # pycocotools rasterises the polygon's outline inclusively
+    assert polygon[5:11, 7:17].all() and not polygon[15:].any() and abs(int(polygon.sum()) - 96) <= 30
+
+
+def _runs(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO RLE: run lengths down the columns, starting with a run of zeros."""
+    counts, current, run = [], False, 0
+    for value in mask.T.ravel():
+        if value == current:
+            run += 1
+        else:
+            counts.append(run)
+            current, run = value, 1
+    return counts + [run]
+
+
+def test_small_instances_stay_visible_over_large_ones_and_labels_match_the_map():
+    big, small = np.zeros((16, 16), bool), np.zeros((16, 16), bool)
+    big[2:14, 2:14], small[6:9, 6:9] = True, True
+    coco = {"categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "circle"}],
+            "images": [{"id": 1, "file_name": "a.png"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 2, "segmentation": _rle(small)},
+                            {"id": 2, "image_id": 1, "category_id": 1, "segmentation": _rle(big)}]}
+    condition = ReferenceMasks(coco, [ClassSpec(name="square"), ClassSpec(name="circle")]).condition(
+        "1", np.zeros((16, 16, 3), np.uint8))
+    labels = condition.labels(["square", "circle"])
+    by_class = {i.category: i.mask for i in labels.instances}
+    assert np.array_equal(by_class["circle"], small) and np.array_equal(by_class["square"], big & ~small)
+    assert np.array_equal(labels.semantic, np.where(small, 2, np.where(big, 1, 0)))
+
+
+def _rle(mask):
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode()}
+
+
+def test_condition_is_fitted_like_its_reference():
+    instances = np.zeros((40, 60), np.int32)
+    instances[10:30, 20:40] = 1  # centred: the centre crop keeps it whole
+    fitted = Condition(instances, ["circle"]).fitted(20, "center_crop")
+    assert fitted.instances.shape == (20, 20) and (fitted.instances == 1).sum() == 100
+    assert (Condition(instances, ["circle"]).fitted(20, "resize").instances == 1).sum() == 10 * 6  # pixel centres 3k + 1.5
+
+
+# ---- spec-time refusals (exit 2, nothing written)
+def test_references_without_masks_are_refused_unless_a_segmenter_is_set(spec_data, references, tiny_model,
+                                                                        tiny_controlnet, tmp_path):
+    coco = json.load(open(f"{references}/annotations/instances_train.json"))
+    for ann in coco["annotations"]:
+        ann.pop("segmentation")
+    path = tmp_path / "boxes_only.json"
+    path.write_text(json.dumps(coco))
+    data = controlnet_spec(spec_data, references, tiny_model, tiny_controlnet)
+    data["prompts"]["annotations"] = str(path)
+    with pytest.raises(UserError, match="expected a segmentation .* on every annotation") as info:
+        build_pool(parse_spec(data))  # when the job starts, before anything is written
+    assert "mask_source: segmenter" in str(info.value)
+    data["generator"]["params"]["condition"] = {"mask_source": "segmenter"}
+    assert len(build_pool(parse_spec(data))) == 6
+
+
+def test_controlnet_that_does_not_fit_the_model_is_refused(spec_data, references, tiny_model, tmp_path):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet")
+    sd_style = ControlNetModel.from_unet(unet)  # SD's (16, 32, 96, 256): downsamples by 8, the VAE by 4
+    sd_style.save_pretrained(str(tmp_path / "sd_style"), safe_serialization=True)
+    with pytest.raises(SpecError, match="expected a conditioning embedding that downsamples by 4 .* got one that "
+                                        "downsamples by 8"):
+        parse_spec(controlnet_spec(spec_data, references, tiny_model, str(tmp_path / "sd_style")))
+
+
+def test_cli_refuses_colliding_and_unmapped_classes_before_writing(spec_data, references, tiny_model,
+                                                                   tiny_controlnet, tmp_path):
+    data = controlnet_spec(spec_data, references, tiny_model, tiny_controlnet,
+                           condition={"palette": "ade20k", "classes": {"circle": "road", "square": "skyscraper"}})
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(path)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "sharing RGB [140, 140, 140]" in run.stderr
+    assert "expected a palette class for job class 'triangle'" in run.stderr
+    assert not os.path.exists(data["output"])
+
+
+def test_condition_head_needs_a_mask_conditioned_backend(spec_data, tiny_model):
+    spec_data["generator"] = {"name": "diffusion", "params": {"model": tiny_model}}
+    spec_data["label_head"] = {"name": "condition"}
+    with pytest.raises(SpecError, match="needs a backend conditioned on masks"):
+        parse_spec(spec_data)
+
+
+# ---- the backend
+def test_condition_steers_the_image_and_strength_brings_the_reference(tiny_model, tiny_controlnet):
+    from engine.backends.controlnet import ControlNetBackend, ControlNetParams
+
+    classes = [ClassSpec(name=c) for c in WORLD]
+    left, right = np.zeros((32, 32), np.int32), np.zeros((32, 32), np.int32)
+    left[:, :16], right[:, 16:] = 1, 1
+
+    def make(instances, **params):
+        backend = ControlNetBackend(params=ControlNetParams(model=tiny_model, controlnet=tiny_controlnet, steps=4,
+                                                            **params), classes=classes)
+        reference = np.full((48, 48, 3), 230, np.uint8)
+        request = ImageRequest(0, 11, "a square", classes=["square"], reference=reference,
+                               condition=Condition(instances.copy(), ["square"]))
+        return backend.generate([request])[0], request
+
+    a, request = make(left)
+    b, _ = make(right)
+    again, _ = make(left)
+    assert a.reject is None and a.image.shape == (32, 32, 3) and a.strength == 1.0
+    assert request.condition.instances.shape == (32, 32)  # fitted to the generated image
+    assert np.array_equal(a.image, again.image)  # seeded per image
+    # the condition moves the image (random weights: a little), and only through the ControlNet
+    assert (a.image != b.image).mean() > 0.05
+    assert np.array_equal(make(left, conditioning_scale=0.0)[0].image, make(right, conditioning_scale=0.0)[0].image)
+    low, _ = make(left, strength=(0.25, 0.25), scheduler="ddim")
+    assert low.strength == 0.25 and np.abs(low.image.astype(int) - a.image.astype(int)).mean() > 1.0
+
+
+@pytest.mark.ray
+def test_controlnet_job_labels_equal_the_condition_masks(spec_data, references, tiny_model, tiny_controlnet,
+                                                        ray_local):
+    import pyarrow.parquet as pq
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    from engine.job.runner import run_job
+
+    data = controlnet_spec(spec_data, references, tiny_model, tiny_controlnet)
+    data.update(lower_bound=1, budget={"max_images": 8, "max_waves": 2}, unit_size=4, wave_size=8)
+    result = run_job(parse_spec(data), quiet=True)
+    assert result.images == 8
+    source = COCO(f"{references}/annotations/instances_train.json")
+    out = COCO(os.path.join(data["output"], "coco", "instances.json"))
+    table = pq.read_table(os.path.join(data["output"], "parquet")).to_pylist()
+    assert len(table) == 8
+    for row in table:
+        reference = int(row["reference_id"])
+        expected = _expected_masks(source, reference, 32)  # each reference instance, centre-cropped, nearest
+        found = out.loadAnns(out.getAnnIds(imgIds=[row["image_id"]]))
+        got = sorted((out.cats[a["category_id"]]["name"], out.annToMask(a).tobytes()) for a in found)
+        assert got == sorted((name, mask.astype(np.uint8).tobytes()) for name, mask in expected)
+        parquet = sorted((a["category"], mask_utils.decode(a["segmentation"]).tobytes()) for a in row["annotations"])
+        assert parquet == got
+        semantic = np.array(Image.open(io.BytesIO(row["semantic_mask"])))
+        truth = np.zeros((32, 32), np.uint8)
+        for name, mask in expected:
+            truth[mask] = WORLD.index(name) + 1
+        assert np.array_equal(semantic, truth)
+
+
+def _expected_masks(coco, image_id: int, size: int) -> list[tuple[str, np.ndarray]]:
+    from PIL import Image
+
+    expected = []
+    for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
+        mask = Image.fromarray(coco.annToMask(ann) * 255)
+        side = min(mask.size)
+        left, top = (mask.width - side) // 2, (mask.height - side) // 2
+        mask = np.array(mask.crop((left, top, left + side, top + side)).resize((size, size), Image.NEAREST)) > 0
+        if mask.any():
+            expected.append((coco.cats[ann["category_id"]]["name"], mask))
+    return expected
+
+
+def test_controlnet_training_resumes_to_the_same_weights(tmp_path):
+    """Two steps, stop, two more: the weights of four uninterrupted steps (randomness from (seed, step))."""
+    import torch
+    from safetensors.torch import load_file
+
+    from engine.lab.train.controlnet import ControlNetRecipe, train_controlnet
+
+    torch.manual_seed(0)
+    recipe = ControlNetRecipe(steps=4, batch_size=2, checkpoint_every=2)
+    quiet = lambda *_: None  # noqa: E731
+    assert train_controlnet(str(tmp_path / "a"), recipe, echo=quiet)["step"] == 4
+    assert train_controlnet(str(tmp_path / "b"), recipe, until_step=2, echo=quiet)["step"] == 2
+    assert train_controlnet(str(tmp_path / "b"), recipe, echo=quiet) == {"step": 4, "trained": 2, "exported": True}
+    a, b = (load_file(str(tmp_path / run / "controlnet" / "diffusion_pytorch_model.safetensors")) for run in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    zero = load_file(str(tmp_path / "a" / "controlnet" / "diffusion_pytorch_model.safetensors"))
+    assert zero["controlnet_mid_block.weight"].abs().sum() > 0  # the zero convolutions have learnt
