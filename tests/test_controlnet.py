@@ -196,7 +196,7 @@ def test_cli_refuses_colliding_and_unmapped_classes_before_writing(spec_data, re
 def test_condition_head_needs_a_mask_conditioned_backend(spec_data, tiny_model):
     spec_data["generator"] = {"name": "diffusion", "params": {"model": tiny_model}}
     spec_data["label_head"] = {"name": "condition"}
-    with pytest.raises(SpecError, match="needs a backend conditioned on masks"):
+    with pytest.raises(SpecError, match=r"which needs condition_masks \(offered by .controlnet.\)"):
         parse_spec(spec_data)
 
 
