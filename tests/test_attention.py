@@ -86,7 +86,7 @@ def test_bad_resolution_lists_the_valid_ones(spec_data, tiny_model):
         parse_spec(spec_data)
     spec_data["generator"] = {"name": "render"}
     spec_data["label_head"] = {"name": "bca"}
-    with pytest.raises(SpecError, match="got 'bca', which needs .*offered by 'diffusion'"):
+    with pytest.raises(SpecError, match="got 'bca', which needs .*offered by 'controlnet' and 'diffusion'"):
         parse_spec(spec_data)
 
 
