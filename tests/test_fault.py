@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from .conftest import BASE_SPEC, DDE
+from .conftest import BASE_SPEC, DDE, REPO
 from .helpers import dataset_digest, job_record
 
 
@@ -135,7 +135,9 @@ def test_a_memory_error_in_a_unit_is_retried_on_a_fresh_actor(tmp_path):
     head = {"name": "tests.fixtures.fault_heads:MemoryErrorOnceHead"}
     flag = tmp_path / "raised"
     flag.write_text("")  # present: the head never raises
-    env = dict(os.environ, DDE_FAULT_FLAG=str(flag))
+    # the dde subprocess and its Ray workers import the head from this checkout's tests/ package
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, DDE_FAULT_FLAG=str(flag), PYTHONPATH=path)
     run("run", str(write_spec(tmp_path, "a", tmp_path / "clean", label_head=head)), env=env)
     flag.unlink()
     (tmp_path / "raised.calls").unlink()

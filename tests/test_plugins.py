@@ -53,5 +53,5 @@ def test_a_dotted_path_that_does_not_load_lists_the_valid_names(tmp_path):
 def test_a_head_that_needs_what_the_plugin_backend_lacks_is_refused(tmp_path):
     with pytest.raises(SpecError, match=r"expected a head that generator '.*BarsBackend' can serve \(it offers "
                                         r"nothing\), got 'attention', which needs attention_capture, "
-                                        r"diffusers_pipeline, step_callbacks \(offered by 'diffusion'\)"):
+                                        r"diffusers_pipeline, step_callbacks \(offered by 'controlnet' and 'diffusion'\)"):
         parse_spec(plugin_spec(tmp_path, label_head={"name": "attention"}))
