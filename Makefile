@@ -19,6 +19,7 @@ demo: $(STAMP)
 	  $(BIN)/dde world export --out out/world --images 200 --split train
 	$(BIN)/dde run jobs/examples/shapes-img2img.yaml --output out/shapes-img2img
 	$(BIN)/dde run jobs/examples/shapes-boxes.yaml --output out/shapes-boxes
+	$(BIN)/dde run jobs/examples/shapes-controlnet.yaml --output out/shapes-controlnet
 	$(BIN)/dde run jobs/examples/shapes-render.yaml --output out/shapes-render
 	$(BIN)/dde status out/shapes-masks
 	@echo
@@ -26,6 +27,8 @@ demo: $(STAMP)
 	@echo "         masks from its own attention; coco/semantic/ holds the masks, 255 = uncertain),"
 	@echo "         out/shapes-img2img/preview.png (img2img from rendered references),"
 	@echo "         out/shapes-boxes/preview.png (img2img with boxes from the trained Detection-Adapter),"
+	@echo "         out/shapes-controlnet/preview.png (Diffusion Synthesis: the embedded ControlNet draws the"
+	@echo "         references' masks, so the labels are the masks; images a segmenter disagrees with are rejected),"
 	@echo "         out/shapes-render/preview.png (rendered scenes with exact masks and boxes),"
 	@echo "         and in each: README.md (dataset card), coco/instances.json, coco/images/, parquet/"
 
