@@ -620,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()  # here, so that a reader gone early (`| head`) is caught below
             return code
     except UserError as e:
+        # The job stops on this one cause; units still in flight fail of it too, and Ray would print
+        # each of their tracebacks after this line when their results are dropped unread.
+        os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # Ctrl-C: a user's choice, not a crash
