@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -81,20 +82,26 @@ def write_coco(store: Store, head: dict, units: list[CocoUnit], max_images: int,
 
 def _coco_text(head: dict, units: list[CocoUnit], first_id: int, counts: dict,
                on_annotations: Callable[[list[dict]], None] | None) -> Iterator[str]:
-    """COCO JSON text, one image or annotation at a time: images of all units, then annotations."""
+    """COCO JSON text, one image or annotation at a time: images of all units, then annotations.
+    Each unit is read once (one GET on object storage): its annotations wait in a local temporary
+    file while the images are written, so memory stays at one unit."""
     yield json.dumps(head)[:-1] + ', "images": ['
-    for unit in units:
-        for image in unit.load()["images"]:
-            yield ("," if counts["images"] else "") + json.dumps({k: v for k, v in image.items() if k != "sha256"})
-            counts["images"] += 1
-    yield '], "annotations": ['
-    for unit in units:
-        annotations = unit.load()["annotations"]
-        for ann in annotations:
-            yield ("," if counts["annotations"] else "") + json.dumps({"id": first_id + counts["annotations"], **ann})
-            counts["annotations"] += 1
-        if on_annotations is not None:
-            on_annotations(annotations)
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as pending:
+        for unit in units:
+            coco = unit.load()
+            for image in coco["images"]:
+                yield ("," if counts["images"] else "") + json.dumps({k: v for k, v in image.items() if k != "sha256"})
+                counts["images"] += 1
+            for ann in coco["annotations"]:
+                pending.write(("," if counts["annotations"] else "") +
+                              json.dumps({"id": first_id + counts["annotations"], **ann}))
+                counts["annotations"] += 1
+            if on_annotations is not None:
+                on_annotations(coco["annotations"])
+        yield '], "annotations": ['
+        pending.seek(0)
+        while chunk := pending.read(1 << 20):
+            yield chunk
     yield "]}"
 
 
