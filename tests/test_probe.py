@@ -127,7 +127,7 @@ def test_probe_refuses_alpha_without_real_and_an_out_inside_the_val_set(capsys, 
 def test_segmentation_label_maps_from_dde_masks_agree_with_the_coco_instances(probe_inputs):
     """The output's semantic PNGs and its own COCO RLE, read the two ways the probe reads data,
     give the same label maps (the render's masks are exact and its instances do not overlap)."""
-    from engine.lab.train.segprobe import load_semantic
+    from engine.lab.train.segprobe import IGNORE, load_semantic
 
     out, _ = probe_inputs
     classes = ["circle", "square", "triangle", "star", "ring", "cross"]
@@ -138,7 +138,7 @@ def test_segmentation_label_maps_from_dde_masks_agree_with_the_coco_instances(pr
     png, coco = np.stack(from_png), np.stack(from_coco)
     shared = png <= 3
     assert (png > 0).mean() > 0.05 and np.array_equal(png[shared], coco[shared])
-    assert set(np.unique(coco[~shared])) <= {255} and set(np.unique(png)) <= set(range(7))
+    assert set(np.unique(coco[~shared])) <= {IGNORE} and set(np.unique(png)) <= set(range(7))
 
 
 def test_segmentation_probe_scores_miou_and_resumes(probe_inputs, tmp_path):

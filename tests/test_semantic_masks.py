@@ -34,3 +34,60 @@ def test_masks_round_trip_through_png_in_both_widths():
     narrow = np.array([[0, 1, 255]], dtype=np.uint8)
     image = Image.open(io.BytesIO(encode_png(narrow, semantic_palette())))
     assert image.mode == "P" and np.asarray(image).tolist() == narrow.tolist()
+
+
+def vocabulary_300() -> list[str]:
+    """300 classes: 'circle' is the 255th (id 255, the uint8 'uncertain'), 'square' the 256th."""
+    names = [f"thing{k}" for k in range(298)]
+    return names[:254] + ["circle", "square"] + names[254:]
+
+
+def test_a_300_class_attention_job_keeps_ids_255_and_256_apart_from_uncertain(spec_data, tiny_model, ray_local,
+                                                                                tmp_path):
+    import json
+    import os
+
+    import pyarrow.parquet as pq
+    from pycocotools.coco import COCO
+
+    from engine.job.runner import run_job
+    from engine.spec import parse_spec
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": "a circle and a square", "classes": ["circle", "square"]}) + "\n"
+                               for _ in range(4)))
+    spec_data.update(classes=vocabulary_300(), lower_bound=1, budget={"max_images": 4, "max_waves": 1},
+                     unit_size=4, wave_size=4, prompts={"source": "jsonl", "path": str(prompts)})
+    spec_data["generator"] = {"name": "diffusion", "params": {"model": tiny_model, "steps": 2, "batch_size": 4}}
+    spec_data["label_head"] = {"name": "attention", "params": {"min_area": 0.02}}
+    run_job(parse_spec(spec_data), quiet=True)
+    out = spec_data["output"]
+    rows = pq.read_table(os.path.join(out, "parquet")).to_pylist()
+    coco = COCO(os.path.join(out, "coco", "instances.json"))
+    assert {c["name"]: c["id"] for c in coco.loadCats([255, 256])} == {"circle": 255, "square": 256}
+    seen = set()
+    for row in rows:
+        image = Image.open(io.BytesIO(row["semantic_mask"]))
+        mask = np.asarray(image).astype(np.int64)
+        assert image.mode.startswith("I") and set(np.unique(mask)) <= {0, 255, 256, 65535}
+        on_disk = np.asarray(Image.open(os.path.join(out, "coco", "semantic", row["image"]["path"])))
+        assert np.array_equal(mask, on_disk.astype(np.int64))
+        seen |= set(np.unique(mask).tolist())
+    assert {255, 256} <= seen  # both classes labelled as themselves (min-max maps always reach beta somewhere)
+    annotations = coco.loadAnns(coco.getAnnIds())
+    assert {a["category_id"] for a in annotations} <= {255, 256} and annotations
+    for ann in annotations:  # an instance of class 255 is that class's pixels, never the uncertain band
+        row = next(r for r in rows if r["image_id"] == ann["image_id"])
+        semantic = np.asarray(Image.open(io.BytesIO(row["semantic_mask"]))).astype(np.int64)
+        assert (semantic[coco.annToMask(ann) > 0] == ann["category_id"]).all()
+
+
+def test_segmentation_probe_reads_300_class_masks(tmp_path):
+    """The probe's label maps keep class 255 and 256 and ignore 65535 (not class 255)."""
+    from engine.lab.train.segprobe import IGNORE, _semantic_file
+
+    path = tmp_path / "m.png"
+    path.write_bytes(encode_png(np.array([[0, 255, 256, 65535, 300]], dtype=np.uint16)))
+    index = {k: k for k in range(1, 301)}
+    assert _semantic_file(str(path), index).astype(np.int64).tolist() == [[0, 255, 256, IGNORE, 300]]
+    assert IGNORE not in range(0, 301)

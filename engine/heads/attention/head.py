@@ -131,7 +131,8 @@ class AttentionCaptureHead(Head, StepObserver):
 class AttentionParams(CaptureParams):
     tau: int = Field(default=4, ge=0, le=16, description="Self-attention exponent (Eq. 3); 0 is cross-attention only.")
     alpha: float = Field(default=0.5, ge=0, le=1, description="At or below: background (Eq. 5).")
-    beta: float = Field(default=0.6, ge=0, le=1, description="At or above: the class; between: uncertain (255).")
+    beta: float = Field(default=0.6, ge=0, le=1,
+                        description="At or above: the class; between: uncertain (255; 65535 over 254 classes).")
 
     @model_validator(mode="after")
     def _band(self) -> "AttentionParams":

@@ -2,7 +2,7 @@
 
 Label maps are integer arrays of any shape (one image HxW, or a batch NxHxW) holding
 class ids ``0 .. num_classes-1``, or ``ignore`` for pixels that count on neither side
-(the engine writes 255 for uncertain pixels in its semantic masks).
+(the engine writes 255 for uncertain pixels in its semantic masks, 65535 over 254 classes).
 """
 
 from __future__ import annotations

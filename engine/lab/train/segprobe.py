@@ -1,7 +1,8 @@
 """The segmentation task of ``dde probe`` (``--task segmentation``): LR-ASPP on semantic masks, mIoU.
 
-Label maps hold 0 for background, ``k`` for the k-th class shared by the dde output and the val
-set, and ``IGNORE`` (255) for pixels that count on neither side:
+Label maps (int64) hold 0 for background, ``k`` for the k-th class shared by the dde output and
+the val set, and ``IGNORE`` (-1, outside every class index, so a vocabulary of any size, LVIS's
+1,203 included, keeps its class 255) for pixels that count on neither side:
 
 - the dde output's own semantic masks (``coco/semantic/<id>.png``: 0 background, 255 or 65535
   uncertain, else the category id) are read as the head wrote them, uncertain pixels ignored, as
@@ -29,13 +30,13 @@ from ..metrics.segmentation import confusion, iou_table
 
 __all__ = ["IGNORE", "MIN_SIDE", "load_semantic", "build_lraspp", "segmentation_loss", "segmentation_scores"]
 
-IGNORE = 255
+IGNORE = -1  # not 255: with 255+ shared classes that is a class
 MIN_SIDE = 128
 
 
 def _label_map(coco, image_id: int, index: dict[int, int], shape: tuple[int, int]) -> np.ndarray:
     """A COCO image's instances rasterised: 0 background, shared class index, IGNORE elsewhere."""
-    labels = np.zeros(shape, dtype=np.uint8)
+    labels = np.zeros(shape, dtype=np.int64)
     for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
         if "segmentation" not in ann:
             continue
@@ -49,7 +50,7 @@ def _semantic_file(path: str, index: dict[int, int]) -> np.ndarray:
     from PIL import Image
 
     mask = np.array(Image.open(path))
-    lut = np.full(int(mask.max()) + 1, IGNORE, dtype=np.uint8)
+    lut = np.full(int(mask.max()) + 1, IGNORE, dtype=np.int64)
     lut[0] = 0
     for category_id, k in index.items():
         if category_id < lut.size:
