@@ -77,6 +77,16 @@ def _unit(value: str) -> float:
     return number
 
 
+def _add_capacity_options(p: argparse.ArgumentParser) -> None:
+    """The detector's size; each default is sized for the training data (``heads.boxes.detector.capacity``)."""
+    p.add_argument("--queries", type=_at_least(1), help="detector queries, a square (64, 100, 400, 900): the most "
+                                                         "boxes an image can get. Default: max(64, 4 x the most "
+                                                         "boxes in one training image), rounded up to a square")
+    p.add_argument("--layers", type=_at_least(1), help="transformer layers over the queries (default 2)")
+    p.add_argument("--width", type=_at_least(32), help="feature width, a multiple of 32 (default 128; 256 over "
+                                                        "100 classes)")
+
+
 def _add_trainer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_at_least(1), default=1, help="Ray Train workers (DDP when more than one)")
     p.add_argument("--gpus", action="store_true", help="one GPU per worker")
@@ -204,6 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     adapter.add_argument("--no-heatmap", action="store_true", help="train without the PROPS heatmap head")
     adapter.add_argument("--heatmap-weight", type=_at_least(0.0, float), default=10.0)
     adapter.add_argument("--eval-every", type=_at_least(1), default=250, help="COCOeval on val every K steps")
+    _add_capacity_options(adapter)
     _add_trainer_options(adapter)
 
     grounding = train_sub.add_parser("grounding", help="the open-vocabulary grounding head: base classes from an "
@@ -222,6 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     grounding.add_argument("--alpha", type=_unit, default=0.8, help="teacher boxes kept at this score or more")
     grounding.add_argument("--beta", type=_unit, default=0.4, help="pseudo-labels kept at this score or more")
     grounding.add_argument("--eval-every", type=_at_least(1), default=250)
+    _add_capacity_options(grounding)
     _add_trainer_options(grounding)
 
     bench = sub.add_parser("bench", help="quality benchmarks against the shapes world")
@@ -450,7 +462,8 @@ def _cmd_train(args) -> int:
         from .lab.train.adapter import AdapterRecipe, train_adapter
 
         recipe = AdapterRecipe(steps=args.steps, batch=args.batch_size, lr=args.lr, heatmap=not args.no_heatmap,
-                               heatmap_weight=args.heatmap_weight, eval_every=args.eval_every)
+                               heatmap_weight=args.heatmap_weight, eval_every=args.eval_every,
+                               queries=args.queries, layers=args.layers, width=args.width)
         print(json.dumps(train_adapter(args.data, args.model, args.out, recipe, args.workers, args.gpus), indent=1))
         return 0
     if args.train_command == "grounding":
@@ -458,7 +471,8 @@ def _cmd_train(args) -> int:
 
         recipe = GroundingRecipe(base=args.base, novel=args.novel, images=args.images, base_steps=args.base_steps,
                                  novel_steps=args.novel_steps, batch=args.batch_size, alpha=args.alpha,
-                                 beta=args.beta, eval_every=args.eval_every)
+                                 beta=args.beta, eval_every=args.eval_every, queries=args.queries,
+                                 layers=args.layers, width=args.width)
         print(json.dumps(train_grounding(args.model, args.out, recipe, args.teacher, args.workers, args.gpus),
                          indent=1))
         return 0

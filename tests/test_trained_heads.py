@@ -194,3 +194,39 @@ def test_grounding_trains_both_stages_and_its_job_takes_unseen_names(spec_data, 
     classes = ["circle", "hexagon"]  # a name no training ever saw
     rows, coco = box_job(spec_data, tiny_model, "grounding", {"weights": out, "threshold": 0.0}, classes)
     check_boxes(rows, coco, classes)
+
+
+# ---- capacity (queries, layers, width): configurable, sized for the data by default
+def test_capacity_defaults_follow_the_data_and_keep_the_shipped_size_for_shapes():
+    from engine.heads.boxes.detector import capacity
+
+    assert capacity(4, 6) == {"query_side": 8, "layers": 2, "width": 128, "heads": 4}  # the shipped adapter's
+    assert capacity(93, 80)["query_side"] == 20  # COCO's busiest image: 4 x 93 -> 400 queries
+    assert capacity(1, 1203)["width"] == 256 and capacity(1, 1203)["heads"] == 8
+    assert capacity(50, 6, queries=9, layers=1, width=32) == {"query_side": 3, "layers": 1, "width": 32, "heads": 1}
+
+
+@pytest.mark.parametrize("flag, value", [("--queries", "10"), ("--width", "48"), ("--layers", "0")])
+def test_bad_capacity_is_refused_before_anything_is_written(tmp_path, capsys, flag, value):
+    from engine.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own refusals exit 2 as well
+        code = main(["train", "adapter", "--data", str(tmp_path), "--out", str(tmp_path / "o"), flag, value])
+        raise SystemExit(code)
+    assert exit_info.value.code == 2 and flag in capsys.readouterr().err and not os.path.exists(tmp_path / "o")
+
+
+def test_a_tiny_adapter_capacity_is_saved_in_its_card_and_rebuilt_at_inference(tiny_world, tiny_model, tmp_path):
+    from engine.heads.boxes.weights import load_detector
+    from engine.lab.train.adapter import AdapterRecipe, train_adapter
+
+    out = str(tmp_path / "small")
+    card = train_adapter(tiny_world, tiny_model, out, AdapterRecipe(steps=2, batch=4, eval_every=2, queries=9,
+                                                                    layers=1, width=32), device="cpu")
+    assert {k: card["detector"][k] for k in ("query_side", "layers", "width", "heads")} == \
+        {"query_side": 3, "layers": 1, "width": 32, "heads": 1}
+    detector, loaded = load_detector(out, "adapter", "adapter")
+    assert len(detector.encoder.layers) == 1 and detector.position.shape == (9, 32)
+    levels = {int(s): c for s, c in loaded["detector"]["levels"].items()}
+    out_ = detector({s: torch.randn(2, c, 32 // s, 32 // s) for s, c in levels.items()})
+    assert out_["logits"].shape[:2] == (2, 9) and out_["boxes"].shape == (2, 9, 4)

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 
 from .matching import MatchCosts
 
-__all__ = ["DetectorConfig", "build_detector", "detections", "detection_loss", "LossWeights"]
+__all__ = ["DetectorConfig", "build_detector", "detections", "detection_loss", "LossWeights", "capacity",
+           "check_capacity"]
 
 PRIOR_PROBABILITY = 0.01  # focal-loss prior: every query starts as "nothing here"
 
@@ -53,6 +54,48 @@ class DetectorConfig:
 
     def to_json(self) -> dict:
         return {**asdict(self), "levels": {str(k): v for k, v in self.levels.items()}}
+
+
+def check_capacity(queries: int | None = None, layers: int | None = None, width: int | None = None) -> str | None:
+    """One message naming the flag if a requested capacity cannot be built, else None: ``queries``
+    must be a square (one query per cell of a grid), ``width`` a multiple of 32 (16 GroupNorm
+    groups, one attention head per 32 channels), ``layers`` at least 1."""
+    import math
+
+    if queries is not None and (queries < 1 or math.isqrt(queries) ** 2 != queries):
+        side = max(1, math.isqrt(max(queries, 1)))
+        return (f"--queries: expected a square number of queries (they sit on a square grid), got {queries}; "
+                f"use {side * side} or {(side + 1) ** 2}")
+    if width is not None and (width < 32 or width % 32):
+        return f"--width: expected a multiple of 32 (at least 32), got {width}; use {max(32, round(width / 32) * 32)}"
+    if layers is not None and layers < 1:
+        return f"--layers: expected at least 1 transformer layer, got {layers}"
+    return None
+
+
+def capacity(max_boxes: int, classes: int, queries: int | None = None, layers: int | None = None,
+             width: int | None = None) -> dict:
+    """The detector's size (``query_side``, ``layers``, ``width``, ``heads``): the requested values,
+    else defaults sized for the training data.
+
+    - queries: the smallest square of at least ``max(64, 4 x max_boxes)``, ``max_boxes`` the most
+      boxes one training image holds (the detector outputs at most one box per query; DINO keeps
+      900 for COCO, whose busiest training image has 93 boxes: 4 x 93 gives 400 here). The shapes
+      world (at most 4 objects) keeps the shipped 8 x 8 = 64.
+    - width: 128 up to 100 classes, 256 beyond (an LVIS-scale vocabulary of 1,203 classes); heads:
+      one per 32 channels. layers: 2. The defaults for more than 64 queries or 100 classes are
+      sizing rules, not measured settings: only the shapes size (64, 2, 128) has been trained and
+      benchmarked (BENCHMARKS.md).
+    """
+    import math
+
+    problem = check_capacity(queries, layers, width)
+    if problem:
+        raise ValueError(problem)
+    queries = queries or max(64, 4 * max_boxes)
+    side = math.isqrt(queries - 1) + 1 if queries > 1 else 1
+    width = width or (128 if classes <= 100 else 256)
+    return {"query_side": side, "layers": layers or 2, "width": width, "heads": width // 32}
 
 
 @dataclass(frozen=True)

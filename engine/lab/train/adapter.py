@@ -17,11 +17,16 @@ __all__ = ["AdapterRecipe", "train_adapter"]
 
 
 class AdapterRecipe:
+    """Training settings. ``queries``, ``layers``, ``width``: the detector's capacity; None sizes it
+    for the data (``heads.boxes.detector.capacity``)."""
+
     def __init__(self, *, steps: int = 3000, batch: int = 32, lr: float = 1e-3, heatmap: bool = True,
-                 heatmap_weight: float = 10.0, eval_every: int = 250, val_images: int = 500, seed: int = 0):
+                 heatmap_weight: float = 10.0, eval_every: int = 250, val_images: int = 500, seed: int = 0,
+                 queries: int | None = None, layers: int | None = None, width: int | None = None):
         self.steps, self.batch, self.lr, self.seed = steps, batch, lr, seed
         self.heatmap, self.heatmap_weight = heatmap, heatmap_weight
         self.eval_every, self.val_images = eval_every, val_images
+        self.queries, self.layers, self.width = queries, layers, width
 
     def to_json(self) -> dict:
         return dict(vars(self))
@@ -31,8 +36,13 @@ def train_adapter(data: str, model: str, out: str, recipe: AdapterRecipe, worker
                   device: str | None = None) -> dict:
     """Train on Ray Train (see ``run_on_ray``; ``device`` set: directly on that device, for
     benchmark sweeps); returns the model card."""
+    from ...errors import UserError
+    from ...heads.boxes.detector import check_capacity
     from .detection import check_model, coco_annotations, launch
 
+    problem = check_capacity(recipe.queries, recipe.layers, recipe.width)
+    if problem:
+        raise UserError(problem)
     coco_annotations(data, "train")  # wrong inputs fail here, each with its message, before Ray starts
     check_model(model)
     config = {"data": os.path.abspath(data), "model": model, "out": os.path.abspath(out), "recipe": recipe.to_json()}
@@ -54,7 +64,7 @@ def _split(data: str, val_images: int):
 def _adapter_loop(config: dict) -> None:
     import torch
 
-    from ...heads.boxes.detector import DetectorConfig, LossWeights, build_detector, detection_loss
+    from ...heads.boxes.detector import DetectorConfig, LossWeights, build_detector, capacity, detection_loss
     from ...models.trained import save_trained
     from .detection import (
         FeatureExtractor,
@@ -86,7 +96,9 @@ def _adapter_loop(config: dict) -> None:
     size = extractor.image_size
     targets = targets_batch([train_instances[i] for i in mine], classes, size)
     detector_config = DetectorConfig(levels={s: v.shape[1] for s, v in train.items()}, image_size=size,
-                                     num_classes=len(classes), heatmap=recipe.heatmap)
+                                     num_classes=len(classes), heatmap=recipe.heatmap,
+                                     **capacity(max(map(len, train_instances), default=0), len(classes),
+                                                recipe.queries, recipe.layers, recipe.width))
     torch.manual_seed(recipe.seed)
     detector = build_detector(detector_config)
     model = worker.prepare(detector)

@@ -33,11 +33,12 @@ class GroundingRecipe:
     def __init__(self, *, base: list[str], novel: list[str], images: int = 1200, base_steps: int = 2000,
                  novel_steps: int = 1000, batch: int = 32, lr: float = 1e-3, alpha: float = 0.8, beta: float = 0.4,
                  momentum: float = 0.999, sampling_steps: int = 20, eval_every: int = 250, val_images: int = 500,
-                 seed: int = 0):
+                 seed: int = 0, queries: int | None = None, layers: int | None = None, width: int | None = None):
         self.base, self.novel, self.images = list(base), list(novel), images
         self.base_steps, self.novel_steps, self.batch, self.lr = base_steps, novel_steps, batch, lr
         self.alpha, self.beta, self.momentum, self.sampling_steps = alpha, beta, momentum, sampling_steps
         self.eval_every, self.val_images, self.seed = eval_every, val_images, seed
+        self.queries, self.layers, self.width = queries, layers, width  # None: sized for the data (detector.capacity)
 
     def to_json(self) -> dict:
         return dict(vars(self))
@@ -49,8 +50,13 @@ def train_grounding(model: str, out: str, recipe: GroundingRecipe, teacher: str 
     (default OUT/cache) holds the generated features, which runs that differ only in training
     settings can share. Returns the final card."""
     from ...errors import UserError
+    from ...heads.boxes.detector import check_capacity
     from ...world import CLASSES
     from .detection import check_model, launch
+
+    problem = check_capacity(recipe.queries, recipe.layers, recipe.width)
+    if problem:
+        raise UserError(problem)
 
     overlap = set(recipe.base) & set(recipe.novel)
     if overlap or not recipe.base or not recipe.novel:
@@ -180,7 +186,7 @@ def _grounding_loop(config: dict) -> None:
 
     import torch
 
-    from ...heads.boxes.detector import DetectorConfig, build_detector, detection_loss, detections
+    from ...heads.boxes.detector import DetectorConfig, build_detector, capacity, detection_loss, detections
     from ...heads.boxes.text import class_text
     from ...models import load_pipeline
     from ...models.trained import save_trained
@@ -212,7 +218,9 @@ def _grounding_loop(config: dict) -> None:
                               groups={"base": recipe.base, "novel": recipe.novel})
 
     detector_config = DetectorConfig(levels={s: v.shape[1] for s, v in base_set[0].items()}, image_size=size,
-                                     text_width=base_text.shape[1])
+                                     text_width=base_text.shape[1],
+                                     **capacity(max(map(len, base_set[1]), default=0), len(everything),
+                                                recipe.queries, recipe.layers, recipe.width))
     torch.manual_seed(recipe.seed)
     detector = build_detector(detector_config)
     model = worker.prepare(detector)
