@@ -152,20 +152,213 @@ def test_condition_is_fitted_like_its_reference():
 
 
 # ---- spec-time refusals (exit 2, nothing written)
-def test_references_without_masks_are_refused_unless_a_segmenter_is_set(spec_data, references, tiny_model,
-                                                                        tiny_controlnet, tmp_path):
+def _strip(references, tmp_path, masks=(), annotations=(), name="stripped.json") -> str:
+    """The references' COCO file with the segmentation of the images ``masks`` and every annotation of
+    the images ``annotations`` removed (image ids as ints); its path."""
     coco = json.load(open(f"{references}/annotations/instances_train.json"))
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] not in annotations]
     for ann in coco["annotations"]:
-        ann.pop("segmentation")
-    path = tmp_path / "boxes_only.json"
+        if ann["image_id"] in masks:
+            ann.pop("segmentation")
+    path = tmp_path / name
     path.write_text(json.dumps(coco))
+    return str(path)
+
+
+def test_references_without_masks_are_refused_unless_a_mask_generator_is_set(spec_data, references, tiny_model,
+                                                                             tiny_controlnet, tmp_path):
     data = controlnet_spec(spec_data, references, tiny_model, tiny_controlnet)
-    data["prompts"]["annotations"] = str(path)
+    data["prompts"]["annotations"] = _strip(references, tmp_path, masks=range(1, 7))
     with pytest.raises(UserError, match="expected a segmentation .* on every annotation") as info:
         build_pool(parse_spec(data))  # when the job starts, before anything is written
-    assert "mask_source: segmenter" in str(info.value)
-    data["generator"]["params"]["condition"] = {"mask_source": "segmenter"}
+    assert "6 image(s) with annotations without a segmentation" in str(info.value)
+    assert "set generator.params.condition.mask_generator" in str(info.value)
+    data["prompts"]["annotations"] = _strip(references, tmp_path, annotations=[2], name="unannotated.json")
+    with pytest.raises(UserError, match=r"1 image\(s\) without any annotation \(e.g. image id 2\)"):
+        build_pool(parse_spec(data))
+    data["generator"]["params"]["condition"] = {"mask_generator": {"segmenter": "embedded:segmenter"}}
     assert len(build_pool(parse_spec(data))) == 6
+
+
+def test_a_mask_generator_that_cannot_serve_the_references_is_refused(spec_data, references, tiny_model,
+                                                                      tiny_controlnet, tiny_sam, tmp_path):
+    data = controlnet_spec(spec_data, references, tiny_model, tiny_controlnet)
+    data["prompts"]["annotations"] = _strip(references, tmp_path, annotations=[1])
+    data["generator"]["params"]["condition"] = {"mask_generator": {"segmenter": tiny_sam}}
+    with pytest.raises(UserError, match=r"mask_generator.detector: expected a detector for the 1 image\(s\) without "
+                                        r"any annotation"):
+        build_pool(parse_spec(data))  # SAM needs box prompts: an image without annotations has none
+    data["generator"]["params"]["condition"] = {"mask_generator": {"segmenter": tiny_model, "detector": tiny_sam}}
+    with pytest.raises(UserError) as info:
+        build_pool(parse_spec(data))
+    assert "mask_generator.segmenter: expected 'embedded:segmenter', a transformers SamModel folder" in str(info.value)
+    assert "mask_generator.detector: expected a transformers zero-shot object detection folder" in str(info.value)
+    data["generator"]["params"]["condition"] = {"mask_generator": {"detector": "embedded:adapter"}}
+    with pytest.raises(UserError, match="expected model 'embedded:shapes' for 'embedded:adapter'"):
+        build_pool(parse_spec(data))  # the shipped heads read the embedded model's features
+
+
+def test_cli_refuses_references_without_masks_before_writing(spec_data, references, tiny_model, tiny_controlnet,
+                                                            tmp_path):
+    data = controlnet_spec(spec_data, references, tiny_model, tiny_controlnet)
+    data["prompts"]["annotations"] = _strip(references, tmp_path, masks=[3])
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(path)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "generator.params.condition.mask_generator" in run.stderr and "image id 3" in run.stderr
+    assert not os.path.exists(data["output"])
+
+
+# ---- the Mask Generator (references without masks)
+@pytest.fixture(scope="module")
+def tiny_sam(tmp_path_factory):
+    """A random SamModel (64 px) with its SamProcessor, built from config and saved as safetensors."""
+    import torch
+    from transformers import (SamConfig, SamImageProcessor, SamMaskDecoderConfig, SamModel, SamProcessor,
+                              SamPromptEncoderConfig, SamVisionConfig)
+
+    torch.manual_seed(2)
+    vision = SamVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=8,
+                             output_channels=16, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=8)
+    prompt = SamPromptEncoderConfig(hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(hidden_size=16, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16)
+    folder = str(tmp_path_factory.mktemp("sam") / "sam")
+    SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)).save_pretrained(
+        folder, safe_serialization=True)
+    SamProcessor(SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})).save_pretrained(
+        folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_owlvit(tmp_path_factory):
+    """A random OwlViT zero-shot detector (32 px, 16 queries) with its processor, saved as safetensors."""
+    import torch
+    from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor, OwlViTProcessor
+
+    from engine.models.tokenizer import build_tokenizer
+
+    torch.manual_seed(3)
+    tokenizer = build_tokenizer()
+    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    folder = str(tmp_path_factory.mktemp("owlvit") / "owlvit")
+    OwlViTForObjectDetection(OwlViTConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(
+        folder, safe_serialization=True)
+    side = {"height": 32, "width": 32}
+    OwlViTProcessor(image_processor=OwlViTImageProcessor(size=side, crop_size=side), tokenizer=tokenizer).save_pretrained(
+        folder)
+    return folder
+
+
+def _reference_image(references, image_id):
+    from PIL import Image
+
+    return np.asarray(Image.open(f"{references}/images/train/{image_id:012d}.png").convert("RGB"))
+
+
+def test_the_embedded_segmenter_makes_the_masks_of_rendered_references(references, tmp_path):
+    """Boxes-only references: the shipped segmenter's class pixels inside each annotation box come close to
+    the removed masks; a reference without annotations gets one instance per connected region."""
+    from engine.backends.conditions import MaskGeneratorParams
+    from engine.job.masks import MaskGenerator
+
+    classes = [ClassSpec(name=c) for c in WORLD]
+    truth = json.load(open(f"{references}/annotations/instances_train.json"))
+    stripped = json.load(open(_strip(references, tmp_path, masks=range(1, 7), annotations=[6])))
+    generator = MaskGenerator(MaskGeneratorParams(), classes)
+    made = ReferenceMasks(stripped, classes, generator)
+    given = ReferenceMasks(truth, classes)
+    ious = []
+    for image_id in range(1, 6):
+        image = _reference_image(references, image_id)
+        got, want = made.condition(str(image_id), image), given.condition(str(image_id), image)
+        assert got.categories == want.categories  # one instance per annotation, in order
+        for k in range(len(want.categories)):
+            a, b = got.instances == k + 1, want.instances == k + 1
+            ious.append((a & b).sum() / max((a | b).sum(), 1))
+    assert np.mean(ious) > 0.8, ious
+    image = _reference_image(references, 6)
+    regions, want = made.condition("6", image), given.condition("6", image)
+    assert sorted(regions.categories) == sorted(want.categories)
+
+
+def test_detector_boxes_prompt_sam(references, tiny_sam, tiny_owlvit, tmp_path):
+    """A reference without annotations: the zero-shot detector's boxes (prompted with the class names)
+    prompt SAM; boxes-only annotations prompt SAM with their own boxes."""
+    import torch
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+    from engine.backends.conditions import MaskGeneratorParams
+    from engine.job.masks import MaskGenerator
+
+    classes = [ClassSpec(name=c) for c in WORLD]
+    generator = MaskGenerator(MaskGeneratorParams(detector=tiny_owlvit, segmenter=tiny_sam, threshold=0.3), classes)
+    image = _reference_image(references, 1)
+    boxes = generator.detect(image)
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(tiny_owlvit, use_safetensors=True).eval()
+    processor = AutoProcessor.from_pretrained(tiny_owlvit)
+    with torch.no_grad():
+        out = model(**processor(text=[WORLD], images=[image], return_tensors="pt"))
+    found = processor.post_process_grounded_object_detection(out, threshold=0.3, target_sizes=[image.shape[:2]],
+                                                             text_labels=[WORLD])[0]
+    assert 0 < len(boxes) == len(found["scores"])
+    assert {name for name, _ in boxes} <= set(found["text_labels"])
+    assert all(0 <= x0 < x1 <= image.shape[1] and 0 <= y0 < y1 <= image.shape[0] for _, (x0, y0, x1, y1) in boxes)
+    masks = generator.masks(image, boxes)
+    assert [n for n, _ in masks] == [n for n, _ in boxes] and all(m.shape == image.shape[:2] for _, m in masks)
+    stripped = json.load(open(_strip(references, tmp_path, masks=[2], annotations=[1])))
+    conditions = ReferenceMasks(stripped, classes, generator)
+    condition = conditions.condition("1", image)
+    assert condition.categories == [n for n, _ in boxes]
+    own = [a for a in stripped["annotations"] if a["image_id"] == 2]
+    assert conditions.condition("2", _reference_image(references, 2)).categories == [
+        stripped["categories"][a["category_id"] - 1]["name"] for a in own]
+
+
+@pytest.mark.ray
+def test_job_on_references_without_masks_labels_are_the_generated_masks(spec_data, references, tiny_model,
+                                                                        tiny_controlnet, tiny_sam, tiny_owlvit,
+                                                                        ray_local, tmp_path):
+    """Boxes-only references (their boxes prompt SAM) and references without annotations (the detector's
+    boxes do): the COCO labels of the job are the Mask Generator's masks, fitted to the image."""
+    from pycocotools.coco import COCO
+
+    from engine.backends.conditions import MaskGeneratorParams
+    from engine.job.masks import MaskGenerator
+    from engine.job.runner import run_job
+
+    data = controlnet_spec(spec_data, references, tiny_model, tiny_controlnet)
+    data["prompts"]["annotations"] = _strip(references, tmp_path, masks=[1, 2, 3], annotations=[4, 5, 6])
+    params = {"detector": tiny_owlvit, "segmenter": tiny_sam, "threshold": 0.3}
+    data["generator"]["params"]["condition"] = {"mask_generator": params}
+    data.update(lower_bound=100, budget={"max_images": 6, "max_waves": 1}, unit_size=6, wave_size=6)
+    result = run_job(parse_spec(data), quiet=True)
+    assert result.images == 6
+    classes = [ClassSpec(name=c) for c in WORLD]
+    expected = ReferenceMasks(json.load(open(data["prompts"]["annotations"])), classes,
+                              MaskGenerator(MaskGeneratorParams(**params), classes))
+    out = COCO(os.path.join(data["output"], "coco", "instances.json"))
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(os.path.join(data["output"], "parquet")).to_pylist()
+    seen = set()
+    for row in rows:
+        reference = int(row["reference_id"])
+        seen.add(reference)
+        labels = expected.condition(str(reference), _reference_image(references, reference)).fitted(
+            32, "center_crop").labels(WORLD)
+        want = sorted((i.category, i.mask.astype(np.uint8).tobytes()) for i in labels.instances)
+        found = out.loadAnns(out.getAnnIds(imgIds=[row["image_id"]]))
+        got = sorted((out.cats[a["category_id"]]["name"], out.annToMask(a).tobytes()) for a in found)
+        assert got == want and want
+    assert seen & {1, 2, 3} and seen & {4, 5, 6}  # both kinds of reference were used
 
 
 def test_controlnet_that_does_not_fit_the_model_is_refused(spec_data, references, tiny_model, tmp_path):

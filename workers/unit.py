@@ -70,7 +70,7 @@ class UnitMaker:
         self.head.attach(self.backend)
         self.conditions = self.selection = None
         if conditioned_on_masks(spec) is not None:  # each request gets its reference's condition map
-            self.conditions = ReferenceMasks.for_job(spec)
+            self.conditions = ReferenceMasks.for_job(spec, self.backend)
         if spec.selection is not None:
             self.selection = Selection(spec.selection, classes)
         self.context = SinkContext(tuple(c.name for c in classes), self.backend.model_name, spec.label_head.name,

@@ -33,10 +33,30 @@ from pydantic import Field
 from ..records import Instance, Labels
 from .base import StrictParams
 
-__all__ = ["ConditionParams", "Condition", "palette_colours", "palette_indices", "condition_image", "PALETTE_FILE"]
+__all__ = ["ConditionParams", "MaskGeneratorParams", "Condition", "palette_colours", "palette_indices", "condition_image", "PALETTE_FILE"]
 
 PALETTE_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "ade20k_palette.json")
 FIELD = "generator.params.condition"
+
+
+class MaskGeneratorParams(StrictParams):
+    """Masks for references that have none (Diffusion Synthesis, Sec. 3.1, Mask Generator: an
+    open-vocabulary detector's boxes prompt a promptable segmenter). Boxes: a reference's own
+    annotation boxes where it has annotations; the detector's (prompted with the job's class
+    names) where it has none. Masks: the segmenter's, prompted with those boxes."""
+
+    detector: str | None = Field(
+        default=None, description="Boxes for references without any annotation: a transformers zero-shot object "
+                                  "detection folder or hub id (OwlViT, Owlv2, Grounding DINO; "
+                                  "AutoModelForZeroShotObjectDetection + AutoProcessor), 'embedded:adapter' or "
+                                  "'embedded:grounding' (dde's box heads on the reference's Eq. 4 features; "
+                                  "model embedded:shapes). None: the reference's own annotation boxes only.")
+    segmenter: str = Field(
+        default="embedded:segmenter", description="Masks from boxes: a transformers SamModel folder or hub id "
+                                                  "(SamModel + SamProcessor, prompted with the boxes), or "
+                                                  "'embedded:segmenter' (the shipped shapes-world segmenter: the "
+                                                  "box's class inside the box; without boxes, each connected region).")
+    threshold: float = Field(default=0.3, ge=0, le=1, description="The detector's score threshold.")
 
 
 class ConditionParams(StrictParams):
@@ -46,10 +66,10 @@ class ConditionParams(StrictParams):
     classes: dict[str, int | str] = Field(
         default_factory=dict, description="Job class -> palette class (an index, or an ADE20K class name). "
                                           "class_index default: 1 + the shapes-world class index.")
-    mask_source: Literal["annotations", "segmenter"] = Field(
-        default="annotations", description="Where masks come from for references whose annotations have none: "
-                                           "annotations (refuse such references) or segmenter (the shipped "
-                                           "shapes-world segmenter labels the reference image).")
+    mask_generator: MaskGeneratorParams | None = Field(
+        default=None, description="Diffusion Synthesis's Mask Generator, for references whose annotations have boxes "
+                                  "but no segmentation, or no annotations at all; none: such references are refused "
+                                  "when the job starts.")
 
 
 def _normalise(name: str) -> str:

@@ -94,12 +94,13 @@ def _load_json(uri: str, field_name: str, storage_options: dict, inputs: dict) -
 
 
 def _reference_pool(spec: JobSpec, source: ReferencePrompts, inputs: dict) -> list[PromptItem]:
-    from .conditions import check_reference_masks
+    from .conditions import check_reference_masks, classes_of_unannotated
     from .references import id_key, load_references
 
     coco = _load_json(source.annotations, "annotations", input_options(source.annotations, spec), inputs)
     references = load_references(spec, coco, inputs)
     check_reference_masks(spec, coco)
+    references = classes_of_unannotated(spec, coco, references)  # the Mask Generator's classes of unlabelled ones
     captions: dict[str, str] = {}
     if source.captions:
         coco_captions = _load_json(source.captions, "captions", input_options(source.captions, spec), inputs)
