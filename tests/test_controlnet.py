@@ -486,3 +486,31 @@ def test_controlnet_training_resumes_to_the_same_weights(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     zero = load_file(str(tmp_path / "a" / "controlnet" / "diffusion_pytorch_model.safetensors"))
     assert zero["controlnet_mid_block.weight"].abs().sum() > 0  # the zero convolutions have learnt
+
+
+def test_the_shipped_adapter_finds_boxes_on_rendered_references(references):
+    """detector: embedded:adapter runs the shipped head on the reference through Eq. 4, on the job's own
+    embedded pipeline: its boxes land on the rendered objects (x0, y0, x1, y1 in the reference's pixels)."""
+    from engine.backends.conditions import MaskGeneratorParams
+    from engine.backends.controlnet import ControlNetBackend, ControlNetParams
+    from engine.job.masks import MaskGenerator
+
+    classes = [ClassSpec(name=c) for c in WORLD]
+    backend = ControlNetBackend(params=ControlNetParams(), classes=classes)  # embedded:shapes + its ControlNet
+    generator = MaskGenerator(MaskGeneratorParams(detector="embedded:adapter"), classes, backend)
+    coco = json.load(open(f"{references}/annotations/instances_train.json"))
+    best = []
+    for image_id in (1, 3):
+        truth = [a["bbox"] for a in coco["annotations"] if a["image_id"] == image_id]
+        boxes = generator.detect(_reference_image(references, image_id))
+        assert boxes and {name for name, _ in boxes} <= set(WORLD)
+        for _, (x0, y0, x1, y1) in boxes:
+            best.append(max(_iou((x0, y0, x1 - x0, y1 - y0), t) for t in truth))
+    assert np.mean(np.array(best) > 0.5) >= 0.5, best
+
+
+def _iou(a, b) -> float:
+    """IoU of two [x, y, w, h] boxes."""
+    w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
