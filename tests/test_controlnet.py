@@ -514,3 +514,19 @@ def _iou(a, b) -> float:
     w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
     return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+
+def test_downstream_bench_has_controlnet_sources_with_and_without_selection(references, tmp_path):
+    """dde bench downstream's Diffusion Synthesis sources: the example job on the real set, with its
+    High-quality Image Selection and without it; both valid jobs whose pools are the references' K prompts."""
+    from engine.lab.evals.downstream import SOURCES, source_spec
+
+    assert {"controlnet + condition", "controlnet + condition, selection"} <= set(SOURCES)
+    selected = source_spec("controlnet + condition, selection", str(tmp_path), 12, references)
+    plain = source_spec("controlnet + condition", str(tmp_path), 12, references)
+    assert selected["selection"]["segmenter"]["min_miou"] == 0.5 and "selection" not in plain
+    assert selected["output"] != plain["output"]
+    for data in (selected, plain):
+        spec = parse_spec(data)
+        assert spec.generator.name == "controlnet" and spec.label_head.name == "condition"
+        assert len(build_pool(spec)) == 6 * data["prompts"]["variants"]

@@ -9,7 +9,11 @@ Rendered scenes stand for real data and a rendered val split is the test set; ev
   DiffusionEngine Tab. 4), mixed by alpha = k / (k + 1), the share of synthetic images in the union;
 - (c) alpha in {0, 0.2, 0.4, 0.6, 0.8} over 10% real and 9x synthetic (Diffusion Synthesis Fig. 7);
 - (d) semantic segmentation (LR-ASPP, mIoU) from the `attention` head's masks, the render's
-  exact masks and real masks.
+  exact masks, real masks, and the `controlnet` backend's condition masks (``condition`` head,
+  references from the real set) with and without High-quality Image Selection (Diffusion
+  Synthesis; both rows also enter (a) as box sources). Both ControlNet sources get the same
+  image budget, which counts the images selection rejects: with selection a source holds fewer,
+  better images for the same generation cost.
 
 Sources are dde jobs built from the example specs in ``jobs/examples/`` with only the output,
 the image budget and (for img2img) the reference set changed. Writes ``downstream.md`` (tables),
@@ -24,7 +28,7 @@ import os
 
 import yaml
 
-__all__ = ["Scale", "QUICK", "FULL", "downstream_benchmark"]
+__all__ = ["Scale", "QUICK", "FULL", "SOURCES", "source_spec", "downstream_benchmark"]
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "jobs", "examples")
 SOURCES = {  # the source's name in the tables: its example spec
@@ -32,7 +36,10 @@ SOURCES = {  # the source's name in the tables: its example spec
     "img2img + adapter": "shapes-boxes.yaml",
     "txt2img + grounding": "shapes-open-vocab.yaml",
     "txt2img + attention": "shapes-masks.yaml",
+    "controlnet + condition": "shapes-controlnet.yaml",
+    "controlnet + condition, selection": "shapes-controlnet.yaml",
 }
+WITHOUT_SELECTION = {"controlnet + condition"}  # the example's High-quality Image Selection removed
 CLASSES = ["circle", "square", "triangle", "star", "ring", "cross"]
 
 
@@ -45,23 +52,36 @@ QUICK = Scale(images=120, val=60, steps=20, batch=16, seeds=1)
 FULL = Scale(images=2000, val=300, steps=800, batch=32, seeds=2)
 
 
+def source_spec(name: str, root: str, images: int, real: str) -> dict:
+    """The job spec (a dict) of one source: its example spec with the output, classes, budget and (for
+    reference sources) the real set changed, and selection removed where ``WITHOUT_SELECTION`` says."""
+    with open(os.path.join(EXAMPLES, SOURCES[name])) as f:
+        data = yaml.safe_load(f)
+    # bounds no source meets (the render draws at most 4 objects a scene): the image budget ends each job
+    data.update(output=os.path.join(root, "sources", _slug(name)), classes=CLASSES,
+                lower_bound=images * 4 // len(CLASSES), budget={"max_images": images, "max_waves": 50})
+    if name in WITHOUT_SELECTION:
+        data.pop("selection", None)
+    if data["prompts"]["source"] == "references":  # img2img from the real set, as the papers expand theirs
+        data["prompts"].update(annotations=f"{real}/annotations/instances_train.json", images=f"{real}/images/train",
+                               captions=f"{real}/annotations/captions_train.json")
+    return data
+
+
 def _source(name: str, root: str, images: int, real: str) -> str:
     """Run (or continue) the dde job of one source; returns its output folder."""
     from ...job.runner import run_job
     from ...spec import parse_spec
 
-    with open(os.path.join(EXAMPLES, SOURCES[name])) as f:
-        data = yaml.safe_load(f)
-    out = os.path.join(root, "sources", name.replace(" + ", "-"))
-    # bounds no source meets (the render draws at most 4 objects a scene): the image budget ends each job
-    data.update(output=out, classes=CLASSES, lower_bound=images * 4 // len(CLASSES),
-                budget={"max_images": images, "max_waves": 50})
-    if data["prompts"]["source"] == "references":  # img2img from the real set, as the papers expand theirs
-        data["prompts"].update(annotations=f"{real}/annotations/instances_train.json", images=f"{real}/images/train",
-                               captions=f"{real}/annotations/captions_train.json")
-    if not os.path.exists(os.path.join(out, "job.json")):
+    data = source_spec(name, root, images, real)
+    if not os.path.exists(os.path.join(data["output"], "job.json")):
         run_job(parse_spec(data), quiet=True)
-    return out
+    return data["output"]
+
+
+def _slug(name: str) -> str:
+    """A source's name as a folder or cell name: 'controlnet + condition, selection' -> 'controlnet-condition-selection'."""
+    return name.replace(" + ", "-").replace(", ", "-")
 
 
 def _probe(root: str, cell: str, out: str, val: str, scale: Scale, seed: int, **options) -> dict:
@@ -106,7 +126,7 @@ def downstream_benchmark(root: str, scale: Scale = FULL) -> dict:
 
     a = {"real only": _cells(root, "a-real", anchor, val, scale, "AP", real=real, alpha=0.0)}
     for name, out in sources.items():
-        a[name] = _cells(root, f"a-{name.replace(' + ', '-')}", out, val, scale, "AP")
+        a[name] = _cells(root, f"a-{_slug(name)}", out, val, scale, "AP")
     diffusion = [s for s in SOURCES if not s.startswith("render")]
     best = max(diffusion, key=lambda s: a[s]["mean"])
 
@@ -121,6 +141,8 @@ def downstream_benchmark(root: str, scale: Scale = FULL) -> dict:
          "render + ground_truth": _cells(root, "d-render", anchor, val, scale, "mIoU", task="segmentation"),
          "txt2img + attention": _cells(root, "d-attention", sources["txt2img + attention"], val, scale, "mIoU",
                                        task="segmentation")}
+    for name in ("controlnet + condition", "controlnet + condition, selection"):  # Diffusion Synthesis' masks
+        d[name] = _cells(root, f"d-{_slug(name)}", sources[name], val, scale, "mIoU", task="segmentation")
     result = {"scale": vars(scale), "best_diffusion_source": best, "a": a, "b": b, "c": c, "d": d}
     _write(root, result)
     return result
