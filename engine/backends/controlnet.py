@@ -2,7 +2,8 @@
 
 Each request's reference gives a condition map (``conditions.Condition``, from its COCO masks);
 the map, coloured by the configured palette, conditions a segmentation ControlNet through
-diffusers' ``StableDiffusionControlNetPipeline``. Everything else is the ``diffusion``
+diffusers' ``StableDiffusionControlNetPipeline`` (``StableDiffusionXLControlNetPipeline`` on an SDXL
+model, with a ControlNet made from the SDXL UNet). Everything else is the ``diffusion``
 backend's: one pipeline call per batch, one generator per image, per-image retries with new
 seeds, and img2img: with ``strength`` below 1 the reference enters the batch at its start step
 (the step injection of ``DiffusionBackend``, which is what ``StableDiffusionControlNetImg2ImgPipeline``
@@ -62,7 +63,8 @@ def fit_problems(controlnet: dict, unet: dict, vae: dict) -> list[str]:
     """Why a ControlNet (its config) cannot drive a UNet and VAE (theirs); empty if it fits."""
     problems = [f"{FIELD}: expected {key} {unet.get(key)} (the model's UNet), got {controlnet.get(key)}; use a "
                 f"ControlNet made from this model's UNet (ControlNetModel.from_unet)"
-                for key in ("in_channels", "block_out_channels", "cross_attention_dim", "layers_per_block")
+                for key in ("in_channels", "block_out_channels", "cross_attention_dim", "layers_per_block",
+                            "addition_embed_type", "transformer_layers_per_block")
                 if key in controlnet and _as_list(controlnet.get(key)) != _as_list(unet.get(key))]
     factor = 2 ** (len(vae["block_out_channels"]) - 1)
     embedding = controlnet.get("conditioning_embedding_out_channels", (16, 32, 96, 256))
@@ -94,15 +96,21 @@ class ControlNetBackend(DiffusionBackend):
         self.colours = palette_colours(params.condition.palette)
 
     def _load_pipeline(self):
-        from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+        from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
+
+        from ..models.conditioning import is_sdxl
 
         base = super()._load_pipeline()
         controlnet = ControlNetModel.from_pretrained(resolve_controlnet(self.params.controlnet), use_safetensors=True,
                                                      torch_dtype=base.unet.dtype,
                                                      low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None)
         # the base pipeline's own modules, scheduler and attention settings, plus the ControlNet
-        pipe = StableDiffusionControlNetPipeline(**base.components, controlnet=controlnet.to(base.device),
-                                                 requires_safety_checker=False)
+        if is_sdxl(base):
+            pipe = StableDiffusionXLControlNetPipeline(**base.components, controlnet=controlnet.to(base.device),
+                                                       add_watermarker=False)
+        else:
+            pipe = StableDiffusionControlNetPipeline(**base.components, controlnet=controlnet.to(base.device),
+                                                     requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -1,6 +1,13 @@
-"""``diffusion``: txt2img and img2img with any Stable-Diffusion-architecture pipeline.
+"""``diffusion``: txt2img and img2img with any Stable Diffusion or SDXL pipeline.
 
-A batch is one ``StableDiffusionPipeline`` call: one UNet call per step for the whole
+The architecture comes from the model folder's ``model_index.json`` (``_class_name``) or the
+``architecture`` param: SD loads a ``StableDiffusionPipeline``, SDXL a
+``StableDiffusionXLPipeline`` (two text encoders; size and crop conditioning from the job's
+image size: original = target = ``size``, crop (0, 0)). img2img on SDXL is the step injection
+below, which is what ``StableDiffusionXLImg2ImgPipeline`` computes for the base model (no
+aesthetic-score conditioning: that is the refiner's).
+
+A batch is one pipeline call: one UNet call per step for the whole
 batch with its CFG pair, one ``torch.Generator`` per image. img2img (DiffusionEngine)
 draws each image's strength from the configured range with the image's own seed; a
 reference enters the batch at its own start step through ``callback_on_step_end``
@@ -23,6 +30,9 @@ __all__ = ["DiffusionBackend"]
 
 class DiffusionParams(StrictParams):
     model: str = Field(default="embedded:shapes", description="'embedded:shapes', a diffusers folder or a hub id.")
+    architecture: str = Field(default="auto", pattern="^(auto|sd|sdxl)$",
+                              description="auto: from the folder's model_index.json (_class_name); sd: "
+                                          "StableDiffusionPipeline; sdxl: StableDiffusionXLPipeline.")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
     dtype: str = Field(default="auto", pattern="^(auto|fp32|fp16|bf16)$", description="auto: fp16 on GPU, fp32 on CPU")
     attention: str = Field(default="auto", pattern="^(auto|sdpa|xformers)$")
@@ -72,7 +82,8 @@ class DiffusionBackend(Backend):
         from ..models import load_pipeline
 
         p = self.params
-        return load_pipeline(p.model, device=p.device, dtype=p.dtype, scheduler=p.scheduler, attention=p.attention)
+        return load_pipeline(p.model, device=p.device, dtype=p.dtype, scheduler=p.scheduler, attention=p.attention,
+                             architecture=p.architecture)
 
     def _conditioning(self, requests: list[ImageRequest]) -> dict:
         """Extra pipeline arguments for a batch (a ControlNet's condition images); none here."""
@@ -84,16 +95,27 @@ class DiffusionBackend(Backend):
 
     @classmethod
     def check_spec(cls, spec) -> list[str]:
-        """Local models must exist before any work starts; hub ids are checked when a worker loads them."""
-        from ..models import local_model_problem
+        """Local models must exist, with an architecture this backend loads, before any work starts;
+        hub ids are checked when a worker loads them."""
+        from ..errors import UserError
+        from ..models import is_hub_id, local_model_problem, resolve_model
+        from ..models.loading import model_architecture
 
-        problem = local_model_problem(spec.generator.config.model)
-        return [problem] if problem else []
+        params = spec.generator.config
+        problem = local_model_problem(params.model)
+        if problem or is_hub_id(params.model):
+            return [problem] if problem else []
+        try:
+            model_architecture(resolve_model(params.model), params.architecture)
+        except UserError as e:
+            return [str(e)]
+        return []
 
     @classmethod
     def text_encoders(cls, spec):
-        """The pipeline's own tokenizer, read from the model folder (a hub model's tokenizer files
-        only); None, with a warning, if a hub model's tokenizer cannot be fetched from here."""
+        """The pipeline's own tokenizer(s) (SDXL: ``tokenizer`` and ``tokenizer_2``), read from the
+        model folder (a hub model's tokenizer files only); None, with a warning, if a hub model's
+        tokenizer cannot be fetched from here."""
         import os
         import sys
 
@@ -104,14 +126,16 @@ class DiffusionBackend(Backend):
         params = spec.generator.config
         try:
             if is_hub_id(params.model):
-                tokenizer = CLIPTokenizer.from_pretrained(params.model, subfolder="tokenizer")
+                tokenizers = [CLIPTokenizer.from_pretrained(params.model, subfolder="tokenizer")]
             else:
-                tokenizer = CLIPTokenizer.from_pretrained(os.path.join(resolve_model(params.model), "tokenizer"))
+                folder = resolve_model(params.model)
+                tokenizers = [CLIPTokenizer.from_pretrained(os.path.join(folder, sub))
+                              for sub in ("tokenizer", "tokenizer_2") if os.path.isdir(os.path.join(folder, sub))]
         except OSError as e:
             print(f"warning: generator.params.model: prompt lengths not checked, the tokenizer of {params.model!r} "
                   f"is not reachable here ({type(e).__name__})", file=sys.stderr)
             return None
-        return TextEncoders(f"{params.model} tokenizer", [tokenizer], params.quality_suffix)
+        return TextEncoders(f"{params.model} tokenizer", tokenizers, params.quality_suffix)
 
     def generate(self, requests: list[ImageRequest]) -> list[Generated]:
         results: list[Generated | None] = [None] * len(requests)
@@ -147,6 +171,8 @@ class DiffusionBackend(Backend):
     def _sample(self, requests: list[ImageRequest], seeds: list[int]) -> tuple[list[np.ndarray], list, list[dict]]:
         import torch
 
+        from ..models.conditioning import size_conditioning
+
         pipe, p = self.pipe, self.params
         device = pipe.device
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
@@ -163,7 +189,7 @@ class DiffusionBackend(Backend):
             height=self.size, width=self.size, num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
             latents=latents, output_type="np",
             callback_on_step_end=injections, callback_on_step_end_tensor_inputs=["latents"],
-            **self._conditioning(requests),
+            **size_conditioning(pipe, self.size), **self._conditioning(requests),
         ).images
         extras = [{} for _ in requests]
         for observer in self.observers:
@@ -206,5 +232,16 @@ class DiffusionBackend(Backend):
         pipe = self.pipe
         image = fit_square(Image.fromarray(reference), self.size, self.params.reference_resize, Image.BICUBIC)
         x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(127.5).sub(1)[None]
-        x = x.to(pipe.device, pipe.vae.dtype)
-        return pipe.vae.encode(x).latent_dist.sample(generator=generator)[0] * pipe.vae.config.scaling_factor
+        vae = pipe.vae
+        # SDXL's VAE overflows in fp16 (config force_upcast): encode in fp32, as its img2img pipeline does
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        dtype = torch.float32 if upcast else vae.dtype
+        x = x.to(pipe.device, dtype)
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            latent = vae.encode(x).latent_dist.sample(generator=generator)[0] * vae.config.scaling_factor
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        return latent.to(pipe.unet.dtype)

@@ -10,7 +10,14 @@ import os
 
 from ..errors import UserError
 
-__all__ = ["resolve_model", "is_hub_id", "local_model_problem", "load_pipeline", "pick_device", "pick_dtype"]
+__all__ = ["resolve_model", "is_hub_id", "local_model_problem", "load_pipeline", "pick_device", "pick_dtype",
+           "model_architecture", "ARCHITECTURES"]
+
+# The pipeline classes a model folder's model_index.json may name, by architecture. SD: one CLIP
+# text encoder, cross-attention on its hidden states. SDXL (Podell et al. 2023): two text encoders
+# whose penultimate hidden states are concatenated for cross-attention, plus "added conditions"
+# (the second encoder's pooled embedding and the size/crop time ids, Sec. 2.2).
+ARCHITECTURES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 
 
 def is_hub_id(model: str) -> bool:
@@ -76,6 +83,26 @@ def _hub_snapshot(repo_id: str, field: str = "generator.params.model") -> str:
                         f"point model: at the local folder, or use 'embedded:shapes'") from e
 
 
+def model_architecture(folder: str, requested: str = "auto") -> str:
+    """'sd' or 'sdxl': ``requested`` if not 'auto', else read from the folder's model_index.json
+    (``_class_name``: any StableDiffusionXL* pipeline is SDXL, any other StableDiffusion* one SD; without
+    a class name, a ``text_encoder_2`` means SDXL). UserError if the folder names an architecture this loader does not build."""
+    import json
+
+    if requested != "auto":
+        return requested
+    with open(os.path.join(folder, "model_index.json")) as f:
+        index = json.load(f)
+    name = str(index.get("_class_name", ""))
+    if name.startswith("StableDiffusionXL") or (not name and "text_encoder_2" in index):
+        return "sdxl"
+    if name.startswith("StableDiffusion") or not name:
+        return "sd"
+    raise UserError(f"generator.params.model: expected a Stable Diffusion or SDXL pipeline folder "
+                    f"(model_index.json _class_name one of {sorted(ARCHITECTURES.values())}), got {name!r} in "
+                    f"{folder}; set generator.params.architecture to 'sd' or 'sdxl' if the layout is one of those")
+
+
 def pick_device(requested: str = "auto") -> str:
     import torch
 
@@ -94,18 +121,22 @@ def pick_dtype(requested: str, device: str):
 
 
 def load_pipeline(model: str, *, device: str = "auto", dtype: str = "auto", scheduler: str = "dpmsolver++",
-                  attention: str = "auto"):
-    """A StableDiffusionPipeline on ``device`` with the chosen scheduler and attention."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
+                  attention: str = "auto", architecture: str = "auto"):
+    """A StableDiffusionPipeline, or a StableDiffusionXLPipeline (``model_architecture``), on
+    ``device`` with the chosen scheduler and attention."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     folder = resolve_model(model)
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        folder, dtype=torch_dtype, use_safetensors=True, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-        # diffusers' default needs accelerate, and without it warns in every actor: say what it would do
-        low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None)
+    # diffusers' default low_cpu_mem_usage needs accelerate, and without it warns in every actor
+    common = dict(dtype=torch_dtype, use_safetensors=True, low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None)
+    if model_architecture(folder, architecture) == "sdxl":
+        pipe = StableDiffusionXLPipeline.from_pretrained(folder, add_watermarker=False, image_encoder=None,
+                                                         feature_extractor=None, **common)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
+                                                       requires_safety_checker=False, **common)
     if scheduler == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     else:

@@ -63,34 +63,46 @@ def check_resolutions(unet_config: dict, config: CaptureConfig) -> str | None:
 
 
 def encode_class_prompts(pipe, class_lists: list[list[str]], keys: str = "start_and_classes"):
-    """Class-only prompts ``[BOS c1 ... cM EOS pad...]`` through the pipeline's own text encoder.
+    """Class-only prompts ``[BOS c1 ... cM EOS pad...]`` through the pipeline's own text encoder(s).
 
     Returns their embeddings (B, L, D), token weights (B, L, Mmax) whose column m averages the
     sub-tokens of class m (so "traffic light" counts once), and a key bias (B, 1, L) that
     limits the softmax to ``keys``: ``"start_and_classes"`` (the class tokens, with the start
     token as the place attention goes when no class is there: a softmax over one class token
     alone would be constant), or ``"prompt"`` (every token, as Dataset Diffusion's code does).
+
+    SDXL: the prompt goes through both tokenizers and encoders and the keys come from their
+    concatenated penultimate hidden states (``models.conditioning.encode_token_ids``), D = 2048,
+    as SDXL's cross-attention sees a prompt. Both tokenizers must split each class name into the
+    same number of pieces (SDXL's two CLIP tokenizers share one vocabulary); ValueError otherwise.
     """
     import torch
 
-    tokenizer = pipe.tokenizer
-    length = tokenizer.model_max_length
+    from ...models.conditioning import encode_token_ids, text_encoders
+
+    tokenizers = [tokenizer for tokenizer, _ in text_encoders(pipe)]
+    length = min(t.model_max_length for t in tokenizers)
     widest = max((len(c) for c in class_lists), default=0)
-    ids = torch.full((len(class_lists), length), tokenizer.pad_token_id, dtype=torch.long)
+    ids = [torch.full((len(class_lists), length), t.pad_token_id, dtype=torch.long) for t in tokenizers]
     weights = torch.zeros(len(class_lists), length, max(widest, 1))
     for b, names in enumerate(class_lists):
-        row = [tokenizer.bos_token_id]
+        rows = [[t.bos_token_id] for t in tokenizers]
         for m, name in enumerate(names):
-            pieces = tokenizer(name.replace("_", " "), add_special_tokens=False).input_ids
-            if len(row) + len(pieces) >= length:  # no room left (prompt_limits refuses such items before a job)
+            pieces = [t(name.replace("_", " "), add_special_tokens=False).input_ids for t in tokenizers]
+            if len({len(p) for p in pieces}) > 1:
+                raise ValueError(f"the text encoders' tokenizers split {name!r} differently ({pieces}): class "
+                                 f"cross-attention cannot line their keys up")
+            if len(rows[0]) + len(pieces[0]) >= length:  # no room left (prompt_limits refuses such items before a job)
                 break
-            weights[b, len(row):len(row) + len(pieces), m] = 1.0 / len(pieces)
-            row += pieces
-        row.append(tokenizer.eos_token_id)
-        ids[b, :len(row)] = torch.tensor(row)
-    device = pipe.text_encoder.device
+            weights[b, len(rows[0]):len(rows[0]) + len(pieces[0]), m] = 1.0 / len(pieces[0])
+            for row, piece in zip(rows, pieces):
+                row += piece
+        for k, (t, row) in enumerate(zip(tokenizers, rows)):
+            row.append(t.eos_token_id)
+            ids[k][b, :len(row)] = torch.tensor(row)
+    device = pipe.unet.device
     with torch.no_grad():
-        embeds = pipe.text_encoder(ids.to(device))[0]
+        embeds = encode_token_ids(pipe, ids)
     bias = torch.zeros(len(class_lists), 1, length)
     if keys == "start_and_classes":
         keep = weights.sum(-1) > 0

@@ -51,9 +51,11 @@ class PyramidCapture:
 def simulated_last_step(pipe, capture: PyramidCapture, images, generator=None) -> dict[int, object]:
     """Eq. 4: features of the last denoising step for real images (uint8 or float in [0, 1],
     (B, 3, H, W)): z0 = E(x), z1 = forward diffusion to t = 1, one UNet pass with the
-    unconditional (empty-prompt) embedding."""
+    unconditional (empty-prompt) embedding (SD or SDXL: ``models.conditioning.unet_conditioning``)."""
     import torch
     from diffusers import DDPMScheduler
+
+    from ...models.conditioning import unet_conditioning
 
     # Eq. 1 in closed form, from the training schedule: a sampler's add_noise (DPM-Solver's) looks
     # t up in its own inference timesteps and can land far noisier than t = 1.
@@ -65,8 +67,8 @@ def simulated_last_step(pipe, capture: PyramidCapture, images, generator=None) -
         noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
         t = torch.ones(len(z0), dtype=torch.long, device=z0.device)
         z1 = forward.add_noise(z0, noise, t)
-        empty, _ = pipe.encode_prompt([""] * len(z0), pipe.device, 1, False)
-        pipe.unet(z1, t, encoder_hidden_states=empty)
+        # the empty prompt; on SDXL with its pooled embedding and the image's size conditioning
+        pipe.unet(z1, t, **unet_conditioning(pipe, [""] * len(z0), x.shape[-1]))
     return capture.pyramid()
 
 
