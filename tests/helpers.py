@@ -219,3 +219,20 @@ def _proxy_handler(throttle: Throttle):
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
     return Handler
+
+
+def random_controlnet(model: str, folder: str) -> str:
+    """A random ControlNet made from ``model``'s UNet (conditioning downsamples by 4, like the tiny
+    VAEs), its zero convolutions given weights (else it would be the plain model), saved to ``folder``."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16))
+    with torch.no_grad():
+        for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                      controlnet.controlnet_cond_embedding.conv_out]:
+            block.weight.normal_(0, 0.5)
+    controlnet.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -24,19 +24,9 @@ WORLD = ["circle", "square", "triangle", "star", "ring", "cross"]
 @pytest.fixture(scope="module")
 def tiny_controlnet(tiny_model, tmp_path_factory):
     """A random ControlNet made from the tiny model's UNet (conditioning downsamples by 4, like its VAE)."""
-    import torch
-    from diffusers import ControlNetModel, UNet2DConditionModel
+    from .helpers import random_controlnet
 
-    torch.manual_seed(1)
-    unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet")
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16))
-    with torch.no_grad():  # zero convolutions would make it the plain model: give them weights
-        for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                      controlnet.controlnet_cond_embedding.conv_out]:
-            block.weight.normal_(0, 0.5)
-    folder = tmp_path_factory.mktemp("controlnet") / "controlnet"
-    controlnet.save_pretrained(str(folder), safe_serialization=True)
-    return str(folder)
+    return random_controlnet(tiny_model, str(tmp_path_factory.mktemp("controlnet") / "controlnet"))
 
 
 @pytest.fixture(scope="module")

@@ -179,19 +179,14 @@ def test_sdxl_jobs_end_to_end_on_ray(spec_data, tiny_sdxl, tmp_path, ray_local):
 
 def test_controlnet_backend_on_sdxl(tiny_sdxl, tiny_model, tmp_path):
     """StableDiffusionXLControlNetPipeline with a ControlNet made from the SDXL UNet; an SD one is refused."""
-    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLControlNetPipeline
 
     from engine.backends.conditions import Condition
     from engine.backends.controlnet import ControlNetBackend, ControlNetParams, fit_problems
 
-    torch.manual_seed(1)
-    unet = UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet")
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16))
-    with torch.no_grad():  # zero convolutions would make it the plain model: give them weights
-        for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                      controlnet.controlnet_cond_embedding.conv_out]:
-            block.weight.normal_(0, 0.5)
-    controlnet.save_pretrained(str(tmp_path / "cn"), safe_serialization=True)
+    from .helpers import random_controlnet
+
+    random_controlnet(tiny_sdxl, str(tmp_path / "cn"))
     classes = [ClassSpec(name=c) for c in ["circle", "square", "triangle", "star", "ring", "cross"]]
     left, right = np.zeros((64, 64), np.int32), np.zeros((64, 64), np.int32)
     left[:, :32], right[:, 32:] = 1, 1
