@@ -212,7 +212,15 @@ def _parser() -> argparse.ArgumentParser:
     adapter.add_argument("--batch-size", type=_at_least(1), default=32)
     adapter.add_argument("--lr", type=_at_least(0.0, float), default=1e-3)
     adapter.add_argument("--no-heatmap", action="store_true", help="train without the PROPS heatmap head")
-    adapter.add_argument("--heatmap-weight", type=_at_least(0.0, float), default=10.0)
+    adapter.add_argument("--heatmap-weight", type=_at_least(0.0, float), default=10.0,
+                         help="the heatmap MSE's weight (shipped: 10; PROPS' code: 1.5)")
+    adapter.add_argument("--heatmap-sigma", choices=["centernet", "radius"], default="centernet",
+                         help="heatmap Gaussian: sigma (2r+1)/6 as CenterNet (shipped), or r as PROPS' Eq. 1")
+    adapter.add_argument("--heatmap-level", choices=["finest", "coarsest"], default="finest",
+                         help="the map the heatmap head reads: the fused finest (shipped) or the coarsest "
+                              "level (PROPS' code)")
+    adapter.add_argument("--class-weight", type=_at_least(0.0, float), default=2.0,
+                         help="focal class loss weight (shipped: 2; DINO's configs: 1)")
     adapter.add_argument("--eval-every", type=_at_least(1), default=250, help="COCOeval on val every K steps")
     _add_capacity_options(adapter)
     _add_trainer_options(adapter)
@@ -233,6 +241,13 @@ def _parser() -> argparse.ArgumentParser:
     grounding.add_argument("--alpha", type=_unit, default=0.8, help="teacher boxes kept at this score or more")
     grounding.add_argument("--beta", type=_unit, default=0.4, help="pseudo-labels kept at this score or more")
     grounding.add_argument("--eval-every", type=_at_least(1), default=250)
+    grounding.add_argument("--class-weight", type=_at_least(0.0, float), default=2.0,
+                           help="focal class loss weight (shipped: 2; InstaGen's and DINO's configs: 1)")
+    grounding.add_argument("--class-template", default="{}",
+                           help="context of the class-name embeddings, '{}' the name (shipped: '{}'; InstaGen: "
+                                "'a photograph of a {}'); saved in the card, used again at inference")
+    grounding.add_argument("--novel-lr-scale", type=_at_least(0.0, float), default=0.1,
+                           help="stage 2's learning rate as a share of stage 1's (shipped: 0.1; InstaGen: 1)")
     _add_capacity_options(grounding)
     _add_trainer_options(grounding)
 
@@ -463,7 +478,9 @@ def _cmd_train(args) -> int:
 
         recipe = AdapterRecipe(steps=args.steps, batch=args.batch_size, lr=args.lr, heatmap=not args.no_heatmap,
                                heatmap_weight=args.heatmap_weight, eval_every=args.eval_every,
-                               queries=args.queries, layers=args.layers, width=args.width)
+                               queries=args.queries, layers=args.layers, width=args.width,
+                               class_weight=args.class_weight, heatmap_sigma=args.heatmap_sigma,
+                               heatmap_level=args.heatmap_level)
         print(json.dumps(train_adapter(args.data, args.model, args.out, recipe, args.workers, args.gpus), indent=1))
         return 0
     if args.train_command == "grounding":
@@ -472,7 +489,8 @@ def _cmd_train(args) -> int:
         recipe = GroundingRecipe(base=args.base, novel=args.novel, images=args.images, base_steps=args.base_steps,
                                  novel_steps=args.novel_steps, batch=args.batch_size, alpha=args.alpha,
                                  beta=args.beta, eval_every=args.eval_every, queries=args.queries,
-                                 layers=args.layers, width=args.width)
+                                 layers=args.layers, width=args.width, class_weight=args.class_weight,
+                                 class_template=args.class_template, novel_lr_scale=args.novel_lr_scale)
         print(json.dumps(train_grounding(args.model, args.out, recipe, args.teacher, args.workers, args.gpus),
                          indent=1))
         return 0

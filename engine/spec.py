@@ -33,7 +33,7 @@ FINGERPRINTED_RESOURCES = ("threads_per_actor",)
 # Fields added after outputs were made: left out of the fingerprint at their default, so the
 # fingerprints of those outputs hold; any other value changes the dataset and is fingerprinted.
 ADDED_FIELDS = ("prompts.max_image_pixels", "long_prompts", "image_format", "selection", "prompts.ways",
-                "prompts.variants", "prompts.captioner")
+                "prompts.variants", "prompts.captioner", "prompts.append_classes")
 
 
 def require_ordered(model: BaseModel, low: str, high: str):
@@ -153,6 +153,10 @@ class JsonlPrompts(_Strict):
         default=None, description="fsspec options for reading the inputs (not fingerprinted). Default: the "
                                   "output's storage_options for inputs on the output's protocol, none for others.")
     negative_prompt: str = ""
+    append_classes: bool = Field(
+        default=False, description="Append the line's classes to its prompt, 'prompt; c1 c2' (Dataset Diffusion's "
+                                   "class-prompt appending). The attention head's keys come from a separate "
+                                   "class-only prompt either way; this changes only what the image is generated from.")
 
 
 PromptSource = Annotated[Union[CombinationPrompts, ReferencePrompts, JsonlPrompts], Field(discriminator="source")]

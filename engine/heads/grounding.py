@@ -35,7 +35,7 @@ class GroundingHead(TrainedBoxHead):
         from .boxes.text import class_text
 
         self.names = [c.name for c in self.classes]
-        self.text = class_text(pipe, self.names)
+        self.text = class_text(pipe, self.names, self.card.get("class_template", "{}"))  # as it was trained
 
     def vocabulary(self):
         return self.names, self.text

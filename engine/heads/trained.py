@@ -36,6 +36,12 @@ class TrainedHeadParams(StrictParams):
     weights: str | None = Field(default=None, description="Folder of a trained head (its .safetensors and .json "
                                                           "card). Default: the one shipped for embedded:shapes.")
     threshold: float = Field(default=0.3, ge=0, le=1, description="Keep detections scoring at least this (delta).")
+    empty_images: Literal["keep", "skip"] = Field(
+        default="keep", description="An image with no box kept: written like any other (keep), or rejected with "
+                                    "its reason (skip, as DiffusionEngine's code does: 'No Valid Box, Skip').")
+    decoding: Literal["best_class", "topk"] = Field(
+        default="best_class", description="Each query's best class (one box per query), or DINO's top 100 "
+                                          "(query, class) pairs (a query may box two classes).")
 
 
 class TrainedBoxHead(Head, StepObserver):
@@ -132,10 +138,14 @@ class TrainedBoxHead(Head, StepObserver):
         pyramid = self.features(requests, generated, todo)
         names, text = self.vocabulary()
         with torch.no_grad():
-            found = detections(self.detector(pyramid, text), self.params.threshold, self.image_size)
+            found = detections(self.detector(pyramid, text), self.params.threshold, self.image_size,
+                               decoding=self.params.decoding)
         for k, image in zip(todo, found):
             labels[k] = Labels([Instance(names[c], score=s, box=tuple(box)) for c, s, box in image
                                 if names[c] is not None])
+            if self.params.empty_images == "skip" and not labels[k].instances:
+                generated[k].reject = (f"{self.name}: no box of the job's classes scored {self.params.threshold} or "
+                                       f"more (empty_images: skip)")
         return labels
 
     def vocabulary(self) -> tuple[list[str | None], object]:

@@ -171,12 +171,19 @@ def _jsonl_item(line: str, number: int, matcher: ClassMatcher, source: JsonlProm
         raise UserError(f"prompts.path line {number}: expected a JSON object with a 'prompt' string, "
                         f"got {line[:80]!r}")
     named = row.get("classes")
+    negative = row.get("negative_prompt", source.negative_prompt)
     if named is None:
-        return PromptItem(prompt, matcher.in_text(prompt), row.get("negative_prompt", source.negative_prompt))
+        classes = matcher.in_text(prompt)
+        return PromptItem(_appended(prompt, classes, source), classes, negative)
     if not isinstance(named, list) or not all(isinstance(n, str) for n in named):
         raise UserError(f"prompts.path line {number}: expected 'classes' to be a list of class names, got {named!r}")
     unknown = [n for n in named if matcher.category(n) is None]
     if unknown:
         raise UserError(f"prompts.path line {number}: expected classes from the job's classes, got {unknown}")
-    return PromptItem(prompt, tuple(matcher.category(n) for n in named),
-                      row.get("negative_prompt", source.negative_prompt))
+    classes = tuple(matcher.category(n) for n in named)
+    return PromptItem(_appended(prompt, classes, source), classes, negative)
+
+
+def _appended(prompt: str, classes, source: JsonlPrompts) -> str:
+    """``prompts.append_classes``: the line's classes appended as Dataset Diffusion does."""
+    return class_append_prompt(prompt, _unique_in_order(classes)) if source.append_classes and classes else prompt

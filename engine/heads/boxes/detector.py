@@ -7,13 +7,14 @@ One network serves both heads; only the classifier differs:
   features and text embeddings of class names, so any name can be asked for.
 
 Layout: each pyramid level is projected to ``width`` channels and summed, top-down, onto the
-finest level (the ``fused`` map; the optional PROPS heatmap head reads it, training only). The
+finest level (the ``fused`` map; the optional PROPS heatmap head reads it, in train mode only). The
 fused map is pooled to a ``query_side`` x ``query_side`` grid of queries, each anchored at its
 cell centre; transformer layers let the queries see each other (so one-to-one matching needs
 no NMS), then MLPs give class scores and boxes (normalised cx, cy, w, h relative to the anchor).
 
     detector = build_detector(DetectorConfig(...))
     out = detector(pyramid, text=None)   # {"logits": (B,Q,C), "boxes": (B,Q,4), "heatmap": (B,C,h,w) | None}
+                                         # (the heatmap in train mode only)
     found = detections(out, threshold=0.3, image_size=64)  # per image: [(class index, score, xywh)]
 """
 
@@ -23,10 +24,11 @@ from dataclasses import asdict, dataclass
 
 from .matching import MatchCosts
 
-__all__ = ["DetectorConfig", "build_detector", "detections", "detection_loss", "LossWeights", "capacity",
-           "check_capacity"]
+__all__ = ["DetectorConfig", "build_detector", "detections", "DECODINGS", "detection_loss", "LossWeights",
+           "capacity", "check_capacity"]
 
 PRIOR_PROBABILITY = 0.01  # focal-loss prior: every query starts as "nothing here"
+HEATMAP_LEVELS = ("finest", "coarsest")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class DetectorConfig:
     heads: int = 4
     dropout: float = 0.1  # in the transformer layers: the mean teacher's student needs it (InstaGen)
     heatmap: bool = False
+    heatmap_level: str = "finest"  # the PROPS head reads the fused finest map, or (PROPS' code) the coarsest level
 
     def __post_init__(self):
         # sorted by stride: module (and so optimizer state) order must not depend on where the levels came from
@@ -51,6 +54,8 @@ class DetectorConfig:
                              f"{self.text_width}")
         if self.heatmap and not self.num_classes:
             raise ValueError("heatmap: expected a fixed class list (num_classes > 0)")
+        if self.heatmap_level not in HEATMAP_LEVELS:
+            raise ValueError(f"heatmap_level: expected one of {HEATMAP_LEVELS}, got {self.heatmap_level!r}")
 
     def to_json(self) -> dict:
         return {**asdict(self), "levels": {str(k): v for k, v in self.levels.items()}}
@@ -100,12 +105,24 @@ def capacity(max_boxes: int, classes: int, queries: int | None = None, layers: i
 
 @dataclass(frozen=True)
 class LossWeights(MatchCosts):
-    """DINO's loss weights are its matching costs (focal x2, L1 x5, GIoU x2); plus the PROPS
-    heatmap MSE weight and its target radius rule."""
+    """Loss weights: the matching costs (``MatchCosts``: DINO's focal x2, L1 x5, GIoU x2) plus what
+    differs from them in the loss, all unitless multipliers of mean losses.
 
+    - ``class_loss``: the focal loss's weight. DINO's configs (and InstaGen's) use 1 (it is the
+      matching cost that is 2); the shipped heads were trained with 2, not measured against 1.
+      ``dde train adapter/grounding --class-weight 1`` gives DINO's.
+    - ``heatmap``: the PROPS heatmap MSE's weight. The PROPS code uses 1.5; the shipped adapter
+      was trained with 10: rendered-val AP50 0.734 against 0.704 without the heatmap head at
+      3,000 iterations, one seed (BENCHMARKS.md, "Heatmap auxiliary head"); 1.5 is not measured.
+    - ``min_radius``, ``rho``, ``sigma_rule``: the heatmap targets (``matching.heatmap_targets``):
+      ``sigma_rule="centernet"`` (shipped) or ``"radius"`` (PROPS' sigma = r).
+    """
+
+    class_loss: float = 2.0
     heatmap: float = 10.0
     min_radius: float = 4.0
     rho: float = 0.5
+    sigma_rule: str = "centernet"
 
 
 def build_detector(config: DetectorConfig):
@@ -177,7 +194,12 @@ def build_detector(config: DetectorConfig):
                     raise ValueError("grounding detector: expected text embeddings (C, text_width), got None")
                 logits = (self.query_proj(queries) @ self.text_proj(text).T) / math.sqrt(config.width)
                 logits = logits + self.logit_bias
-            heat = self.heatmap(fused) if config.heatmap else None
+            # the PROPS heatmap is a training signal only (DiffusionDet-on-PROPS): not computed in eval mode
+            heat = None
+            if config.heatmap and self.training:
+                coarsest = max(config.levels)
+                heat = self.heatmap(fused if config.heatmap_level == "finest"
+                                    else self.project[str(coarsest)](pyramid[coarsest].float()))
             return {"logits": logits, "boxes": boxes, "heatmap": heat}
 
     return SetDetector()
@@ -194,31 +216,52 @@ def detection_loss(out: dict, targets: list[dict], weights: LossWeights = LossWe
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     matches = hungarian_match(out["logits"], out["boxes"], targets, weights)
     parts = set_losses(out["logits"], out["boxes"], targets, matches, weights.alpha, weights.gamma)
-    total = weights.klass * parts["focal"] + weights.l1 * parts["l1"] + weights.giou * parts["giou"]
+    total = weights.class_loss * parts["focal"] + weights.l1 * parts["l1"] + weights.giou * parts["giou"]
     if out.get("heatmap") is not None:
         heat = out["heatmap"]
-        wanted = heatmap_targets(targets, heat.shape[1], tuple(heat.shape[-2:]), weights.min_radius, weights.rho)
+        wanted = heatmap_targets(targets, heat.shape[1], tuple(heat.shape[-2:]), weights.min_radius, weights.rho,
+                                 weights.sigma_rule)
         parts["heatmap"] = F.mse_loss(heat, wanted.to(heat))
         total = total + weights.heatmap * parts["heatmap"]
     parts["total"] = total
     return parts
 
 
-def detections(out: dict, threshold: float, image_size: int, nms_iou: float = 0.7) -> list[list[tuple]]:
-    """Per image, ``(class index, score, [x, y, w, h] in pixels, clipped to the image)`` for every
-    query whose best class scores ``threshold`` or more. A class-wise NMS at ``nms_iou`` drops the rare duplicate that
-    one-to-one matching leaves early in training."""
+DECODINGS = ("best_class", "topk")
+
+
+def detections(out: dict, threshold: float, image_size: int, nms_iou: float = 0.7, decoding: str = "best_class",
+               top_k: int = 100) -> list[list[tuple]]:
+    """Per image, ``(class index, score, [x, y, w, h] in pixels, clipped to the image)`` of the
+    kept (query, class) pairs, by ``decoding``:
+
+    - ``best_class``: each query's best class, if it scores ``threshold`` or more (at most one
+      box per query);
+    - ``topk``: DINO's post-processing, the ``top_k`` best (query, class) pairs over all queries
+      and classes, those scoring ``threshold`` or more (a query may give boxes of two classes).
+
+    A class-wise NMS at ``nms_iou`` then drops the rare duplicate that one-to-one matching leaves
+    early in training. Scores are sigmoid probabilities (float in [0, 1])."""
     import torch
     from torchvision.ops import batched_nms, box_convert
 
-    scores, classes = out["logits"].detach().sigmoid().max(-1)
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding: expected one of {DECODINGS}, got {decoding!r}")
+    probs = out["logits"].detach().float().sigmoid()
     boxes = box_convert(out["boxes"].detach().float() * image_size, "cxcywh", "xyxy").clamp(0, image_size)
+    if decoding == "best_class":
+        scores, classes = probs.max(-1)
+        queries = torch.arange(probs.shape[1], device=probs.device).expand(len(probs), -1)
+    else:
+        scores, flat = probs.flatten(1).topk(min(top_k, probs.shape[1] * probs.shape[2]), dim=-1)
+        queries, classes = flat // probs.shape[2], flat % probs.shape[2]
     found = []
     for b in range(len(scores)):
-        sides = boxes[b, :, 2:] - boxes[b, :, :2]
+        picked = boxes[b, queries[b]]
+        sides = picked[:, 2:] - picked[:, :2]
         keep = torch.nonzero((scores[b] >= threshold) & (sides > 0).all(-1)).flatten()
-        keep = keep[batched_nms(boxes[b, keep], scores[b, keep], classes[b, keep], nms_iou)]
-        xywh = box_convert(boxes[b, keep], "xyxy", "xywh")
+        keep = keep[batched_nms(picked[keep], scores[b, keep], classes[b, keep], nms_iou)]
+        xywh = box_convert(picked[keep], "xyxy", "xywh")
         found.append([(int(c), float(s), [float(v) for v in box])
                       for c, s, box in zip(classes[b, keep], scores[b, keep], xywh)])
     return found

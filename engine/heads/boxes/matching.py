@@ -8,7 +8,7 @@ style) and the PROPS heatmap auxiliary targets. Boxes are normalised (cx, cy, w,
 
 from __future__ import annotations
 
-__all__ = ["hungarian_match", "set_losses", "heatmap_targets", "MatchCosts"]
+__all__ = ["hungarian_match", "set_losses", "heatmap_targets", "MatchCosts", "SIGMA_RULES"]
 
 from dataclasses import dataclass
 
@@ -76,11 +76,16 @@ def set_losses(logits, boxes, targets: list[dict], matches: list[tuple], alpha: 
     return {"focal": focal, "l1": l1, "giou": giou}
 
 
+SIGMA_RULES = ("centernet", "radius")
+
+
 def heatmap_targets(targets: list[dict], num_classes: int, size: tuple[int, int], min_radius: float = 4.0,
-                    rho: float = 0.5):
-    """CenterNet targets (PROPS auxiliary head): per class, the max over its boxes of a Gaussian
-    at the box centre, peak 1 on the centre cell, radius r = max(min_radius, rho * min(w, h))
-    in heatmap cells, sigma = (2r + 1) / 6 as in CenterNet."""
+                    rho: float = 0.5, sigma_rule: str = "centernet"):
+    """Heatmap targets (PROPS auxiliary head), float32 (B, C, h, w): per class, the max over its
+    boxes of a Gaussian at the box centre, peak 1 on the centre cell, radius
+    r = max(min_radius, rho * min(w, h)) in heatmap cells. ``sigma_rule``: ``"centernet"``,
+    sigma = (2r + 1) / 6 (CenterNet's rule; what the shipped adapter was trained with), or
+    ``"radius"``, sigma = r (PROPS, Eq. 1, about 3x wider: paper-fidelity check C7)."""
     import torch
 
     height, width = size
@@ -90,7 +95,7 @@ def heatmap_targets(targets: list[dict], num_classes: int, size: tuple[int, int]
     for b, target in enumerate(targets):
         for label, (cx, cy, w, h) in zip(target["labels"].tolist(), target["boxes"].tolist()):
             radius = max(min_radius, rho * min(w * width, h * height))
-            sigma = (2 * radius + 1) / 6
+            sigma = (2 * radius + 1) / 6 if sigma_rule == "centernet" else radius
             centre_x, centre_y = min(int(cx * width), width - 1), min(int(cy * height), height - 1)
             blob = torch.exp(-((xs - centre_x) ** 2 + (ys - centre_y) ** 2) / (2 * sigma**2))
             heat[b, label] = torch.maximum(heat[b, label], blob)

@@ -18,15 +18,23 @@ __all__ = ["AdapterRecipe", "train_adapter"]
 
 class AdapterRecipe:
     """Training settings. ``queries``, ``layers``, ``width``: the detector's capacity; None sizes it
-    for the data (``heads.boxes.detector.capacity``)."""
+    for the data (``heads.boxes.detector.capacity``). The defaults are the shipped adapter's; where
+    they differ from the papers (``LossWeights`` says why and what is measured):
+
+    - ``class_weight`` 2 (DINO's focal loss weight is 1);
+    - ``heatmap_weight`` 10 (PROPS' code: 1.5), ``heatmap_sigma`` "centernet" (PROPS: "radius",
+      sigma = r), ``heatmap_level`` "finest" (PROPS' code: "coarsest").
+    """
 
     def __init__(self, *, steps: int = 3000, batch: int = 32, lr: float = 1e-3, heatmap: bool = True,
                  heatmap_weight: float = 10.0, eval_every: int = 250, val_images: int = 500, seed: int = 0,
-                 queries: int | None = None, layers: int | None = None, width: int | None = None):
+                 queries: int | None = None, layers: int | None = None, width: int | None = None,
+                 class_weight: float = 2.0, heatmap_sigma: str = "centernet", heatmap_level: str = "finest"):
         self.steps, self.batch, self.lr, self.seed = steps, batch, lr, seed
         self.heatmap, self.heatmap_weight = heatmap, heatmap_weight
         self.eval_every, self.val_images = eval_every, val_images
         self.queries, self.layers, self.width = queries, layers, width
+        self.class_weight, self.heatmap_sigma, self.heatmap_level = class_weight, heatmap_sigma, heatmap_level
 
     def to_json(self) -> dict:
         return dict(vars(self))
@@ -97,12 +105,14 @@ def _adapter_loop(config: dict) -> None:
     targets = targets_batch([train_instances[i] for i in mine], classes, size)
     detector_config = DetectorConfig(levels={s: v.shape[1] for s, v in train.items()}, image_size=size,
                                      num_classes=len(classes), heatmap=recipe.heatmap,
+                                     heatmap_level=recipe.heatmap_level,
                                      **capacity(max(map(len, train_instances), default=0), len(classes),
                                                 recipe.queries, recipe.layers, recipe.width))
     torch.manual_seed(recipe.seed)
     detector = build_detector(detector_config)
     model = worker.prepare(detector)
-    weights = LossWeights(heatmap=recipe.heatmap_weight)
+    weights = LossWeights(class_loss=recipe.class_weight, heatmap=recipe.heatmap_weight,
+                          sigma_rule=recipe.heatmap_sigma)
     per_worker = max(1, recipe.batch // world)
 
     def loss_at(step: int) -> dict:

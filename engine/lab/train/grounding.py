@@ -33,12 +33,15 @@ class GroundingRecipe:
     def __init__(self, *, base: list[str], novel: list[str], images: int = 1200, base_steps: int = 2000,
                  novel_steps: int = 1000, batch: int = 32, lr: float = 1e-3, alpha: float = 0.8, beta: float = 0.4,
                  momentum: float = 0.999, sampling_steps: int = 20, eval_every: int = 250, val_images: int = 500,
-                 seed: int = 0, queries: int | None = None, layers: int | None = None, width: int | None = None):
+                 seed: int = 0, queries: int | None = None, layers: int | None = None, width: int | None = None,
+                 class_weight: float = 2.0, class_template: str = "{}", novel_lr_scale: float = 0.1):
         self.base, self.novel, self.images = list(base), list(novel), images
         self.base_steps, self.novel_steps, self.batch, self.lr = base_steps, novel_steps, batch, lr
         self.alpha, self.beta, self.momentum, self.sampling_steps = alpha, beta, momentum, sampling_steps
         self.eval_every, self.val_images, self.seed = eval_every, val_images, seed
         self.queries, self.layers, self.width = queries, layers, width  # None: sized for the data (detector.capacity)
+        # the shipped head's settings; InstaGen's: focal weight 1, "a photograph of a {}", stage 2 at the same lr
+        self.class_weight, self.class_template, self.novel_lr_scale = class_weight, class_template, novel_lr_scale
 
     def to_json(self) -> dict:
         return dict(vars(self))
@@ -57,6 +60,9 @@ def train_grounding(model: str, out: str, recipe: GroundingRecipe, teacher: str 
     problem = check_capacity(recipe.queries, recipe.layers, recipe.width)
     if problem:
         raise UserError(problem)
+    if recipe.class_template.count("{}") != 1:
+        raise UserError(f"--class-template: expected exactly one '{{}}' where the class name goes, got "
+                        f"{recipe.class_template!r}; e.g. 'a photograph of a {{}}'")
 
     overlap = set(recipe.base) & set(recipe.novel)
     if overlap or not recipe.base or not recipe.novel:
@@ -186,7 +192,8 @@ def _grounding_loop(config: dict) -> None:
 
     import torch
 
-    from ...heads.boxes.detector import DetectorConfig, build_detector, capacity, detection_loss, detections
+    from ...heads.boxes.detector import DetectorConfig, LossWeights, build_detector, capacity, detection_loss, \
+        detections
     from ...heads.boxes.text import class_text
     from ...models import load_pipeline
     from ...models.trained import save_trained
@@ -205,7 +212,7 @@ def _grounding_loop(config: dict) -> None:
         val = ({s: v.to(device) for s, v in features.items()}, _instances(truth))
     pipe = load_pipeline(config["model"], device=device)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    base_text, novel_text, all_text = (class_text(pipe, names).to(device)
+    base_text, novel_text, all_text = (class_text(pipe, names, recipe.class_template).to(device)
                                        for names in (recipe.base, recipe.novel, everything))
     del pipe
 
@@ -225,6 +232,7 @@ def _grounding_loop(config: dict) -> None:
     detector = build_detector(detector_config)
     model = worker.prepare(detector)
     per_worker = max(1, recipe.batch // worker.world)
+    weights = LossWeights(class_loss=recipe.class_weight)
 
     def draw(dataset, step: int, salt: int):
         features = dataset[0]
@@ -235,11 +243,12 @@ def _grounding_loop(config: dict) -> None:
 
     def base_loss(step: int) -> dict:
         pyramid, drawn = draw(base_set, step, 0)
-        return detection_loss(model(pyramid, base_text), [base_targets[i] for i in drawn])
+        return detection_loss(model(pyramid, base_text), [base_targets[i] for i in drawn], weights)
 
     card = {"model": config["model"], "teacher": config["teacher"], "recipe": recipe.to_json(),
             "base_images": len(base_set[1]), "novel_images": len(novel_set[1]), "workers": worker.world,
             "detector": detector_config.to_json(), "classes_seen": {"base": recipe.base, "novel": recipe.novel},
+            "class_template": recipe.class_template,
             "teacher_boxes_per_base_image": round(float(np.mean([len(b) for b in base_set[1]])), 3)}
 
     def finish(stem: str, schedule: Schedule, curve: list[dict], title: str, extra: dict | None = None) -> None:
@@ -268,7 +277,7 @@ def _grounding_loop(config: dict) -> None:
                    if recipe.novel[c] in novel_set[2][i]] for image, i in zip(found, drawn)]
         targets = targets_batch(pseudo, recipe.novel, size)
         pseudo_counts.append(sum(len(t["labels"]) for t in targets))
-        novel = detection_loss(model(pyramid, novel_text), targets)
+        novel = detection_loss(model(pyramid, novel_text), targets, weights)
         return {**{f"base_{k}": v for k, v in parts.items() if k != "total"},
                 **{f"novel_{k}": v for k, v in novel.items() if k != "total"}, "total": parts["total"] + novel["total"]}
 
@@ -277,7 +286,7 @@ def _grounding_loop(config: dict) -> None:
             for mine, theirs in zip(teacher.parameters(), detector.parameters()):
                 mine.mul_(recipe.momentum).add_(theirs.detach(), alpha=1 - recipe.momentum)
 
-    stage2 = Schedule(recipe.novel_steps, recipe.lr * 0.1, eval_every=recipe.eval_every)
+    stage2 = Schedule(recipe.novel_steps, recipe.lr * recipe.novel_lr_scale, eval_every=recipe.eval_every)
     curve = train_schedule(model, {"detector": detector, "teacher": teacher}, self_training_loss, stage2,
                            f"{out}/checkpoint-novel", evaluate, leader=worker.leader, after_step=ema,
                            report=worker.report)
