@@ -3,6 +3,12 @@ between query features and the class names' embeddings from the generation model
 encoder, so a job may ask for classes the head never saw in training. Trained by
 `dde train grounding --base ... --novel ...` (base supervision, then mean-teacher self-training
 on novel classes); ships trained for embedded:shapes.
+
+Names are embedded in the template the head was trained with (its card's ``class_template``;
+``{}`` for the shipped head, InstaGen's is "a photograph of a {}"). The default threshold 0.3 is
+kept over InstaGen's 0.4: on the shipped head, 0.4 keeps precision and loses recall (img2img F1
+0.291 against 0.347, BENCHMARKS.md "Paper fidelity"). Where else it departs from InstaGen, and
+what is measured: ``engine/models/grounding/README.md``.
 """
 
 from __future__ import annotations

@@ -35,7 +35,9 @@ class TrainedHeadParams(StrictParams):
                                          "step's conditional branch.")
     weights: str | None = Field(default=None, description="Folder of a trained head (its .safetensors and .json "
                                                           "card). Default: the one shipped for embedded:shapes.")
-    threshold: float = Field(default=0.3, ge=0, le=1, description="Keep detections scoring at least this (delta).")
+    threshold: float = Field(default=0.3, ge=0, le=1, description="Keep detections scoring at least this "
+                                                                   "(DiffusionEngine's delta; InstaGen's 0.4 "
+                                                                   "loses recall here, BENCHMARKS.md).")
     empty_images: Literal["keep", "skip"] = Field(
         default="keep", description="An image with no box kept: written like any other (keep), or rejected with "
                                     "its reason (skip, as DiffusionEngine's code does: 'No Valid Box, Skip').")

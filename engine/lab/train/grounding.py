@@ -14,6 +14,14 @@ The curve is scored on img2img images of all the classes at strength 0.2-0.35, w
 references' exact boxes are the truth (the layout is kept). Features are generated once and
 cached (``OUT/cache``). Writes ``grounding-base`` (after stage 1:
 the head without self-training) and ``grounding`` (after stage 2) with cards and curves.
+
+Where the defaults (the shipped head's) depart from InstaGen, each with the option that gives
+InstaGen's setting; none of these is measured (no retraining fitted, see the head's README):
+class names embedded without context (``class_template`` "a photograph of a {}"); each loss
+scores all base or all novel classes, not the prompt's 1-2 (no option); the teacher is copied
+after ``base_steps`` = 2/3 of the run (equal ``base_steps`` and ``novel_steps``: the midpoint);
+stage 2 runs at ``novel_lr_scale`` 0.1 of the rate with a fresh optimizer (1: the same rate);
+focal weight ``class_weight`` 2 (InstaGen's config: 1).
 """
 
 from __future__ import annotations
