@@ -76,6 +76,9 @@ def _read_input(uri: str, field_name: str, expected: str, storage_options: dict,
 
 
 def _combination_pool(classes: list[ClassSpec], source: CombinationPrompts) -> list[PromptItem]:
+    """One item per combination of 1..max_classes classes. The template's ``{objects}`` already
+    names them, so Dataset Diffusion's class appending ("; c1 c2") would only repeat the names, and
+    the attention head's keys come from a separate class-only prompt anyway: not appended."""
     names = [c.name for c in classes]
     items = []
     for k in range(1, min(source.max_classes, len(names)) + 1):
