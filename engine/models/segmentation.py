@@ -2,7 +2,7 @@
 every pixel of a 64 px shapes-world image its class (0 background, k = 1 + ``world.CLASSES`` index,
 the convention of ``Scene.semantic``). Trained by ``dde train segmenter`` (``lab/train/segmenter.py``);
 read by the labels benchmark (as the segmentation oracle), by High-quality Image Selection
-(``job/selection.py``) and by the condition maps of references without masks (``job/conditions.py``).
+(``job/selection.py``) and by the Mask Generator for references without masks (``job/masks.py``).
 """
 
 from __future__ import annotations
