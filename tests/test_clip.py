@@ -97,3 +97,17 @@ def test_bad_numbers_are_refused_with_exit_2():
     proc = subprocess.run([DDE, "train", "clip", "--out", "x", "--steps", "0"], capture_output=True, text=True)
     assert proc.returncode == 2 and "argument --steps: expected" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_batches_hold_the_asked_share_of_single_object_scenes():
+    from dataclasses import replace
+
+    from engine.lab.train.clip import _batch
+    from engine.models.tokenizer import build_tokenizer
+
+    recipe = replace(TINY, single_object_share=0.5)
+    pixels, ids, present = _batch(recipe, 3, build_tokenizer())
+    assert pixels.shape == (8, 3, 64, 64) and ids.shape[0] == 8 and present.shape == (8, len(CLASSES))
+    assert (present[4:].sum(1) == 1).all(), "the last half of the batch must be single-object scenes"
+    everything_single = _batch(replace(TINY, single_object_share=1.0), 3, build_tokenizer())[2]
+    assert (everything_single.sum(1) == 1).all()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -38,6 +38,20 @@ class ClipRecipe:
     # text embedding, which leaves the image tower no gradient towards shapes (measured: zero-shot
     # and a linear probe at chance after 600 steps of batch 128).
     class_loss_weight: float = 1.0
+    # The same linear head on the text embedding, predicting the classes the prompt names, so that
+    # "a photograph of a star" and a star's image point the same way from the first steps.
+    text_class_loss_weight: float = 1.0
+    # Knowledge distillation from the frozen shipped oracle CNN (``engine/models/oracle``) on the same
+    # augmented pixels: its sigmoid outputs as soft multi-hot targets of the class head
+    # (``distill_weight``), and its pooled 128-d features regressed from the unit image embedding
+    # through a linear head (``feature_weight``). Dense targets, where the multi-hot labels alone left
+    # the ViT at the label prior for 1206 steps (training/clip/notes.md has the A/B table).
+    distill_weight: float = 1.0
+    feature_weight: float = 0.0
+    # ... and its 4x4 feature map before pooling, regressed from the image tower's patch tokens
+    # (average-pooled to 4x4, through a linear head): a target for every token.
+    dense_weight: float = 1.0
+    single_object_share: float = 0.0  # scenes of one object, as the zero-shot eval draws
     # The image tower: 64 px in 8 px patches (an 8x8 grid; objects span 11-35 px, 2-5 patches).
     patch_size: int = 8
     vision_width: int = 128
@@ -86,7 +100,11 @@ def _batch(recipe: ClipRecipe, step: int, tokenizer):
     from ...world import CLASSES
     from .oracle import _augment, to_input
 
-    images, info = render_batch(recipe.seed * 7919 + 3, step * recipe.batch_size, recipe.batch_size, recipe.world())
+    single = int(round(recipe.single_object_share * recipe.batch_size))
+    one = replace(recipe.world(), min_objects=1, max_objects=1)
+    parts = [render_batch(recipe.seed * 7919 + stream, step * recipe.batch_size, count, world)
+             for stream, count, world in ((3, recipe.batch_size - single, recipe.world()), (5, single, one)) if count]
+    images, info = np.concatenate([p[0] for p in parts]), [i for p in parts for i in p[1]]
     rng = np.random.default_rng([recipe.seed, step])
     prompts, seen = [], set()
     for caption, classes in info:
@@ -107,8 +125,18 @@ def _fit(out: str, recipe: ClipRecipe, model, tokenizer, log: _Log, deadline: fl
 
     from ...world import CLASSES
 
-    head = torch.nn.Linear(model.config.projection_dim, len(CLASSES))
+    width = model.config.projection_dim
+    head = torch.nn.Linear(width, len(CLASSES))
     modules = {"clip": model, "class_head": head}
+    teacher = None
+    if recipe.distill_weight or recipe.feature_weight or recipe.dense_weight:
+        from .oracle import load_oracle
+
+        teacher = load_oracle().eval().requires_grad_(False)
+        if recipe.feature_weight:
+            modules["feature_head"] = torch.nn.Linear(width, teacher[1].in_features)
+        if recipe.dense_weight:
+            modules["dense_head"] = torch.nn.Linear(model.config.vision_config.hidden_size, teacher[1].in_features)
     named = [(n, p) for name, m in modules.items() for n, p in m.named_parameters()]
     decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
@@ -118,15 +146,21 @@ def _fit(out: str, recipe: ClipRecipe, model, tokenizer, log: _Log, deadline: fl
     step = start = (load_checkpoint(folder, modules, optimizer) or {"step": 0})["step"]
     last = min(recipe.steps, until_step or recipe.steps)
     model.train()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
     while step < last and time.time() < deadline:
         pixels, ids, present = _batch(recipe, step, tokenizer)
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, recipe.steps, recipe.lr, recipe.warmup)
         output = model(input_ids=ids, pixel_values=pixels, return_loss=True)
-        # On the exported (unit) embedding itself, rescaled to unit-size entries so the head trains fast.
-        logits = head(output.image_embeds * model.config.projection_dim ** 0.5)
-        class_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, present)
+        # On the exported (unit) embeddings themselves, rescaled to unit-size entries so the head trains fast.
+        image, text = output.image_embeds * width ** 0.5, output.text_embeds * width ** 0.5
+        logits = head(image)
+        class_loss = bce(logits, present)
         loss = output.loss + recipe.class_loss_weight * class_loss
+        if recipe.text_class_loss_weight:
+            loss = loss + recipe.text_class_loss_weight * bce(head(text), present)
+        if teacher is not None:
+            loss = loss + _distillation(recipe, teacher, modules, pixels, output, logits, image)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
@@ -142,6 +176,31 @@ def _fit(out: str, recipe: ClipRecipe, model, tokenizer, log: _Log, deadline: fl
     if step < last:  # stopped by the deadline: keep what was done
         save_checkpoint(folder, modules, optimizer, {"step": step})
     return step, step - start
+
+
+def _distillation(recipe: ClipRecipe, teacher, modules: dict, pixels, output, logits, image):
+    """Knowledge distillation from the frozen oracle CNN (Hinton et al. 2015, with sigmoid outputs
+    for multi-label classes; feature regression as in FitNets, Romero et al. 2015), weighted by the
+    recipe: BCE of the class ``logits`` (B, 6) against the oracle's probabilities, and MSE of its
+    pooled (B, 128) and 4x4 (B, 16, 128) features predicted from ``image`` (B, 128; the unit image
+    embedding times sqrt(128)) and from the patch tokens. Returns a scalar tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        spatial = teacher[0][:-2](pixels)  # (B, 128, 4, 4): the oracle's features before pooling
+        features = spatial.mean((2, 3))
+        soft = torch.sigmoid(teacher[1](features))
+    loss = recipe.distill_weight * F.binary_cross_entropy_with_logits(logits, soft)
+    if recipe.feature_weight:
+        loss = loss + recipe.feature_weight * F.mse_loss(modules["feature_head"](image), features)
+    if recipe.dense_weight:
+        tokens = output.vision_model_output.last_hidden_state[:, 1:]  # (B, side², width), CLS dropped
+        side = int(round(tokens.shape[1] ** 0.5))
+        grid = tokens.transpose(1, 2).reshape(len(tokens), -1, side, side)
+        pooled = F.adaptive_avg_pool2d(grid, spatial.shape[-1]).flatten(2).transpose(1, 2)
+        loss = loss + recipe.dense_weight * F.mse_loss(modules["dense_head"](pooled), spatial.flatten(2).transpose(1, 2))
+    return loss
 
 
 def export_clip(folder: str, model, tokenizer) -> None:
