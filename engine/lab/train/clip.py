@@ -26,7 +26,7 @@ __all__ = ["ClipRecipe", "build_clip", "clip_prompt", "train_clip", "export_clip
 
 @dataclass
 class ClipRecipe:
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 100
@@ -51,7 +51,7 @@ class ClipRecipe:
     # ... and its 4x4 feature map before pooling, regressed from the image tower's patch tokens
     # (average-pooled to 4x4, through a linear head): a target for every token.
     dense_weight: float = 1.0
-    single_object_share: float = 0.0  # scenes of one object, as the zero-shot eval draws
+    single_object_share: float = 0.5  # scenes of one object, as the zero-shot eval draws
     # The image tower: 64 px in 8 px patches (an 8x8 grid; objects span 11-35 px, 2-5 patches).
     patch_size: int = 8
     vision_width: int = 128
