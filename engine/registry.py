@@ -32,7 +32,8 @@ Unit executor classes (``EXECUTORS``: ``ray`` for every output but ``memory://``
 Each backend and head class has a ``Params`` pydantic model (extra fields forbidden) that
 validates the ``params:`` mapping of the spec once (``spec.generator.config``,
 ``spec.label_head.config``), and optional ``check_spec(spec) -> list[str]`` that returns
-cross-field problems.
+cross-field problems; a backend's optional ``check_head(spec, needs) -> list[str]`` refuses
+params that would break a capability the head needs (a speed option that skips its hooks).
 """
 
 from __future__ import annotations

@@ -500,7 +500,9 @@ def _component_problems(spec: JobSpec) -> list[str]:
     backend, head = found.get("generator"), found.get("label_head")
     if backend and head:  # a head's own checks may read the backend's params, so only when these hold
         missing = _capability_problems(spec, backend, head)
-        problems.extend(missing or head.check_spec(spec))
+        check_head = getattr(backend, "check_head", None)  # optional, like check_spec
+        problems.extend(missing or [*(check_head(spec, head.needs(spec.label_head.config)) if check_head else []),
+                                    *head.check_spec(spec)])
     return problems
 
 

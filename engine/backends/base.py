@@ -120,6 +120,12 @@ class Backend(Configurable):
         return []
 
     @classmethod
+    def check_head(cls, spec: JobSpec, needs: frozenset[str]) -> list[str]:
+        """Problems with serving a head that needs ``needs`` (capabilities the backend offers)
+        under these params: an option, such as a speed option, that breaks one of them."""
+        return []
+
+    @classmethod
     def max_instances_per_image(cls, params: StrictParams) -> int | None:
         """An upper bound on instances per image, if the backend knows one (used to reject impossible bounds)."""
         return None

@@ -149,6 +149,12 @@ class ControlNetBackend(DiffusionBackend):
             g.extras["condition_masks"] = r.condition.labels(names)
         return generated
 
+    def _conditioning_warm_up(self) -> dict:
+        import torch
+
+        blank = torch.zeros(self.batch_size, 3, self.size, self.size, device=self.pipe.device, dtype=self.pipe.unet.dtype)
+        return {"image": blank, "controlnet_conditioning_scale": self.params.conditioning_scale}
+
     def _conditioning(self, requests: list[ImageRequest]) -> dict:
         import numpy as np
         import torch

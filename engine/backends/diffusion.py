@@ -35,9 +35,28 @@ class DiffusionParams(StrictParams):
                                           "StableDiffusionPipeline; sdxl: StableDiffusionXLPipeline.")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
     dtype: str = Field(default="auto", pattern="^(auto|fp32|fp16|bf16)$", description="auto: fp16 on GPU, fp32 on CPU")
-    attention: str = Field(default="auto", pattern="^(auto|sdpa|xformers)$")
-    scheduler: str = Field(default="dpmsolver++", pattern="^(dpmsolver\\+\\+|ddim)$")
+    attention: str = Field(default="auto", pattern="^(auto|sdpa|xformers)$",
+                           description="auto: xformers on a GPU when installed, else SDPA; xformers is refused at "
+                                       "spec time when not installed")
+    scheduler: str = Field(default="dpmsolver++", pattern="^(dpmsolver\\+\\+|ddim|unipc|euler)$")
     steps: int = Field(default=25, ge=1, le=1000)
+    steps_per_scheduler: dict[str, int] = Field(
+        default_factory=dict, description="Denoising steps by scheduler name, overriding steps for the chosen one "
+                                          "(e.g. {dpmsolver++: 20, ddim: 50, unipc: 12}).")
+    channels_last: bool = Field(default=False, description="UNet and VAE in channels_last (NHWC) memory format.")
+    compile: str = Field(default="off", pattern="^(off|default|reduce-overhead|max-autotune)$",
+                         description="torch.compile the UNet with this mode; one warm-up call at load, not counted "
+                                     "against units. Refused with heads that hook the UNet (attention capture, "
+                                     "feature pyramids).")
+    vae_tiling: bool = Field(default=False, description="Decode in tiles (memory for large images).")
+    vae_slicing: bool = Field(default=False, description="Decode one image at a time (memory for large batches).")
+    step_saver: str = Field(default="none", pattern="^(none|pab)$",
+                            description="pab: Pyramid Attention Broadcast (diffusers' hook): attention layers reuse "
+                                        "their output on all but one in step_saver_skip UNet calls inside "
+                                        "step_saver_timesteps. Refused with attention-capture heads.")
+    step_saver_skip: int = Field(default=2, ge=2, le=10)
+    step_saver_timesteps: tuple[int, int] = Field(default=(100, 800),
+                                                  description="Training timesteps (exclusive) where pab skips.")
     guidance_scale: float = Field(default=7.5, ge=0)
     negative_prompt: str = Field(default="", description="Used where the prompt source gives none.")
     quality_suffix: str = Field(default="", description="Appended to every prompt, e.g. ', high quality'.")
@@ -52,7 +71,16 @@ class DiffusionParams(StrictParams):
         lo, hi = self.strength
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"expected 0 < strength[0] <= strength[1] <= 1, got {list(self.strength)}")
+        unknown = sorted(set(self.steps_per_scheduler) - {"dpmsolver++", "ddim", "unipc", "euler"})
+        if unknown or any(n < 1 for n in self.steps_per_scheduler.values()):
+            raise ValueError(f"expected steps_per_scheduler keys among dpmsolver++, ddim, unipc, euler with counts "
+                             f">= 1, got {self.steps_per_scheduler}")
         return self
+
+    @property
+    def sampling_steps(self) -> int:
+        """The denoising steps of the chosen scheduler: ``steps_per_scheduler`` if it names it, else ``steps``."""
+        return self.steps_per_scheduler.get(self.scheduler, self.steps)
 
 
 def _is_degenerate(image: np.ndarray) -> str | None:
@@ -77,6 +105,34 @@ class DiffusionBackend(Backend):
         self.pipe = self._load_pipeline()
         self.batch_size = params.batch_size
         self.size = params.size or self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        self._apply_speed_options()
+
+    def _apply_speed_options(self) -> None:
+        """channels_last, VAE tiling/slicing, the step saver, then torch.compile with its warm-up
+        call (here, at load: compilation is never timed as part of a unit)."""
+        from ..models import speed
+
+        p = self.params
+        if p.channels_last:
+            speed.apply_channels_last(self.pipe)
+        speed.apply_vae_memory(self.pipe, tiling=p.vae_tiling, slicing=p.vae_slicing)
+        if p.step_saver != "none":
+            speed.apply_step_saver(self.pipe, p.step_saver, p.step_saver_skip, p.step_saver_timesteps)
+        if p.compile != "off":
+            speed.compile_unet(self.pipe, p.compile)
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One full-batch pipeline call of 2 steps (compiles the UNet for the batch's shapes)."""
+        from ..models.conditioning import size_conditioning
+
+        self.pipe(prompt=["warm-up"] * self.batch_size, height=self.size, width=self.size, num_inference_steps=2,
+                  guidance_scale=self.params.guidance_scale, output_type="latent",
+                  **size_conditioning(self.pipe, self.size), **self._conditioning_warm_up())
+
+    def _conditioning_warm_up(self) -> dict:
+        """Extra pipeline arguments for the warm-up call (a ControlNet's blank condition); none here."""
+        return {}
 
     def _load_pipeline(self):
         from ..models import load_pipeline
@@ -100,16 +156,40 @@ class DiffusionBackend(Backend):
         from ..errors import UserError
         from ..models import is_hub_id, local_model_problem, resolve_model
         from ..models.loading import model_architecture
+        from ..models.speed import xformers_available
 
         params = spec.generator.config
+        problems = []
+        if params.attention == "xformers" and not xformers_available():
+            problems.append("generator.params.attention: expected 'sdpa' or 'auto' (xformers is not installed "
+                            "here), got 'xformers'; install the gpu extra (pip install 'dde[gpu]') or use 'sdpa'")
         problem = local_model_problem(params.model)
         if problem or is_hub_id(params.model):
-            return [problem] if problem else []
+            return problems + ([problem] if problem else [])
         try:
             model_architecture(resolve_model(params.model), params.architecture)
         except UserError as e:
-            return [str(e)]
-        return []
+            return problems + [str(e)]
+        return problems
+
+    @classmethod
+    def check_head(cls, spec, needs: frozenset[str]) -> list[str]:
+        """Speed options that would silently break what the head needs: a compiled UNet does not
+        run the Python hooks of attention capture and feature pyramids per call, and a step saver
+        skips the attention layers that capture records."""
+        params, head = spec.generator.config, spec.label_head.name
+        problems = []
+        hooked = sorted(needs & {ATTENTION_CAPTURE, UNET_FEATURES})
+        if params.compile != "off" and hooked:
+            problems.append(f"generator.params.compile: expected 'off' with label head {head!r} (it needs "
+                            f"{' and '.join(hooked)}: Python hooks in the UNet that a compiled UNet does not run "
+                            f"per call), got {params.compile!r}; set compile: off, or use a head that reads only "
+                            f"images")
+        if params.step_saver != "none" and ATTENTION_CAPTURE in needs:
+            problems.append(f"generator.params.step_saver: expected 'none' with label head {head!r} (it records "
+                            f"every attention layer call, which {params.step_saver} skips), got "
+                            f"{params.step_saver!r}; set step_saver: none")
+        return problems
 
     @classmethod
     def text_encoders(cls, spec):
@@ -165,7 +245,7 @@ class DiffusionBackend(Backend):
             return None
         lo, hi = self.params.strength
         drawn = lo + (hi - lo) * np.random.default_rng(seed).random()
-        steps = self.params.steps
+        steps = self.params.sampling_steps
         return max(1, int(steps * drawn)) / steps  # what the sampler actually runs: whole steps
 
     def _sample(self, requests: list[ImageRequest], seeds: list[int]) -> tuple[list[np.ndarray], list, list[dict]]:
@@ -180,13 +260,18 @@ class DiffusionBackend(Backend):
         latents = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, pipe.unet.dtype)
         strengths = [self._strength(r, s) for r, s in zip(requests, seeds)]
         injections = self._injections(requests, strengths, generators, latents)
-        start_steps = [_start_step(s, p.steps) for s in strengths]
+        steps = p.sampling_steps
+        start_steps = [_start_step(s, steps) for s in strengths]
+        if p.step_saver != "none":
+            from ..models.speed import reset_step_saver
+
+            reset_step_saver(pipe)
         for observer in self.observers:
-            observer.begin_batch(pipe, requests, start_steps, p.steps)
+            observer.begin_batch(pipe, requests, start_steps, steps)
         images = pipe(
             prompt=[r.prompt + p.quality_suffix for r in requests],
             negative_prompt=[r.negative_prompt or p.negative_prompt for r in requests],
-            height=self.size, width=self.size, num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
+            height=self.size, width=self.size, num_inference_steps=steps, guidance_scale=p.guidance_scale,
             latents=latents, output_type="np",
             callback_on_step_end=injections, callback_on_step_end_tensor_inputs=["latents"],
             **size_conditioning(pipe, self.size), **self._conditioning(requests),
@@ -201,7 +286,7 @@ class DiffusionBackend(Backend):
         """A callback that puts each reference into the batch at its start step, or None for txt2img only."""
         import torch
 
-        steps = self.params.steps
+        steps = self.params.sampling_steps
         starts = {i: _start_step(s, steps) for i, s in enumerate(strengths) if s is not None and s < 1.0}
         if not starts:
             return None

@@ -124,7 +124,7 @@ def load_pipeline(model: str, *, device: str = "auto", dtype: str = "auto", sche
                   attention: str = "auto", architecture: str = "auto"):
     """A StableDiffusionPipeline, or a StableDiffusionXLPipeline (``model_architecture``), on
     ``device`` with the chosen scheduler and attention."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     folder = resolve_model(model)
     device = pick_device(device)
@@ -137,15 +137,29 @@ def load_pipeline(model: str, *, device: str = "auto", dtype: str = "auto", sche
     else:
         pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
                                                        requires_safety_checker=False, **common)
-    if scheduler == "ddim":
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    else:
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe = pipe.to(device)
     if attention == "xformers" or (attention == "auto" and device.startswith("cuda") and _has_xformers()):
         pipe.enable_xformers_memory_efficient_attention()
+    else:  # SDPA (FlashAttention / memory-efficient kernels where torch has them)
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def make_scheduler(name: str, config):
+    """The sampler ``name`` (dpmsolver++, ddim, unipc, euler) on a model's training schedule ``config``."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config(config)
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(config)
+    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
 
 
 def _has_xformers() -> bool:
