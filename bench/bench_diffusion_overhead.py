@@ -41,9 +41,11 @@ def bare_loop(images: int, batch: int, steps: int) -> tuple[float, float]:
     return end - start, end - loaded
 
 
-def engine_run(images: int, batch: int, steps: int, out: str) -> tuple[float, float, float]:
-    """(wall seconds of `dde run` end to end, seconds the actor spent making units, and of
-    those the seconds outside the backend: the sink's encoding, writes and commit)."""
+def engine_run(images: int, batch: int, steps: int, out: str) -> tuple[float, float, float, dict]:
+    """(wall seconds of `dde run` end to end, seconds the actor spent making units, of those
+    the seconds outside the backend (the sink's encoding, writes and commit), and the phases of
+    the wall time from the markers' clocks: start-up until the driver's lease, the lease until
+    the first unit starts (actor start and model load), the units, and finalize)."""
     spec = {
         "name": "overhead", "output": out, "classes": list(CLASSES), "lower_bound": 1,
         "budget": {"max_images": images, "max_waves": 1}, "unit_size": batch * 2, "wave_size": images,
@@ -55,11 +57,19 @@ def engine_run(images: int, batch: int, steps: int, out: str) -> tuple[float, fl
     path = os.path.join(os.path.dirname(out), "overhead.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(spec, f)
-    start = time.perf_counter()
+    start, began = time.perf_counter(), time.time()
     subprocess.run([DDE, "run", path, "--quiet"], check=True, capture_output=True)
-    wall = time.perf_counter() - start
+    wall, ended = time.perf_counter() - start, time.time()
     markers = read_markers(out)
-    return wall, sum(m["seconds"] for m in markers), sum(m["seconds"] - m["backend_seconds"] for m in markers)
+    first_start = min(m["committed_at"] - m["seconds"] for m in markers)
+    last_commit = max(m["committed_at"] for m in markers)
+    lease = markers[0].get("driver_started_at") or first_start
+    phases = {"startup_until_lease_s": lease - began, "lease_until_first_unit_s": first_start - lease,
+              "units_s": last_commit - first_start, "finalize_s": ended - last_commit,
+              "first_unit_s": min(markers, key=lambda m: m["committed_at"])["seconds"],
+              "median_unit_s": sorted(m["seconds"] for m in markers)[len(markers) // 2], "units": len(markers)}
+    return (wall, sum(m["seconds"] for m in markers), sum(m["seconds"] - m["backend_seconds"] for m in markers),
+            {k: round(v, 2) for k, v in phases.items()})
 
 
 def main() -> None:
@@ -72,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     fresh_dir(args.work)
     bare_total, bare_pipe = bare_loop(args.images, args.batch, args.steps)
-    engine_wall, engine_busy, engine_sink = engine_run(args.images, args.batch, args.steps, os.path.join(args.work, "job"))
+    engine_wall, engine_busy, engine_sink, phases = engine_run(args.images, args.batch, args.steps, os.path.join(args.work, "job"))
     result = {
         "command": f"{sys.executable} bench/bench_diffusion_overhead.py --images {args.images} "
                    f"--batch {args.batch} --steps {args.steps}",
@@ -82,6 +92,8 @@ def main() -> None:
         "engine_s_outside_backend_in_units": round(engine_sink, 2),
         "ratio_end_to_end": round(engine_wall / bare_total, 3),
         "ratio_units_vs_pipe_calls": round(engine_busy / bare_pipe, 3),
+        "engine_phases": phases,
+        "bare_s_per_batch": round(bare_pipe / -(-args.images // args.batch), 3),
     }
     save_result(args.result, result)
 

@@ -36,8 +36,10 @@ GROUND_TRUTH = "ground_truth"
 
 CAPABILITIES = {
     DIFFUSERS_PIPELINE: "``backend.pipe`` is a loaded diffusers pipeline of Stable Diffusion's architecture (unet, "
-                        "vae, text_encoder, tokenizer, scheduler) and ``backend.size`` the side of its images; the "
-                        "backend's params name the model in ``model`` (``models.resolve_model``)",
+                        "vae, text_encoder, tokenizer, scheduler; SDXL adds text_encoder_2 and tokenizer_2 and added "
+                        "UNet conditions: ``models.conditioning`` encodes and calls the UNet for both) and "
+                        "``backend.size`` the side of its images; the backend's params name the model in ``model`` "
+                        "(``models.resolve_model``)",
     UNET_FEATURES: "the pipeline's UNet may carry forward hooks and be run again on a generated image (a trained "
                    "box head's feature pyramid)",
     ATTENTION_CAPTURE: "the UNet runs through diffusers attention processors that a head may wrap, on batches of "
