@@ -46,6 +46,14 @@ def _given_options(args) -> dict:
     return apply_overrides({}, getattr(args, "storage_options", []), flag="--storage-option")
 
 
+def _clip_folder(text: str) -> str:
+    """An argparse type for an exported CLIP folder: a bad one exits 2 naming its flag."""
+    if not all(os.path.isfile(os.path.join(text, name)) for name in ("config.json", "model.safetensors")):
+        raise argparse.ArgumentTypeError(f"expected a CLIP folder holding config.json and model.safetensors "
+                                         f"(e.g. engine/models/clip), got {text!r}")
+    return text
+
+
 def _at_least(minimum, kind=int):
     """An argparse type for a number no smaller than ``minimum``: a bad value exits 2 naming its flag."""
     def parse(text: str):
@@ -185,6 +193,8 @@ def _parser() -> argparse.ArgumentParser:
     clip.add_argument("--max-minutes", type=_at_least(0.0, float), help="stop cleanly after this long; rerun to continue")
     clip.add_argument("--export-unfinished", action="store_true", help="export the weights reached so far")
     clip.add_argument("--export", action="store_true", help="when exported, install the model at engine/models/clip")
+    clip.add_argument("--init-from", type=_clip_folder, help="warm-start a new run (no checkpoint in --out yet) from "
+                      "an exported CLIP folder, e.g. engine/models/clip: continuing without the checkpoint")
 
     controlnet = train_sub.add_parser("controlnet", help="a segmentation ControlNet for the embedded model "
                                                          "(from_unet of its UNet), on rendered class-index maps")
@@ -597,7 +607,7 @@ def _train_clip(args) -> int:
 
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
     status = train_clip(args.out, replace(ClipRecipe(), **overrides), max_minutes=args.max_minutes,
-                        export_unfinished=args.export_unfinished)
+                        export_unfinished=args.export_unfinished, init_from=args.init_from)
     print(json.dumps(status))
     if args.export and status["exported"]:
         shutil.rmtree(CLIP_DIR, ignore_errors=True)

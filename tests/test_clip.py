@@ -59,6 +59,9 @@ def test_export_is_a_standard_clip_folder_fed_as_in_training(trained):
     folder = os.path.join(trained, "model")
     assert os.path.exists(os.path.join(folder, "model.safetensors"))
     model, processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
+    stored = load_file(os.path.join(folder, "model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16}, "stored in fp16 to halve the size"
+    assert model.dtype == torch.float32, "a plain from_pretrained must give fp32 on CPU"
     images = np.stack([render_scene(seed).image for seed in range(2)])
     pixels = processor(images=list(images), return_tensors="pt").pixel_values
     assert pixels.shape == (2, 3, 64, 64)
@@ -111,3 +114,27 @@ def test_batches_hold_the_asked_share_of_single_object_scenes():
     assert (present[4:].sum(1) == 1).all(), "the last half of the batch must be single-object scenes"
     everything_single = _batch(replace(TINY, single_object_share=1.0), 3, build_tokenizer())[2]
     assert (everything_single.sum(1) == 1).all()
+
+
+def test_a_run_without_checkpoint_warm_starts_from_an_exported_folder(trained, tmp_path):
+    from transformers import CLIPModel
+
+    exported = CLIPModel.from_pretrained(os.path.join(trained, "model")).state_dict()
+    out = str(tmp_path / "warm")
+    assert train_clip(out, TINY, until_step=1, init_from=os.path.join(trained, "model"), echo=quiet)["step"] == 1
+    weights = checkpoint_weights(out)
+    # One step of AdamW at the warm-up's lr moves a weight by ~1e-4; a fresh init would differ by ~1e-1.
+    worst = max((weights[f"clip.{k}"] - v).abs().max().item() for k, v in exported.items() if v.is_floating_point())
+    assert worst < 1e-2, f"the warm start did not load the exported weights (max diff {worst})"
+    assert "warm start" in open(os.path.join(out, "sessions.json")).read()
+
+
+def test_a_missing_init_folder_is_refused_with_exit_2(tmp_path):
+    import subprocess
+
+    from .conftest import DDE
+
+    proc = subprocess.run([DDE, "train", "clip", "--out", str(tmp_path / "x"), "--init-from", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "argument --init-from: expected a CLIP folder" in proc.stderr
+    assert not os.path.exists(tmp_path / "x")

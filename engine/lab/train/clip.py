@@ -119,8 +119,10 @@ def _batch(recipe: ClipRecipe, step: int, tokenizer):
     return _augment(to_input(images), _step_generator(recipe.seed, step)), ids, present
 
 
-def _fit(out: str, recipe: ClipRecipe, model, tokenizer, log: _Log, deadline: float, until_step: int | None):
-    """Train from the checkpoint in ``out`` (if any) up to the recipe's steps, ``until_step`` or the deadline."""
+def _fit(out: str, recipe: ClipRecipe, model, tokenizer, log: _Log, deadline: float, until_step: int | None,
+         init_from: str | None = None):
+    """Train from the checkpoint in ``out`` (if any; else from ``init_from``'s exported weights, if
+    given) up to the recipe's steps, ``until_step`` or the deadline."""
     import torch
 
     from ...world import CLASSES
@@ -144,6 +146,10 @@ def _fit(out: str, recipe: ClipRecipe, model, tokenizer, log: _Log, deadline: fl
                                    {"params": rest, "weight_decay": 0.0}], lr=recipe.lr)
     folder = os.path.join(out, "ckpt")
     step = start = (load_checkpoint(folder, modules, optimizer) or {"step": 0})["step"]
+    if step == 0 and init_from:  # a warm start: exported weights, fresh heads, AdamW and schedule
+        from transformers import CLIPModel
+
+        model.load_state_dict(CLIPModel.from_pretrained(init_from, use_safetensors=True, dtype=torch.float32).state_dict())
     last = min(recipe.steps, until_step or recipe.steps)
     model.train()
     bce = torch.nn.functional.binary_cross_entropy_with_logits
@@ -204,8 +210,13 @@ def _distillation(recipe: ClipRecipe, teacher, modules: dict, pixels, output, lo
 
 
 def export_clip(folder: str, model, tokenizer) -> None:
-    """A standard transformers folder: ``CLIPModel`` (fp32 safetensors) and a ``CLIPProcessor``
-    (the world tokenizer; images to 64 px, scaled to [-1, 1] as in training)."""
+    """A standard transformers folder: ``CLIPModel`` and a ``CLIPProcessor`` (the world tokenizer;
+    images to 64 px, scaled to [-1, 1] as in training). The weights are stored as fp16 safetensors
+    (half the size; the model card's accuracy is measured on them) under a config whose ``dtype``
+    is float32, so ``from_pretrained`` loads fp32 by default."""
+    import copy
+
+    import torch
     from transformers import CLIPImageProcessor, CLIPProcessor
 
     from ...models.embedded import IMAGE_SIZE
@@ -213,15 +224,23 @@ def export_clip(folder: str, model, tokenizer) -> None:
     images = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
                                 crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
                                 image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    model.save_pretrained(folder, safe_serialization=True)
+    copy.deepcopy(model).to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    config = os.path.join(folder, "config.json")
+    with open(config) as f:
+        settings = json.load(f)
+    with open(config, "w") as f:
+        json.dump({**settings, "dtype": "float32"}, f, indent=2)
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
 
 
 def train_clip(out: str, recipe: ClipRecipe = ClipRecipe(), *, max_minutes: float | None = None,
-               until_step: int | None = None, export_unfinished: bool = False, echo=None) -> dict:
+               until_step: int | None = None, export_unfinished: bool = False, init_from: str | None = None,
+               echo=None) -> dict:
     """Train (or continue training) into ``out``; returns {"step", "exported"}. When the recipe's
     steps are done (or ``export_unfinished``), exports to ``out``/model, measures zero-shot
-    accuracy and writes the card. ``max_minutes`` and ``until_step`` stop early with a checkpoint."""
+    accuracy and writes the card. ``max_minutes`` and ``until_step`` stop early with a checkpoint.
+    ``init_from`` (an exported CLIP folder, e.g. ``engine/models/clip``) warm-starts a run that has no
+    checkpoint yet from those weights: how training continues on a machine without ``out``/ckpt."""
     from ...models.tokenizer import build_tokenizer
 
     os.makedirs(out, exist_ok=True)
@@ -232,9 +251,10 @@ def train_clip(out: str, recipe: ClipRecipe = ClipRecipe(), *, max_minutes: floa
     tokenizer = build_tokenizer()
     model = build_clip(recipe, tokenizer)
     step, trained = _fit(out, recipe, model, tokenizer, _Log(os.path.join(out, "train_log.csv"),
-                                                              echo or flushed_print), deadline, until_step)
+                                                              echo or flushed_print), deadline, until_step, init_from)
     if trained:
-        _record_session(out, started, step=step)
+        _record_session(out, started, step=step, **({"note": f"warm start from {init_from}"}
+                                                   if init_from and trained == step else {}))
     status = {"step": step, "exported": False}
     if step >= recipe.steps or (export_unfinished and step > 0):
         export_clip(os.path.join(out, "model"), model.eval(), tokenizer)
@@ -275,7 +295,7 @@ prompt styles the engine generates with: world captions, "a photograph of a circ
 square", DiffusionEngine's generic prompt, Dataset Diffusion's "caption; classes", and the
 class names alone. Text tower: the embedded model's `CLIPTextModel` config over the world
 tokenizer (32 tokens); image tower: a ViT, {recipe['patch_size']} px patches, width
-{recipe['vision_width']}, {recipe['vision_layers']} layers. fp32 safetensors, {size / 2**20:.1f} MB.
+{recipe['vision_width']}, {recipe['vision_layers']} layers. fp16 safetensors ({size / 2**20:.1f} MB) that load as fp32.
 
 Load it offline like any CLIP: `CLIPModel.from_pretrained(folder)`,
 `CLIPProcessor.from_pretrained(folder)`; `engine.lab.metrics.clip` has the image-text score and
@@ -307,6 +327,9 @@ The training state (weights and AdamW moments, safetensors + JSON) is `DIR/ckpt`
 `dde train clip --out DIR` continues it from there, drawing what an uninterrupted run would,
 and `--steps N` above the recipe's trains further (the cosine schedule stretches to N).
 `--max-minutes` stops cleanly at any point; `--export` installs the result at `engine/models/clip`.
+The checkpoint (about 14 MB with AdamW's moments) is not in the repository; on a machine without
+it, `dde train clip --out DIR --init-from engine/models/clip --steps N` warm-starts from these
+weights (fresh class heads, AdamW and schedule: a continuation, not a replay of the same run).
 
 ## Sessions (hardware, minutes, step reached)
 | session | hardware | minutes | step | note |
