@@ -26,7 +26,7 @@ __all__ = ["ClipRecipe", "build_clip", "clip_prompt", "train_clip", "export_clip
 
 @dataclass
 class ClipRecipe:
-    steps: int = 3000
+    steps: int = 4000
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 100
@@ -315,8 +315,14 @@ draws), prompt "a photograph of a <class>" against the 6 classes, measured by
 ```json
 {json.dumps(recipe, indent=1)}
 ```
-Plus, weighted by `class_loss_weight`, a multi-label "which classes are present" loss on
-the image embedding through a linear head, which is kept in the checkpoint and not exported.
+Plus, each weighted as the recipe says: a multi-label "which classes are present" loss on the
+image embedding through a linear head (`class_loss_weight`); the same head on the text embedding,
+predicting the classes the prompt names (`text_class_loss_weight`); and knowledge distillation
+from the frozen shipped oracle CNN (`engine/models/oracle`) on the same augmented images: its
+probabilities as soft targets of the class head (`distill_weight`) and its 4x4 feature map
+regressed from the ViT's patch tokens, pooled to 4x4, through a linear head (`dense_weight`).
+The heads are kept in the checkpoint and not exported. `single_object_share` of each batch are
+single-object scenes.
 AdamW (weight decay on matrices only), linear warm-up then cosine to a tenth of the peak,
 gradient clipping at 1, logit scale capped at 100. Images get the oracle's blur, colour and
 noise augmentation. A prompt repeated within a batch is replaced by its scene's caption
