@@ -90,8 +90,10 @@ def test_quiet_shows_only_the_result(spec_file, tmp_path):
 
 
 def test_ctrl_c_is_one_line(spec_file):
-    proc = subprocess.Popen([DDE, "run", spec_file, "--output", "memory://ctrl-c", "--max-images", "5000",
-                             "--set", "lower_bound=1000", "--set", "budget.max_waves=50"], stdout=subprocess.PIPE,
+    # a job of minutes (~500 img/s): on a loaded machine this test may read the bar's first ETA
+    # seconds after it was written, and a short job would have finished by then
+    proc = subprocess.Popen([DDE, "run", spec_file, "--output", "memory://ctrl-c", "--max-images", "100000",
+                             "--set", "lower_bound=20000", "--set", "budget.max_waves=50"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     shown = b""
     # a unit committed (the bar has an ETA): imports are done, since a SIGINT that lands in a
