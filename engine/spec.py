@@ -225,7 +225,8 @@ class Resources(_Strict):
 class ClipFilter(_Strict):
     """High-quality Image Selection by CLIP (Diffusion Synthesis Eq. 2; ``job/selection.py``)."""
 
-    model: str = Field(description="A CLIPModel folder or hub id (safetensors).")
+    model: str = Field(description="'embedded:clip' (the shipped shapes CLIP), or a CLIPModel folder or hub id "
+                                   "(safetensors).")
     epsilon: float = Field(default=0.8, ge=-1, le=1, description="Keep if cos(reference, generated) > epsilon (Eq. 2).")
 
 

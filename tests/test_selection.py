@@ -102,12 +102,22 @@ def test_transformers_segmenter_maps_its_labels_to_job_classes(tiny_segformer):
     assert selection.segmenter.lut.tolist() == [0, 1, 2]
 
 
+def test_embedded_clip_names_the_shipped_clip(spec_data):
+    from engine.lab.metrics.clip import image_similarity, load_clip
+
+    spec_data["selection"] = {"clip": {"model": "embedded:clip"}}
+    assert not [p for p in check_selection(parse_spec(spec_data)) if p.startswith("selection.clip.model")]
+    shown = scenes(2)
+    same = image_similarity(load_clip("embedded:clip"), shown[0].image[None], shown[0].image[None])
+    assert float(same[0, 0]) == pytest.approx(1.0, abs=1e-4)
+
+
 def test_selection_spec_problems(spec_data, tmp_path, tiny_segformer):
     spec_data["selection"] = {"clip": {"model": str(tmp_path / "no-clip")},
                               "segmenter": {"model": tiny_segformer, "classes": {"circle": "disc"}}}
     text = "\n".join(check_selection(parse_spec(spec_data)))
     assert "selection.clip: expected prompts.source 'references'" in text
-    assert "selection.clip.model: expected a CLIPModel folder" in text and "dde ships no CLIP yet" in text
+    assert "selection.clip.model: expected 'embedded:clip' (the shipped shapes CLIP), a CLIPModel folder" in text
     assert "selection.segmenter.classes: expected the model's label for every job class, got none for" in text
     spec_data["classes"] = ["circle", "widget"]
     spec_data["generator"] = {"name": "diffusion"}

@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["load_clip", "image_embeddings"]
+__all__ = ["EMBEDDED_CLIP", "clip_folder", "load_clip", "image_embeddings"]
+
+EMBEDDED_CLIP = "embedded:clip"  # the shipped small shapes CLIP (engine/models/clip, issue 13)
+
+
+def clip_folder(model: str) -> str:
+    """The folder or hub id that ``model`` names: ``embedded:clip`` is the shipped shapes CLIP."""
+    from .shipped import CLIP_DIR
+
+    return CLIP_DIR if model == EMBEDDED_CLIP else model
 
 
 def load_clip(model: str):
-    """(CLIPModel in eval mode, CLIPProcessor) from a folder or hub id; no remote code."""
+    """(CLIPModel in eval mode, CLIPProcessor) from ``embedded:clip``, a folder or a hub id; no remote code."""
     from transformers import CLIPModel, CLIPProcessor
 
+    model = clip_folder(model)
     return CLIPModel.from_pretrained(model, use_safetensors=True).eval(), CLIPProcessor.from_pretrained(model)
 
 
