@@ -18,6 +18,7 @@ from ...backends.conditions import Condition
 from ...output.layout import derive_seed
 from ...records import ImageRequest
 from ...world import CLASSES
+from .results import save_result
 
 __all__ = ["scene_condition", "scene_requests", "agreement", "controlnet_agreement", "measure",
            "controlnet_labels_benchmark", "VAL_SEED"]
@@ -123,7 +124,6 @@ def controlnet_labels_benchmark(model: str = "embedded:shapes", controlnet: str 
     """``dde bench labels --source controlnet``: condition-image agreement with and without the segmenter
     selection, what selection rejects per class, and costs (ControlNet vs plain sampling of the same prompts
     and seeds, selection vs generation), all in one run. Writes labels-controlnet.json and .md."""
-    import json
     import os
 
     from ...backends.controlnet import ControlNetBackend, ControlNetParams
@@ -169,11 +169,7 @@ def controlnet_labels_benchmark(model: str = "embedded:shapes", controlnet: str 
         "cost_ratio_controlnet_vs_plain": round(seconds / plain_seconds, 3),
         "selection_overhead": round(selection_seconds / seconds, 4),
     }
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "labels-controlnet.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(out_dir, "labels-controlnet.md"), "w") as f:
-        f.write(markdown(result))
+    save_result(out_dir, "labels-controlnet", result, markdown(result))
     return result
 
 

@@ -28,6 +28,8 @@ import os
 
 import yaml
 
+from .results import save_result
+
 __all__ = ["Scale", "QUICK", "FULL", "SOURCES", "source_spec", "downstream_benchmark"]
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "jobs", "examples")
@@ -164,10 +166,7 @@ def _write(root: str, result: dict) -> None:
     lines += [f"| {k.split()[1]} | {_fmt(v)} |" for k, v in c.items()]
     lines += ["", "## (d) semantic segmentation (mIoU)", "", "| masks | mIoU |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v, d['real masks'] if k != 'real masks' else None)} |" for k, v in d.items()]
-    with open(os.path.join(root, "downstream.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(root, "downstream.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    save_result(root, "downstream", result, "\n".join(lines) + "\n")
     _plot(root, c)
 
 

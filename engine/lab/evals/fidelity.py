@@ -18,6 +18,7 @@ from ...job.prompts import objects_phrase
 from ...output.layout import derive_seed
 from ...records import ImageRequest
 from ...world import CLASSES
+from .results import save_result
 
 __all__ = ["fidelity_benchmark", "frechet_distance"]
 
@@ -121,6 +122,5 @@ def fidelity_benchmark(model: str = "embedded:shapes", per_class: int = 50, step
     os.makedirs(out_dir, exist_ok=True)
     _preview(os.path.join(out_dir, "fidelity_preview.png"), np.stack([p[0] for p in previews]),
              [p[1] for p in previews])
-    with open(os.path.join(out_dir, "fidelity.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    save_result(out_dir, "fidelity", result)
     return result

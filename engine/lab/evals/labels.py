@@ -28,6 +28,7 @@ from ...output.layout import derive_seed
 from ...records import ImageRequest, Instance, category_ids
 from ...world import CLASSES
 from ..metrics.boxes import box_ap
+from .results import save_result
 
 __all__ = ["labels_benchmark", "markdown_tables"]
 
@@ -214,11 +215,7 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
     result["img2img"]["oracle_vs_reference_truth"] = _oracle_agreement(oracle, generated, truths)
     result["seconds"] = round(time.time() - started, 1)
 
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "labels.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(out_dir, "labels.md"), "w") as f:
-        f.write(markdown_tables(result))
+    save_result(out_dir, "labels", result, markdown_tables(result))
     return result
 
 
