@@ -19,12 +19,10 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 
-import psutil
 import yaml
-from _common import DDE, REPO, fresh_dir, save_result
+from _common import DDE, REPO, fresh_dir, load_coco_files, peak_rss, save_result
 
 from engine.world import CLASSES
 
@@ -71,23 +69,6 @@ def copy_unit(out: str, marker: dict, shard: dict, index: int) -> None:
         json.dump({**marker, "unit_id": uid, "index": index, "staging": staging, "files": files}, f)
 
 
-def peak_rss(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of a command, its children included, sampled every 0.2 s."""
-    start = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    parent, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            rss = parent.memory_info().rss + sum(c.memory_info().rss for c in parent.children(recursive=True))
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-    if proc.returncode:
-        raise SystemExit(f"{cmd} failed with exit {proc.returncode}")
-    return time.time() - start, peak / 2**20
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=int, default=205_287)
@@ -106,13 +87,7 @@ def main() -> None:
     seconds, rss = peak_rss([DDE, "finalize", out])
     with open(os.path.join(out, "manifest.json")) as f:
         manifest = json.load(f)
-    loads = []
-    for entry in manifest["coco"]:
-        code = f"from pycocotools.coco import COCO; COCO({os.path.join(out, entry['file'])!r})"
-        load_s, load_rss = peak_rss([sys.executable, "-c", code])
-        loads.append({"file": entry["file"], "images": entry["images"], "annotations": entry["annotations"],
-                      "bytes": os.path.getsize(os.path.join(out, entry["file"])), "load_s": round(load_s, 1),
-                      "load_peak_rss_mb": round(load_rss)})
+    loads = load_coco_files(out)
     result = {"images": units * UNIT, "units": units, "instances": sum(e["annotations"] for e in manifest["coco"]),
               "commit_copies_s": round(made, 1), "finalize_s": round(seconds, 1),
               "finalize_peak_rss_mb": round(rss), "coco_files": loads}
