@@ -7,7 +7,8 @@ Truth as in `dde bench labels`: txt2img images are labelled by the segmentation 
 masks' components), img2img images at strength 0.2-0.35 keep their references' exact boxes.
 Reported per source: COCOeval AP/AP50 at COCO's score floor 0.05 (ranking quality) and, at each
 threshold, what a dataset would hold: boxes per image, precision and recall at IoU 0.5 (greedy,
-per class, by score) and F1.
+per class, by score) and F1, and the images with no box (DiffusionEngine's code skips them:
+``empty_images: skip``) with the true objects they hold.
 
     python bench/bench_box_decoding.py --images 48
 """
@@ -50,6 +51,16 @@ def precision_recall(truth, found) -> dict:
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"boxes_per_image": round(detections / max(1, len(found)), 3), "precision": round(precision, 4),
             "recall": round(recall, 4), "F1": round(f1, 4)}
+
+
+def empty_images(truth, found) -> dict:
+    """What ``empty_images: skip`` would drop: the share of images with no box, and how many true
+    objects those images hold (each a box the dataset would teach as background if kept)."""
+    empty = [k for k, got in enumerate(found) if not got]
+    with_objects = [k for k in empty if truth[k]]
+    return {"empty_share": round(len(empty) / max(1, len(found)), 4),
+            "empty_with_objects_share": round(len(with_objects) / max(1, len(empty)), 4) if empty else None,
+            "true_objects_per_empty_image": round(sum(len(truth[k]) for k in empty) / len(empty), 3) if empty else None}
 
 
 def main() -> None:
@@ -101,7 +112,7 @@ def main() -> None:
             found = [labels.instances for labels in head.label(requests, generated)]
             row = {k: v for k, v in box_ap(truth, found, backend.size).items() if k in ("AP", "AP50")}
             if not name.endswith("/0.05"):
-                row.update(precision_recall(truth, found))
+                row.update(precision_recall(truth, found), **empty_images(truth, found))
             rows[name] = row
         result[source] = {"truth_boxes_per_image": round(sum(map(len, truth)) / len(truth), 3), "variants": rows}
     save_result(f"{REPO}/bench/results/box_decoding.json", result)

@@ -258,6 +258,9 @@ def _parser() -> argparse.ArgumentParser:
                                 "'a photograph of a {}'); saved in the card, used again at inference")
     grounding.add_argument("--novel-lr-scale", type=_at_least(0.0, float), default=0.1,
                            help="stage 2's learning rate as a share of stage 1's (shipped: 0.1; InstaGen: 1)")
+    grounding.add_argument("--score-classes", choices=["all", "named"], default="all",
+                           help="classes each image's class loss scores: every class of its stage (shipped) or "
+                                "the 1-2 its prompt names (InstaGen)")
     _add_capacity_options(grounding)
     _add_trainer_options(grounding)
 
@@ -500,7 +503,8 @@ def _cmd_train(args) -> int:
                                  novel_steps=args.novel_steps, batch=args.batch_size, alpha=args.alpha,
                                  beta=args.beta, eval_every=args.eval_every, queries=args.queries,
                                  layers=args.layers, width=args.width, class_weight=args.class_weight,
-                                 class_template=args.class_template, novel_lr_scale=args.novel_lr_scale)
+                                 class_template=args.class_template, novel_lr_scale=args.novel_lr_scale,
+                                 score_classes=args.score_classes)
         print(json.dumps(train_grounding(args.model, args.out, recipe, args.teacher, args.workers, args.gpus),
                          indent=1))
         return 0

@@ -41,6 +41,22 @@ def test_losses_are_zero_for_perfect_boxes_and_grow_with_errors():
     assert worse["l1"].item() == pytest.approx(0.2 / 3, rel=1e-4) and worse["giou"] > 0.1
 
 
+def test_scored_classes_leave_the_others_out_of_the_focal_loss():
+    """InstaGen scores an image against its prompt's classes only: a confident wrong class outside
+    them costs nothing; with every class scored the loss is as before."""
+    truth = {"labels": TRUTH["labels"][:2], "boxes": TRUTH["boxes"][:2]}  # classes 0 and 2
+    clean, boxes = predictions([1, 0])
+    logits = clean.clone()
+    logits[0, 3, 1] = 6.0  # a background query sure it sees class 1, which the prompt does not name
+    matches = hungarian_match(logits, boxes, [truth])
+    every = set_losses(logits, boxes, [truth], matches)["focal"]
+    assert every > 10 * set_losses(clean, boxes, [truth], matches)["focal"]
+    named = set_losses(logits, boxes, [{**truth, "scored": torch.tensor([True, False, True])}], matches)["focal"]
+    assert named <= set_losses(clean, boxes, [truth], matches)["focal"]
+    scored_all = {**truth, "scored": torch.ones(3, dtype=torch.bool)}
+    assert set_losses(logits, boxes, [scored_all], matches)["focal"].item() == pytest.approx(every.item())
+
+
 def test_training_a_few_steps_reduces_the_loss():
     torch.manual_seed(0)
     queries = torch.nn.Parameter(torch.randn(1, 5, 3 + 4))

@@ -196,6 +196,23 @@ def test_grounding_trains_both_stages_and_its_job_takes_unseen_names(spec_data, 
     check_boxes(rows, coco, classes)
 
 
+def test_grounding_scores_only_the_named_classes_when_asked_and_refuses_other_values(tiny_model, tiny_adapter,
+                                                                                       tmp_path):
+    """InstaGen's loss over the prompt's classes (``score_classes: named``) trains both stages."""
+    from engine.errors import UserError
+    from engine.lab.train.grounding import GroundingRecipe, train_grounding
+
+    settings = dict(base=["circle", "square"], novel=["star"], images=8, base_steps=2, novel_steps=2, batch=4,
+                    eval_every=2, val_images=8, alpha=0.0, beta=0.0, sampling_steps=2)
+    card = train_grounding(tiny_model, str(tmp_path / "g"), GroundingRecipe(**settings, score_classes="named"),
+                           teacher=tiny_adapter[0], device="cpu")
+    assert card["recipe"]["score_classes"] == "named" and {"novel_AP50", "base_AP50"} <= set(card["val"])
+    with pytest.raises(UserError, match="--score-classes: expected one of"):
+        train_grounding(tiny_model, str(tmp_path / "h"), GroundingRecipe(**settings, score_classes="every"),
+                        teacher=tiny_adapter[0], device="cpu")
+    assert not (tmp_path / "h").exists()
+
+
 # ---- capacity (queries, layers, width): configurable, sized for the data by default
 def test_capacity_defaults_follow_the_data_and_keep_the_shipped_size_for_shapes():
     from engine.heads.boxes.detector import capacity

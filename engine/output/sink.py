@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..records import Generated, ImageRequest, Labels, Unit, category_ids
+from ..records import Generated, ImageRequest, Instance, Labels, Unit, category_ids
 from ..spec import ImageFormat
 from .layout import SHARD_FILE, STAGING_DIR, image_name, marker_file
 from .lease import new_attempt_id
@@ -109,11 +109,26 @@ def encode_image(array: np.ndarray, image_format: ImageFormat) -> bytes:
     return buf.getvalue()
 
 
-def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
+def _annotation_of(instance: Instance, category_id: int) -> dict | None:
+    """An instance as a dataset row's annotation, or None if it covers nothing.
 
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    A mask's box and area come from its RLE (pycocotools, in C): the same numbers as scanning
+    the mask (``Instance.bbox``/``area``) at a fraction of the cost. An explicit ``box`` wins."""
+    if instance.mask is None:  # box heads: boxes only
+        if instance.is_empty():
+            return None
+        bbox, area, segmentation = instance.bbox(), instance.area(), None
+    else:
+        from pycocotools import mask as mask_utils
+
+        rle = mask_utils.encode(np.asfortranarray(instance.mask, dtype=np.uint8))
+        area = float(mask_utils.area(rle))
+        if not area:
+            return None
+        bbox = instance.bbox() if instance.box is not None else [float(v) for v in mask_utils.toBbox(rle)]
+        segmentation = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return {"category_id": category_id, "category": instance.category, "bbox": bbox, "area": area,
+            "score": float(instance.score), "segmentation": segmentation}
 
 
 class UnitSink:
@@ -146,7 +161,7 @@ class UnitSink:
             self._put(f"coco/images/{name}", encoded)
             if semantic_png is not None:
                 self._put(f"coco/semantic/{image_name(request.image_id)}", semantic_png)
-        annotations = [self._annotation(inst) for inst in labels.instances if not inst.is_empty()]
+        annotations = [a for a in (_annotation_of(i, self.category_id[i.category]) for i in labels.instances) if a]
         for ann in annotations:
             self.counts[ann["category"]] += 1
         self.rows.append({
@@ -231,10 +246,3 @@ class UnitSink:
     def _put(self, rel: str, data: bytes) -> None:
         self.store.write_bytes(f"{self.staging}/{rel}", data)
         self.files.append(rel)
-
-    def _annotation(self, instance) -> dict:
-        return {
-            "category_id": self.category_id[instance.category], "category": instance.category,
-            "bbox": instance.bbox(), "area": instance.area(), "score": float(instance.score),
-            "segmentation": None if instance.mask is None else _rle(instance.mask),  # box heads: boxes only
-        }

@@ -60,7 +60,11 @@ def hungarian_match(logits, boxes, targets: list[dict], costs: MatchCosts = Matc
 def set_losses(logits, boxes, targets: list[dict], matches: list[tuple], alpha: float = 0.25,
                gamma: float = 2.0) -> dict:
     """Sigmoid focal loss over all queries (unmatched ones learn 'nothing here'), and L1 and
-    GIoU losses over matched pairs, each normalised by the number of target boxes."""
+    GIoU losses over matched pairs, each normalised by the number of target boxes.
+
+    A target may carry ``scored``, a bool tensor (C,): the classes its image is scored against
+    (InstaGen scores each image against its prompt's 1-2 classes only); the focal loss of the
+    other classes is left out for that image. Without it every class is scored."""
     import torch
     from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
@@ -68,7 +72,12 @@ def set_losses(logits, boxes, targets: list[dict], matches: list[tuple], alpha: 
     onehot = torch.zeros_like(logits)
     for b, (rows, cols) in enumerate(matches):
         onehot[b, rows, targets[b]["labels"][cols]] = 1.0
-    focal = sigmoid_focal_loss(logits, onehot, alpha=alpha, gamma=gamma, reduction="sum") / count
+    focal = sigmoid_focal_loss(logits, onehot, alpha=alpha, gamma=gamma, reduction="none")
+    if any("scored" in t for t in targets):
+        scored = torch.stack([t.get("scored", torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device))
+                              for t in targets])
+        focal = focal * scored[:, None, :].to(focal)
+    focal = focal.sum() / count
     predicted = torch.cat([boxes[b, rows] for b, (rows, _) in enumerate(matches)])
     truth = torch.cat([targets[b]["boxes"][cols] for b, (_, cols) in enumerate(matches)])
     l1 = (predicted - truth).abs().sum() / count

@@ -94,7 +94,7 @@ def _adapter_loop(config: dict) -> None:
     (train_images, train_instances), (val_images, val_instances), classes = _split(config["data"], recipe.val_images)
     mine = worker_share(len(train_images), rank, world)
     extractor = FeatureExtractor(config["model"], device)
-    key = fingerprint(config["data"], config["model"], len(train_images), world)
+    key = fingerprint(config["data"], config["model"], len(train_images), world, recipe.seed)  # Eq. 4 noise: seeded
     train = cached(f"{out}/cache/train-{key}-{rank}.safetensors",
                    lambda: extractor(train_images[mine], seed=recipe.seed * 1000 + rank))
     val = None

@@ -64,17 +64,22 @@ def load_coco(folder: str, split: str) -> tuple[np.ndarray, list[list[Instance]]
     return images, instances, [names[k] for k in sorted(names)]
 
 
-def targets_batch(instances: list[list[Instance]], classes: list[str], size: int) -> list[dict]:
-    """Detector targets: class indices and normalised (cx, cy, w, h) boxes."""
+def targets_batch(instances: list[list[Instance]], classes: list[str], size: int,
+                  scored: list[list[str]] | None = None) -> list[dict]:
+    """Detector targets: class indices and normalised (cx, cy, w, h) boxes; with ``scored`` (per
+    image, the class names it is scored against), a bool ``scored`` mask over ``classes`` as well
+    (``matching.set_losses``)."""
     import torch
 
     index = {c: k for k, c in enumerate(classes)}
     out = []
-    for insts in instances:
+    for k, insts in enumerate(instances):
         kept = [i for i in insts if i.category in index]
         boxes = torch.tensor([[x + w / 2, y + h / 2, w, h] for x, y, w, h in (i.bbox() for i in kept)],
                              dtype=torch.float32).reshape(-1, 4) / size
         out.append({"labels": torch.tensor([index[i.category] for i in kept], dtype=torch.long), "boxes": boxes})
+        if scored is not None:
+            out[-1]["scored"] = torch.tensor([c in scored[k] for c in classes], dtype=torch.bool)
     return out
 
 
@@ -243,7 +248,7 @@ def launch(loop, config: dict, name: str, workers: int = 1, gpus: bool = False, 
     out = config["out"]
     os.makedirs(out, exist_ok=True)
     if device:
-        loop({**config, "device": device, "threads": os.cpu_count()})
+        loop({**config, "device": device, "threads": len(os.sched_getaffinity(0))})  # the cores it may use
     else:
         run_on_ray(loop, config, name, out, workers, gpus)
     with open(os.path.join(out, f"{name}.json")) as f:

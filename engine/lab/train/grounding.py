@@ -18,7 +18,7 @@ the head without self-training) and ``grounding`` (after stage 2) with cards and
 Where the defaults (the shipped head's) depart from InstaGen, each with the option that gives
 InstaGen's setting; none of these is measured (no retraining fitted, see the head's README):
 class names embedded without context (``class_template`` "a photograph of a {}"); each loss
-scores all base or all novel classes, not the prompt's 1-2 (no option); the teacher is copied
+scores all base or all novel classes (``score_classes`` "all"; "named": the prompt's 1-2); the teacher is copied
 after ``base_steps`` = 2/3 of the run (equal ``base_steps`` and ``novel_steps``: the midpoint);
 stage 2 runs at ``novel_lr_scale`` 0.1 of the rate with a fresh optimizer (1: the same rate);
 focal weight ``class_weight`` 2 (InstaGen's config: 1).
@@ -33,8 +33,12 @@ import numpy as np
 
 from ...records import Instance
 
-__all__ = ["GroundingRecipe", "train_grounding", "reference_requests", "generate_triplets"]
+__all__ = ["GroundingRecipe", "SCORE_CLASSES", "train_grounding", "reference_requests", "generate_triplets"]
 
+
+# "all": each loss scores every class of its stage (base or novel), so every other class is a negative;
+# "named": InstaGen's, each image only against the classes its prompt names
+SCORE_CLASSES = ("all", "named")
 
 
 class GroundingRecipe:
@@ -42,7 +46,8 @@ class GroundingRecipe:
                  novel_steps: int = 1000, batch: int = 32, lr: float = 1e-3, alpha: float = 0.8, beta: float = 0.4,
                  momentum: float = 0.999, sampling_steps: int = 20, eval_every: int = 250, val_images: int = 500,
                  seed: int = 0, queries: int | None = None, layers: int | None = None, width: int | None = None,
-                 class_weight: float = 2.0, class_template: str = "{}", novel_lr_scale: float = 0.1):
+                 class_weight: float = 2.0, class_template: str = "{}", novel_lr_scale: float = 0.1,
+                 score_classes: str = "all"):
         self.base, self.novel, self.images = list(base), list(novel), images
         self.base_steps, self.novel_steps, self.batch, self.lr = base_steps, novel_steps, batch, lr
         self.alpha, self.beta, self.momentum, self.sampling_steps = alpha, beta, momentum, sampling_steps
@@ -50,6 +55,7 @@ class GroundingRecipe:
         self.queries, self.layers, self.width = queries, layers, width  # None: sized for the data (detector.capacity)
         # the shipped head's settings; InstaGen's: focal weight 1, "a photograph of a {}", stage 2 at the same lr
         self.class_weight, self.class_template, self.novel_lr_scale = class_weight, class_template, novel_lr_scale
+        self.score_classes = score_classes  # "all" of the stage's classes, or "named": the image's (InstaGen)
 
     def to_json(self) -> dict:
         return dict(vars(self))
@@ -68,6 +74,8 @@ def train_grounding(model: str, out: str, recipe: GroundingRecipe, teacher: str 
     problem = check_capacity(recipe.queries, recipe.layers, recipe.width)
     if problem:
         raise UserError(problem)
+    if recipe.score_classes not in SCORE_CLASSES:
+        raise UserError(f"--score-classes: expected one of {list(SCORE_CLASSES)}, got {recipe.score_classes!r}")
     if recipe.class_template.count("{}") != 1:
         raise UserError(f"--class-template: expected exactly one '{{}}' where the class name goes, got "
                         f"{recipe.class_template!r}; e.g. 'a photograph of a {{}}'")
@@ -224,7 +232,8 @@ def _grounding_loop(config: dict) -> None:
                                        for names in (recipe.base, recipe.novel, everything))
     del pipe
 
-    base_targets = targets_batch(_instances(base_set[1]), recipe.base, size)
+    named = recipe.score_classes == "named"
+    base_targets = targets_batch(_instances(base_set[1]), recipe.base, size, base_set[2] if named else None)
 
     def evaluate() -> dict:
         if val is None:
@@ -283,7 +292,7 @@ def _grounding_loop(config: dict) -> None:
             found = detections(teacher(pyramid, novel_text), recipe.beta, size)
         pseudo = [[Instance(recipe.novel[c], box=tuple(box)) for c, _, box in image  # of the classes named
                    if recipe.novel[c] in novel_set[2][i]] for image, i in zip(found, drawn)]
-        targets = targets_batch(pseudo, recipe.novel, size)
+        targets = targets_batch(pseudo, recipe.novel, size, [novel_set[2][i] for i in drawn] if named else None)
         pseudo_counts.append(sum(len(t["labels"]) for t in targets))
         novel = detection_loss(model(pyramid, novel_text), targets, weights)
         return {**{f"base_{k}": v for k, v in parts.items() if k != "total"},
