@@ -86,8 +86,9 @@ def launch(job: dict, core: int) -> dict:
 
 
 def run_all(jobs: list[dict], cores: int) -> list[dict]:
-    """The jobs, ``cores`` at a time, each on a core of its own; results in job order."""
-    free = list(range(cores))
+    """The jobs, ``cores`` at a time, each on a core of its own (of those this process may use);
+    results in job order."""
+    free = sorted(os.sched_getaffinity(0))[:cores]
 
     def pinned(job):
         core = free.pop()

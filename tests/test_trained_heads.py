@@ -249,18 +249,24 @@ def test_a_tiny_adapter_capacity_is_saved_in_its_card_and_rebuilt_at_inference(t
     assert out_["logits"].shape[:2] == (2, 9) and out_["boxes"].shape == (2, 9, 4)
 
 
-def test_empty_images_skip_rejects_images_without_a_box(spec_data, tiny_model, tiny_adapter, ray_local):
-    """DiffusionEngine's code skips a generated image in which the adapter finds no box
-    ('No Valid Box, Skip'): ``empty_images: skip``; the default keeps it, as before."""
+@pytest.mark.parametrize("empty_images", [None, "keep"])
+def test_images_without_a_box_are_skipped_by_default_and_kept_on_request(spec_data, tiny_model, tiny_adapter,
+                                                                         ray_local, empty_images):
+    """DiffusionEngine's code skips a generated image in which the adapter finds no box ('No Valid
+    Box, Skip'), and so does the default (``empty_images: skip``); ``keep`` writes it."""
     from engine.job.runner import run_job
 
     spec_data.update(classes=["circle", "square"], lower_bound=1, budget={"max_images": 4, "max_waves": 1},
                      unit_size=4, wave_size=4)
     spec_data["generator"] = {"name": "diffusion", "params": {"model": tiny_model, "steps": 2, "batch_size": 4}}
-    spec_data["label_head"] = {"name": "adapter", "params": {"weights": tiny_adapter[0], "threshold": 1.0,
-                                                             "empty_images": "skip"}}
+    params = {"weights": tiny_adapter[0], "threshold": 1.0}  # no box can score above 1
+    spec_data["label_head"] = {"name": "adapter", "params": {**params, **({"empty_images": empty_images}
+                                                                          if empty_images else {})}}
     run_job(parse_spec(spec_data), quiet=True)
     commits = os.path.join(spec_data["output"], "_commits")
     markers = [json.load(open(os.path.join(commits, n))) for n in os.listdir(commits) if n.endswith(".json")]
     rejects = [r for m in markers for r in m["rejects"]]
-    assert len(rejects) == 4 and all("empty_images: skip" in r["reason"] for r in rejects)
+    if empty_images == "keep":
+        assert not rejects and sum(m["images"] for m in markers) == 4
+    else:
+        assert len(rejects) == 4 and all("empty_images: skip" in r["reason"] for r in rejects)

@@ -38,9 +38,11 @@ class TrainedHeadParams(StrictParams):
     threshold: float = Field(default=0.3, ge=0, le=1, description="Keep detections scoring at least this "
                                                                    "(DiffusionEngine's delta; InstaGen's 0.4 "
                                                                    "loses recall here, BENCHMARKS.md).")
-    empty_images: Literal["keep", "skip"] = Field(
-        default="keep", description="An image with no box kept: written like any other (keep), or rejected with "
-                                    "its reason (skip, as DiffusionEngine's code does: 'No Valid Box, Skip').")
+    empty_images: Literal["skip", "keep"] = Field(
+        default="skip", description="An image with no box: rejected with its reason (skip, as DiffusionEngine's "
+                                    "code does: 'No Valid Box, Skip'), or written like any other (keep). On the "
+                                    "embedded model 55-100% of such images hold objects the head missed "
+                                    "(BENCHMARKS.md, 'Paper fidelity').")
     decoding: Literal["best_class", "topk"] = Field(
         default="best_class", description="Each query's best class (one box per query), or DINO's top 100 "
                                           "(query, class) pairs (a query may box two classes).")

@@ -6,7 +6,7 @@ import hashlib
 
 __all__ = [
     "SPEC_FILE", "LEASES_DIR", "PINS_DIR", "PLANS_DIR", "COMMITS_DIR", "STAGING_DIR", "SHARD_FILE", "JOB_FILE", "CARD_FILE",
-    "COCO_FILE", "MANIFEST_FILE", "WEBDATASET_DIR", "REPORT_FILE", "PUBLISHED_DIRS", "unit_id", "plan_file", "marker_file", "image_name", "derive_seed",
+    "COCO_FILE", "MANIFEST_FILE", "WEBDATASET_DIR", "REPORT_FILE", "unit_id", "plan_file", "marker_file", "image_name", "derive_seed",
     "coco_shard_file", "webdataset_shard_file",
 ]
 
@@ -23,7 +23,6 @@ COCO_FILE = "coco/instances.json"   # merged by finalize (coco_shard_file names 
 MANIFEST_FILE = "manifest.json"     # written by finalize: every shard of every layout, with counts
 WEBDATASET_DIR = "webdataset"       # tar shards, when the job lists the webdataset format
 REPORT_FILE = "report.html"         # the job report: finalize and `dde report` write it
-PUBLISHED_DIRS = ("parquet", "coco/images", "coco/semantic")  # where finalize moves committed files
 
 
 def unit_id(index: int) -> str:

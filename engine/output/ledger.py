@@ -99,8 +99,17 @@ class Ledger:
         return dict(total)
 
     def history(self, waves: int) -> list[dict[str, int]]:
-        """Cumulative counts: [before wave 0, after wave 0, ..., after wave waves-1]."""
-        return [self.counts(before_wave=w) for w in range(waves + 1)]
+        """Cumulative counts: [before wave 0, after wave 0, ..., after wave waves-1]. One pass over
+        the units (the driver asks for it at every wave barrier: no waves x units loop)."""
+        per_wave = [Counter() for _ in range(waves)]
+        for unit in self.units.values():
+            if unit["wave"] < waves:
+                per_wave[unit["wave"]].update(unit["counts"])
+        cumulative, total = [{}], Counter()
+        for counts in per_wave:
+            total.update(counts)
+            cumulative.append(dict(total))
+        return cumulative
 
     def totals(self, before_wave: int | None = None) -> tuple[int, int]:
         units = [u for u in self.units.values() if before_wave is None or u["wave"] < before_wave]

@@ -22,7 +22,7 @@ import json
 import sys
 
 from ..errors import UserError
-from .layout import PINS_DIR, PUBLISHED_DIRS, SPEC_FILE, STAGING_DIR, marker_file
+from .layout import PINS_DIR, SPEC_FILE, STAGING_DIR, marker_file
 from .lease import attempt_lease, expired_leases, live_leases
 from .ledger import iter_markers, marker_names
 from .storage import Store
@@ -86,22 +86,26 @@ def _committed_since(store: Store, staging_name: str) -> bool:
 
 def broken_units(store: Store) -> dict[str, tuple[dict, list[str]]]:
     """Committed units some of whose files are in neither their staging folder nor at their
-    final name: {unit id: (marker, missing files)}."""
+    final name: {unit id: (marker, missing files)}. Memory: one unit's names at a time."""
     # Markers first: a unit commits only once its files are staged, so every listed marker's
-    # files were staged before the staging listing. Staging before the final names: a
-    # concurrent finalize moves files from staging to final, where the later listing sees them.
-    names = marker_names(store)
-    if not names:
-        return {}
-    staged = set(store.find(STAGING_DIR))
-    final = {rel for folder in PUBLISHED_DIRS for rel in store.find(folder)}
+    # files were staged before its staging listing. Staging before the final names: a
+    # concurrent finalize moves files from staging to final, where the later check sees them.
     broken = {}
-    for marker in iter_markers(store, names):
-        missing = [rel for rel in [*marker["files"], marker["shard"]]
-                   if rel not in final and f"{marker['staging']}/{rel}" not in staged]
+    for marker in iter_markers(store, marker_names(store)):
+        missing = missing_files(store, marker)
         if missing:
             broken[marker["unit_id"]] = (marker, missing)
     return broken
+
+
+def missing_files(store: Store, marker: dict) -> list[str]:
+    """One committed unit's files found neither in its staging folder (one listing of it) nor at
+    their final names (``Store.present``: a stat each locally, a listing per folder on S3)."""
+    staging = marker["staging"]
+    staged = set(store.find(staging))
+    elsewhere = [rel for rel in [*marker["files"], marker["shard"]] if f"{staging}/{rel}" not in staged]
+    present = store.present(elsewhere)
+    return [rel for rel in elsewhere if rel not in present]
 
 
 def describe_broken(broken: dict[str, tuple[dict, list[str]]]) -> str:
