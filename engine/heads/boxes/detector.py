@@ -109,14 +109,13 @@ class LossWeights(MatchCosts):
     differs from them in the loss, all unitless multipliers of mean losses.
 
     - ``class_loss``: the focal loss's weight. DINO's configs (and InstaGen's) use 1 (it is the
-      matching cost that is 2); the shipped heads were trained with 2, not measured against 1.
-      ``dde train adapter/grounding --class-weight 1`` gives DINO's. Together with PROPS' three
-      heatmap settings it scored 0.406 rendered-val AP50 against 0.428 for the shipped four
-      (1,000 iterations on 1,500 images, one seed; BENCHMARKS.md "Paper fidelity").
+      matching cost that is 2). The shipped heads use 2, measured better here: with 1 the adapter
+      lost 0.021 rendered-val AP50 and the grounding head's self-training collapsed novel AP50
+      (both seeds, reduced scale; BENCHMARKS.md "Paper fidelity").
     - ``heatmap``: the PROPS heatmap MSE's weight. The PROPS code uses 1.5; the shipped adapter
       was trained with 10: rendered-val AP50 0.734 against 0.704 without the heatmap head at
-      3,000 iterations, one seed (BENCHMARKS.md, "Heatmap auxiliary head"); 1.5 only in the
-      four-setting bundle above.
+      3,000 iterations, one seed (BENCHMARKS.md, "Heatmap auxiliary head"); 1.5 against 10 alone
+      is +0.002 AP50 at reduced scale, within the seed spread (0.038).
     - ``min_radius``, ``rho``, ``sigma_rule``: the heatmap targets (``matching.heatmap_targets``):
       ``sigma_rule="centernet"`` (shipped) or ``"radius"`` (PROPS' sigma = r).
     """

@@ -16,12 +16,14 @@ cached (``OUT/cache``). Writes ``grounding-base`` (after stage 1:
 the head without self-training) and ``grounding`` (after stage 2) with cards and curves.
 
 Where the defaults (the shipped head's) depart from InstaGen, each with the option that gives
-InstaGen's setting; none of these is measured (no retraining fitted, see the head's README):
-class names embedded without context (``class_template`` "a photograph of a {}"); each loss
-scores all base or all novel classes (``score_classes`` "all"; "named": the prompt's 1-2); the teacher is copied
-after ``base_steps`` = 2/3 of the run (equal ``base_steps`` and ``novel_steps``: the midpoint);
-stage 2 runs at ``novel_lr_scale`` 0.1 of the rate with a fresh optimizer (1: the same rate);
-focal weight ``class_weight`` 2 (InstaGen's config: 1).
+InstaGen's setting, each measured alone at reduced scale (two seeds; BENCHMARKS.md "Paper
+fidelity", the head's README): class names embedded without context (``class_template`` "a
+photograph of a {}": novel AP50 -0.026); each loss scores all base or all novel classes
+(``score_classes`` "named", the prompt's 1-2: novel +0.034, base -0.043, all classes lower);
+the teacher is copied after ``base_steps`` = 2/3 of the run (equal ``base_steps`` and
+``novel_steps``: the midpoint; within noise); stage 2 runs at ``novel_lr_scale`` 0.1 of the
+rate with a fresh optimizer (1: the same rate; within noise); focal weight ``class_weight`` 2
+(InstaGen's config: 1, which collapsed novel AP50 in self-training).
 """
 
 from __future__ import annotations
