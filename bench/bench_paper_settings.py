@@ -157,9 +157,11 @@ def main() -> None:
             for arm in names for seed in args.seeds]
     results = run_all(jobs, args.cores)
     summary, markdown = table(args.part, arms, jobs, results)
+    unused = {"run_one", "work"} | ({"images", "base_steps", "novel_steps"} if args.part == "adapter"
+                                     else {"data", "steps"})
     command = "python bench/bench_paper_settings.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if v is not None and k not in ("run_one", "work"))
+        for k, v in vars(args).items() if v is not None and k not in unused)
     stem = os.path.join(REPO, "bench", "results", f"paper_settings-{args.part}")
     save_result(stem + ".json", {"command": command, **summary})
     with open(stem + ".md", "w") as f:
