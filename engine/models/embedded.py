@@ -37,9 +37,9 @@ def vae_config() -> dict:
                 block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8)
 
 
-def unet_config() -> dict:
+def unet_config(widths: tuple[int, int, int] = (32, 64, 128)) -> dict:
     return dict(sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1,
-                block_out_channels=(32, 64, 128),
+                block_out_channels=widths,
                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
                 cross_attention_dim=TEXT_WIDTH, attention_head_dim=4, norm_num_groups=16)

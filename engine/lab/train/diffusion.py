@@ -24,7 +24,9 @@ from . import flushed_print
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import prompt_variant, render_batch
 
-__all__ = ["DiffusionRecipe", "train_diffusion", "export_pipeline"]
+__all__ = ["DiffusionRecipe", "TEXT_ENCODERS", "train_diffusion", "export_pipeline"]
+
+TEXT_ENCODERS = ("train", "frozen-clip")
 
 
 @dataclass
@@ -46,6 +48,13 @@ class DiffusionRecipe:
     max_objects: int = MODEL_WORLD["max_objects"]
     min_scale: float = MODEL_WORLD["min_scale"]
     max_scale: float = MODEL_WORLD["max_scale"]
+    # "train": a CLIPTextModel trained from scratch with the UNet (v1); "frozen-clip": the text
+    # tower of the small shapes CLIP (engine/models/clip), frozen, as SD freezes OpenAI's CLIP.
+    text_encoder: str = "train"
+    # An exported embedded model folder to warm-start from: its VAE (the VAE phase is skipped),
+    # its UNet when the widths match, its text encoder when ``text_encoder`` is "train".
+    init_from: str = ""
+    unet_widths: tuple[int, int, int] = (32, 64, 128)
     seed: int = 0
 
     def world(self):
@@ -143,7 +152,8 @@ def _latent_pool(out: str, vae, recipe: DiffusionRecipe):
 
     path = os.path.join(out, "latents.safetensors")
     config = recipe.world()
-    world = {"world": asdict(config), "count": recipe.latent_pool, "seed": recipe.seed}
+    world = {"world": asdict(config), "count": recipe.latent_pool, "seed": recipe.seed,
+             "vae": recipe.init_from or "trained"}
     if os.path.exists(path):
         with open(path + ".json") as f:
             meta = json.load(f)
@@ -166,25 +176,55 @@ def _latent_pool(out: str, vae, recipe: DiffusionRecipe):
     return mean, std, scenes, scale
 
 
+def _text_encoder(recipe: DiffusionRecipe, tokenizer):
+    """The text encoder the UNet is conditioned on, and whether it trains with the UNet."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ...models.embedded import text_encoder_config
+    from ...models.shipped import CLIP_DIR
+
+    if recipe.text_encoder == "frozen-clip":  # CLIPTextModel reads the text tower of a CLIPModel folder
+        import torch  # the CLIP is stored in fp16; the UNet trains in fp32
+
+        return CLIPTextModel.from_pretrained(CLIP_DIR, dtype=torch.float32).requires_grad_(False).eval(), False
+    if recipe.init_from:
+        return CLIPTextModel.from_pretrained(os.path.join(recipe.init_from, "text_encoder")), True
+    return CLIPTextModel(CLIPTextConfig(**text_encoder_config(
+        len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))), True
+
+
+def _unet(recipe: DiffusionRecipe):
+    from diffusers import UNet2DConditionModel
+
+    from ...models.embedded import unet_config
+
+    config = unet_config(tuple(recipe.unet_widths))
+    if recipe.init_from:
+        folder = os.path.join(recipe.init_from, "unet")
+        if tuple(UNet2DConditionModel.load_config(folder)["block_out_channels"]) == tuple(recipe.unet_widths):
+            return UNet2DConditionModel.from_pretrained(folder)
+    return UNet2DConditionModel(**config)
+
+
 def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, deadline: float,
                 until_step: int | None = None):
     import torch
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDPMScheduler
 
-    from ...models.embedded import scheduler_config, text_encoder_config, unet_config
+    from ...models.embedded import scheduler_config
 
     mean, std, scenes, scale = _latent_pool(out, vae, recipe)
     vae.register_to_config(scaling_factor=scale)
     torch.manual_seed(recipe.seed)
-    unet = UNet2DConditionModel(**unet_config())
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_encoder_config(
-        len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)))
-    ema_unet, ema_text = _Ema(unet, recipe.ema_decay), _Ema(text_encoder, recipe.ema_decay)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    unet = _unet(recipe)
+    text_encoder, train_text = _text_encoder(recipe, tokenizer)
+    ema_unet = _Ema(unet, recipe.ema_decay)
+    ema_text = _Ema(text_encoder, recipe.ema_decay) if train_text else None
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
     optimizer = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=1e-2)
-    modules = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet.module,
-               "ema_text_encoder": ema_text.module}
+    modules = {"unet": unet, "ema_unet": ema_unet.module}
+    if train_text:
+        modules.update(text_encoder=text_encoder, ema_text_encoder=ema_text.module)
     folder = os.path.join(out, "ckpt-unet")
     meta = load_checkpoint(folder, modules, optimizer) or {"step": 0}
     step = start = meta["step"]
@@ -214,7 +254,8 @@ def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, de
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         ema_unet.update(unet)
-        ema_text.update(text_encoder)
+        if ema_text:
+            ema_text.update(text_encoder)
         step += 1
         if step % 50 == 0:
             log.row(phase="unet", step=step, loss=round(loss.item(), 5), lr=round(optimizer.param_groups[0]["lr"], 6))
@@ -222,7 +263,7 @@ def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, de
             save_checkpoint(folder, modules, optimizer, {"step": step})
     if step < last:  # stopped by the deadline: keep what was done
         save_checkpoint(folder, modules, optimizer, {"step": step})
-    return ema_unet.module, ema_text.module, step, step - start
+    return ema_unet.module, (ema_text.module if ema_text else text_encoder), step, step - start
 
 
 def hardware() -> str:
@@ -266,7 +307,12 @@ def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, ma
     log = _Log(os.path.join(out, "train_log.csv"), echo or flushed_print)
     torch.manual_seed(recipe.seed)
     started = time.time()
-    vae, vae_done = _train_vae(out, recipe, log, deadline)
+    if recipe.init_from:
+        from diffusers import AutoencoderKL
+
+        vae, vae_done = AutoencoderKL.from_pretrained(os.path.join(recipe.init_from, "vae")).eval(), True
+    else:
+        vae, vae_done = _train_vae(out, recipe, log, deadline)
     status = {"vae_done": vae_done, "unet_step": 0, "exported": False}
     if not vae_done:
         return status
