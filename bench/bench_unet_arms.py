@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--init-from", default="engine/models/shapes", help="the v1 weights to warm-start from")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--rescore", action="store_true",
+                        help="score an arm already trained (its model/) again, e.g. after the benchmark gained a metric")
     args = parser.parse_args()
 
     import torch
@@ -53,6 +55,12 @@ def main() -> None:
     from engine.lab.train.diffusion import DiffusionRecipe, _latent_pool, train_diffusion
 
     out = os.path.join(args.out, f"{args.arm}-seed{args.seed}")
+    if args.rescore:
+        arm = json.load(open(os.path.join(out, "arm.json")))
+        arm["fidelity"] = fidelity_benchmark(model=os.path.join(out, "model"), per_class=args.per_class,
+                                             out_dir=os.path.join(out, "eval"))
+        save_result(os.path.join(out, "arm.json"), arm)
+        return
     recipe = replace(DiffusionRecipe(), init_from=os.path.abspath(args.init_from), unet_steps=args.schedule_steps,
                      seed=args.seed, **ARMS[args.arm])
     os.makedirs(out, exist_ok=True)

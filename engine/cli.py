@@ -54,6 +54,15 @@ def _clip_folder(text: str) -> str:
     return text
 
 
+def _model_folder(text: str) -> str:
+    """An argparse type for an exported embedded model folder (a diffusers pipeline with vae/ and unet/)."""
+    if not all(os.path.isfile(os.path.join(text, name)) for name in ("model_index.json", "vae/config.json",
+                                                                      "unet/config.json")):
+        raise argparse.ArgumentTypeError(f"expected an exported model folder holding model_index.json, vae/ and unet/ "
+                                         f"(e.g. engine/models/shapes), got {text!r}")
+    return os.path.abspath(text)
+
+
 def _at_least(minimum, kind=int):
     """An argparse type for a number no smaller than ``minimum``: a bad value exits 2 naming its flag."""
     def parse(text: str):
@@ -179,6 +188,13 @@ def _parser() -> argparse.ArgumentParser:
     diffusion.add_argument("--vae-steps", type=_at_least(1))
     diffusion.add_argument("--unet-steps", type=_at_least(1))
     diffusion.add_argument("--batch-size", type=_at_least(1))
+    diffusion.add_argument("--unet-lr", type=_at_least(1e-8, float))
+    diffusion.add_argument("--text-encoder", choices=("train", "frozen-clip"),
+                           help="train: a text encoder trained with the UNet (v1); frozen-clip: the small shapes "
+                                "CLIP's text tower, frozen (v2)")
+    diffusion.add_argument("--init-from", type=_model_folder,
+                           help="warm-start from an exported model: its VAE (no VAE phase), UNet and, with "
+                                "--text-encoder train, text encoder")
     diffusion.add_argument("--max-minutes", type=_at_least(0.0, float), help="stop cleanly after this long; rerun to continue")
     diffusion.add_argument("--until-step", type=_at_least(1), help="stop cleanly at this UNet step; rerun to continue")
     diffusion.add_argument("--export-unfinished", action="store_true",
@@ -552,8 +568,12 @@ def _train_diffusion(args) -> int:
     from .models.embedded import EMBEDDED_MODELS
 
     overrides = {k: v for k, v in {"vae_steps": args.vae_steps, "unet_steps": args.unet_steps,
-                                   "batch_size": args.batch_size}.items() if v is not None}
-    status = train_diffusion(args.out, replace(DiffusionRecipe(), **overrides), max_minutes=args.max_minutes,
+                                   "batch_size": args.batch_size, "unet_lr": args.unet_lr,
+                                   "text_encoder": args.text_encoder, "init_from": args.init_from}.items()
+                 if v is not None}
+    stored = os.path.join(args.out, "recipe.json")  # a rerun continues with the folder's recipe; flags override it
+    recipe = DiffusionRecipe(**json.load(open(stored))) if os.path.isfile(stored) else DiffusionRecipe()
+    status = train_diffusion(args.out, replace(recipe, **overrides), max_minutes=args.max_minutes,
                              until_step=args.until_step, export_unfinished=args.export_unfinished)
     print(json.dumps(status))
     if args.export and status["exported"]:

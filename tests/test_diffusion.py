@@ -133,6 +133,8 @@ def test_fidelity_benchmark_reports_every_metric(tiny_model, tmp_path):
     result = fidelity_benchmark(tiny_model, per_class=2, steps=2, batch_size=6, out_dir=str(tmp_path))
     assert 0 <= result["fidelity_single"] <= 1 and 0 <= result["fidelity_pair"] <= 1
     assert result["oracle_ceiling_single"] > 0.9, "the oracle must find single rendered objects"
+    assert 0 <= result["exact_single"] <= result["fidelity_single"], "exact match is the stricter score"
+    assert result["oracle_ceiling_exact_single"] > 0.7, "rendered single-class scenes hold no other class"
     assert set(result["fidelity_single_per_class"]) == {"circle", "square", "triangle", "star", "ring", "cross"}
     assert result["frechet_oracle_generated_vs_rendered"] > result["frechet_oracle_rendered_vs_rendered"] >= 0
     assert json.load(open(tmp_path / "fidelity.json")) == result

@@ -41,6 +41,44 @@ def test_training_checkpoints_and_resumes_exactly(tmp_path):
                    for name in files), "checkpoints must be safetensors, never pickles"
 
 
+def test_warm_start_with_the_frozen_clip_text_encoder_resumes(tmp_path):
+    """v2's recipe: VAE and UNet from an exported model, the small CLIP's text tower frozen; a
+    stopped run continues, and the export carries the CLIP text tower unchanged."""
+    from transformers import CLIPModel
+
+    from engine.lab.train.diffusion import train_diffusion
+    from engine.models.shipped import CLIP_DIR
+
+    v1 = str(tmp_path / "v1")
+    assert train_diffusion(v1, TINY, echo=lambda *_: None)["exported"]
+    recipe = DiffusionRecipe(**{**vars(TINY), "text_encoder": "frozen-clip", "init_from": f"{v1}/model"})
+    v2 = str(tmp_path / "v2")
+    assert train_diffusion(v2, recipe, until_step=2, echo=lambda *_: None)["unet_step"] == 2
+    assert not os.path.exists(os.path.join(v2, "ckpt-vae")), "a warm start takes the VAE as it is"
+    assert train_diffusion(v2, recipe, echo=lambda *_: None) == {"vae_done": True, "unet_step": 4, "exported": True}
+    exported = load_file(os.path.join(v2, "model", "text_encoder", "model.safetensors"))
+    clip = CLIPModel.from_pretrained(CLIP_DIR).text_model.state_dict()
+    assert all(np.allclose(exported[f"text_model.{k}"].float(), v.float()) for k, v in clip.items()
+               if f"text_model.{k}" in exported), "the frozen text encoder changed"
+    assert load_file(os.path.join(v2, "model", "vae", "diffusion_pytorch_model.safetensors")).keys()
+
+
+def test_a_rerun_continues_with_the_folders_recipe(tmp_path):
+    """`dde train diffusion --out DIR` with no recipe flags keeps DIR's recipe (here: its batch size)."""
+    import json
+    import subprocess
+
+    from .conftest import DDE
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.json").write_text(json.dumps({**vars(TINY), "unet_steps": 2, "vae_steps": 1}))
+    proc = subprocess.run([DDE, "train", "diffusion", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "recipe.json").read_text())["batch_size"] == TINY.batch_size
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["unet_step"] == 2
+
+
 @pytest.mark.skipif(not os.path.exists(os.path.join(EMBEDDED_MODELS["shapes"], "model_index.json")),
                     reason="embedded:shapes weights are not trained yet (dde train diffusion --export)")
 def test_embedded_model_generates_real_images():

@@ -1,8 +1,10 @@
 """``dde bench fidelity``: does the model draw what the prompt names?
 
 The oracle (a classifier trained on rendered scenes) checks every prompted class is
-present in each generated image; a Fréchet distance on the oracle's pooled features
-compares generated with rendered images (with a rendered-vs-rendered floor for scale).
+present in each generated image (``fidelity_*``) and, stricter, that no other class is
+(``exact_*``: an image of scattered fragments can hold every class and pass any prompt);
+a Fréchet distance on the oracle's pooled features compares generated with rendered images
+(with a rendered-vs-rendered floor for scale).
 """
 
 from __future__ import annotations
@@ -56,9 +58,21 @@ def _all_found(probs: np.ndarray, prompts: list[tuple[str, tuple[str, ...]]]) ->
     return np.array([all(probs[k, CLASSES.index(c)] > 0.5 for c in classes) for k, (_, classes) in enumerate(prompts)])
 
 
-def _rendered_ceiling(oracle, prompts: list[tuple[str, tuple[str, ...]]], seed: int) -> float:
-    """The same score for rendered scenes holding exactly the prompted classes: what a perfect
-    generator would get from this oracle, so the generated score can be read against it."""
+def _exactly_found(probs: np.ndarray, prompts: list[tuple[str, tuple[str, ...]]]) -> np.ndarray:
+    """The prompted classes found and no other class: (N,) bool."""
+    found = probs > 0.5
+    return np.array([set(np.flatnonzero(found[k])) == {CLASSES.index(c) for c in classes}
+                     for k, (_, classes) in enumerate(prompts)])
+
+
+def _per_class(hit: np.ndarray, prompts: list[tuple[str, tuple[str, ...]]]) -> dict[str, float]:
+    return {c: round(float(np.mean([h for h, (_, cl) in zip(hit, prompts) if c in cl])), 4) for c in CLASSES}
+
+
+def _rendered_ceiling(oracle, prompts: list[tuple[str, tuple[str, ...]]], seed: int) -> tuple[float, float]:
+    """The same scores (all found, exactly found) for rendered scenes holding exactly the prompted
+    classes: what a perfect generator would get from this oracle, so the generated scores can be
+    read against them."""
     from dataclasses import replace
 
     from ...models.embedded import model_world
@@ -68,7 +82,8 @@ def _rendered_ceiling(oracle, prompts: list[tuple[str, tuple[str, ...]]], seed: 
     images = np.stack([render_scene(derive_seed(seed, 7 * 10**6 + k), classes,
                                     replace(world, min_objects=len(classes), max_objects=len(classes))).image
                        for k, (_, classes) in enumerate(prompts)])
-    return round(float(_all_found(_oracle_outputs(oracle, images)[0], prompts).mean()), 4)
+    probs = _oracle_outputs(oracle, images)[0]
+    return (round(float(_all_found(probs, prompts).mean()), 4), round(float(_exactly_found(probs, prompts).mean()), 4))
 
 
 def _preview(path: str, images: np.ndarray, prompts: list[str], columns: int = 8, scale: int = 2) -> None:
@@ -105,11 +120,14 @@ def fidelity_benchmark(model: str = "embedded:shapes", per_class: int = 50, step
         images = np.stack([g.image for start in range(0, len(requests), batch_size)
                            for g in backend.generate(requests[start:start + batch_size])])
         probs, features = _oracle_outputs(oracle, images)
-        hit = _all_found(probs, prompts)
+        hit, exact = _all_found(probs, prompts), _exactly_found(probs, prompts)
         result[f"fidelity_{name}"] = round(float(hit.mean()), 4)
-        result[f"oracle_ceiling_{name}"] = _rendered_ceiling(oracle, prompts, seed)
-        result[f"fidelity_{name}_per_class"] = {
-            c: round(float(np.mean([h for h, (_, cl) in zip(hit, prompts) if c in cl])), 4) for c in CLASSES}
+        result[f"exact_{name}"] = round(float(exact.mean()), 4)
+        result[f"oracle_ceiling_{name}"], result[f"oracle_ceiling_exact_{name}"] = _rendered_ceiling(
+            oracle, prompts, seed)
+        result[f"classes_found_per_image_{name}"] = round(float((probs > 0.5).sum(1).mean()), 3)
+        result[f"fidelity_{name}_per_class"] = _per_class(hit, prompts)
+        result[f"exact_{name}_per_class"] = _per_class(exact, prompts)
         all_features.append(features)
         previews.extend((images[k], prompts[k][0]) for k in range(0, len(prompts), max(1, per_class // 2)))
     generated = np.concatenate(all_features)

@@ -14,7 +14,7 @@ import shutil
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
-SHARD_BYTES = 20 * 2**20
+SHARD_BYTES = 15 * 2**20  # each file under the 16 MiB the device tool returns
 
 
 def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
@@ -27,10 +27,10 @@ def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
 def save_checkpoint(folder: str, modules: dict, optimizer, meta: dict) -> None:
     from safetensors.torch import save_file
 
-    tensors = {f"{name}.{k}": v.detach().contiguous() for name, module in modules.items()
+    tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, module in modules.items()
                for k, v in module.state_dict().items()}
     optim_tensors, optim_meta = _optimizer_tensors(optimizer)
-    tensors.update({k: v.contiguous() for k, v in optim_tensors.items()})
+    tensors.update({k: v.cpu().contiguous() for k, v in optim_tensors.items()})
     meta = dict(meta, optimizer=optim_meta)
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -216,8 +216,13 @@ def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, de
     mean, std, scenes, scale = _latent_pool(out, vae, recipe)
     vae.register_to_config(scaling_factor=scale)
     torch.manual_seed(recipe.seed)
-    unet = _unet(recipe)
+    # on a GPU when there is one; batches and noise are still drawn on the CPU from (seed, step),
+    # so a run continued on another device sees the same data
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    unet = _unet(recipe).to(device)
     text_encoder, train_text = _text_encoder(recipe, tokenizer)
+    text_encoder.to(device)
     ema_unet = _Ema(unet, recipe.ema_decay)
     ema_text = _Ema(text_encoder, recipe.ema_decay) if train_text else None
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
@@ -245,10 +250,10 @@ def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, de
         target = noise_scheduler.get_velocity(latents, noise, t)
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, recipe.unet_steps, recipe.unet_lr, recipe.warmup)
-        pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        pred = unet(noisy.to(device), t.to(device), encoder_hidden_states=text_encoder(ids.to(device))[0]).sample
         snr = snr_all[t]
-        weight = torch.clamp(snr, max=recipe.min_snr_gamma) / (snr + 1)  # min-SNR for v-prediction
-        loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        weight = (torch.clamp(snr, max=recipe.min_snr_gamma) / (snr + 1)).to(device)  # min-SNR for v-prediction
+        loss = (weight * ((pred - target.to(device)) ** 2).mean(dim=(1, 2, 3))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -263,7 +268,7 @@ def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, de
             save_checkpoint(folder, modules, optimizer, {"step": step})
     if step < last:  # stopped by the deadline: keep what was done
         save_checkpoint(folder, modules, optimizer, {"step": step})
-    return ema_unet.module, (ema_text.module if ema_text else text_encoder), step, step - start
+    return ema_unet.module.cpu(), (ema_text.module if ema_text else text_encoder).cpu(), step, step - start
 
 
 def hardware() -> str:
