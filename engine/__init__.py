@@ -18,12 +18,15 @@ holds this, with the contracts in ``pyproject.toml``):
 """
 
 from .errors import SpecError, UserError
-from .spec import JobSpec, load_spec, parse_spec
 
 __all__ = ["JobSpec", "load_spec", "parse_spec", "UserError", "SpecError", "run_job", "finalize_job"]
 
 
-def __getattr__(name):  # keep `import engine` free of ray/pyarrow
+def __getattr__(name):  # keep `import engine` free of ray, pyarrow and pydantic (the trainers run without them)
+    if name in ("JobSpec", "load_spec", "parse_spec"):
+        from . import spec
+
+        return getattr(spec, name)
     if name == "run_job":
         from .job.runner import run_job
 

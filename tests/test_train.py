@@ -121,3 +121,26 @@ def test_bad_numbers_are_refused_with_exit_2(args):
     proc = subprocess.run([DDE, *args], capture_output=True, text=True)
     assert proc.returncode == 2 and f"argument {args[-2]}: expected" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_trainers_run_without_the_job_stack():
+    """The GPU command (training/diffusion/continue_on_gpu.sh) runs where only torch, transformers and
+    diffusers are installed: training imports neither Ray, pydantic nor pycocotools."""
+    import subprocess
+    import sys
+
+    code = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {"ray", "pydantic", "pycocotools", "s3fs", "pyarrow"}:
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+import engine.cli
+from engine.lab.train.data import render_batch
+from engine.lab.train.diffusion import DiffusionRecipe, train_diffusion
+images, scenes = render_batch(0, 0, 2, DiffusionRecipe().world())
+print(images.shape)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and "(2, 64, 64, 3)" in proc.stdout, proc.stderr[-2000:]

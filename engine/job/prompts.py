@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..output.storage import input_options
 from ..spec import ClassSpec, CombinationPrompts, JobSpec, JsonlPrompts, ReferencePrompts
 from .classnames import ClassMatcher
+from .phrases import class_append_prompt, generic_prompt, objects_phrase
 
 __all__ = ["PromptItem", "build_pool", "generic_prompt", "class_append_prompt", "objects_phrase"]
 
@@ -27,21 +28,6 @@ class PromptItem:
     negative_prompt: str = ""
     reference_id: str | None = None
     reference_uri: str | None = None
-
-
-def objects_phrase(names: list[str]) -> str:
-    parts = [f"{'an' if n[0].lower() in 'aeiou' else 'a'} {n}" for n in names]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def generic_prompt(domain: str, names: list[str]) -> str:
-    """DiffusionEngine's prompt for images without captions."""
-    return f"A {domain}, with {', '.join(names)} in the {domain}."
-
-
-def class_append_prompt(caption: str, names: list[str]) -> str:
-    """Dataset Diffusion's class-prompt appending: 'caption; cls-a cls-b'."""
-    return f"{caption.strip().rstrip('.')}; {' '.join(names)}"
 
 
 def _unique_in_order(names) -> list[str]:

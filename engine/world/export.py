@@ -19,7 +19,6 @@ import pathlib
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from engine.records import category_ids
 from engine.world.render import CLASSES, Instance, WorldConfig, render_scene
@@ -83,6 +82,8 @@ def _validate(images: int, split: str) -> None:
 
 
 def _annotation(annotation_id: int, image_id: int, instance: Instance) -> dict:
+    from pycocotools import mask as mask_utils  # here: rendering (the trainers' use) needs no pycocotools
+
     rle = mask_utils.encode(np.asfortranarray(instance.mask.astype(np.uint8)))
     return {
         "id": annotation_id,

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from ...job.prompts import objects_phrase
+from ...job.phrases import objects_phrase
 from ...output.layout import derive_seed
 from ...records import ImageRequest
 from ...world import CLASSES

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ...job.prompts import objects_phrase
+from ...job.phrases import objects_phrase
 from ...models.clip_embeddings import image_embeddings as _image_embeddings
 from ...models.clip_embeddings import load_clip
 from ...output.layout import derive_seed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...job.prompts import class_append_prompt, generic_prompt, objects_phrase
+from ...job.phrases import class_append_prompt, generic_prompt, objects_phrase
 from ...output.layout import derive_seed
 from ...world import WorldConfig, render_scene
 
