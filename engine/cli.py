@@ -195,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     diffusion.add_argument("--init-from", type=_model_folder,
                            help="warm-start from an exported model: its VAE (no VAE phase), UNet and, with "
                                 "--text-encoder train, text encoder")
-    diffusion.add_argument("--max-minutes", type=_at_least(0.0, float), help="stop cleanly after this long; rerun to continue")
+    diffusion.add_argument("--max-minutes", type=_at_least(0.0, float), help="stop cleanly after this many minutes of training (encoding the latent pool once is not counted); rerun to continue")
     diffusion.add_argument("--until-step", type=_at_least(1), help="stop cleanly at this UNet step; rerun to continue")
     diffusion.add_argument("--export-unfinished", action="store_true",
                            help="export the EMA weights reached so far even if training is not done")

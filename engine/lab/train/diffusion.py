@@ -145,8 +145,8 @@ def _train_vae(out: str, recipe: DiffusionRecipe, log: _Log, deadline: float):
     return vae.eval(), step >= recipe.vae_steps
 
 
-def _latent_pool(out: str, vae, recipe: DiffusionRecipe):
-    """Encode the training scenes once (cached on disk); returns means, stds, prompts data, scale."""
+def _latent_pool(out: str, vae, recipe: DiffusionRecipe, device: str = "cpu"):
+    """Encode the training scenes once (cached on disk, on CPU); returns means, stds, prompts data, scale."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -164,9 +164,9 @@ def _latent_pool(out: str, vae, recipe: DiffusionRecipe):
     with torch.no_grad():
         for start in range(0, recipe.latent_pool, 256):
             images, info = render_batch(recipe.seed * 7919 + 2, start, min(256, recipe.latent_pool - start), config)
-            dist = vae.encode(_to_tensor(images)).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
+            dist = vae.to(device).encode(_to_tensor(images).to(device)).latent_dist
+            means.append(dist.mean.cpu())
+            stds.append(dist.std.cpu())
             scenes.extend(info)
     mean, std = torch.cat(means), torch.cat(stds)
     scale = float(1.0 / mean.std())
@@ -213,12 +213,14 @@ def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, de
 
     from ...models.embedded import scheduler_config
 
-    mean, std, scenes, scale = _latent_pool(out, vae, recipe)
-    vae.register_to_config(scaling_factor=scale)
-    torch.manual_seed(recipe.seed)
     # on a GPU when there is one; batches and noise are still drawn on the CPU from (seed, step),
     # so a run continued on another device sees the same data
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    began = time.time()
+    mean, std, scenes, scale = _latent_pool(out, vae, recipe, device)
+    deadline += time.time() - began  # encoding the pool once is setup, not training time
+    vae.register_to_config(scaling_factor=scale)
+    torch.manual_seed(recipe.seed)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     unet = _unet(recipe).to(device)
     text_encoder, train_text = _text_encoder(recipe, tokenizer)
