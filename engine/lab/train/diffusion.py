@@ -352,24 +352,31 @@ def write_model_card(out: str, fidelity: dict | None = None) -> None:
     notes = "\n" + open(notes_path).read() if os.path.exists(notes_path) else ""
     reached = sessions[-1]["unet_step"] if sessions else 0
     state = ("" if reached >= recipe["unet_steps"] else
-             f"\n**Unfinished:** exported at UNet step {reached} of {recipe['unet_steps']}; "
-             f"`dde train diffusion --out DIR` continues from DIR's checkpoint (kept out of the repository: "
-             f"with optimizer state it is larger than these weights).\n")
+             f"\n**Unfinished:** exported at UNet step {reached} of {recipe['unet_steps']}. "
+             f"`dde train diffusion --out DIR` continues from DIR's checkpoint (with optimizer state; not "
+             f"committed, it is larger than these weights); on a fresh machine `--init-from` this folder "
+             f"continues from these EMA weights.\n")
+    frozen = recipe.get("text_encoder") == "frozen-clip"
+    text_encoder = ("the small shapes CLIP's text tower (`engine/models/clip`), frozen, as SD freezes CLIP"
+                    if frozen else "trained with the UNet")
+    origin = (f"warm-started from `{recipe['init_from']}` (its VAE as it is)"
+              if recipe.get("init_from") else "trained from scratch")
     text = f"""# embedded:shapes
 {state}
 A Stable-Diffusion-architecture model (AutoencoderKL, CLIPTextModel, CLIPTokenizer over the
-shapes world's vocabulary, UNet2DConditionModel), trained from scratch by
-`dde train diffusion` on rendered shapes-world scenes. 64 px images, 16x16x4 latents,
-v-prediction, DPM-Solver++ by default. fp32 safetensors, {size / 2**20:.1f} MB in all.
-Load it like any diffusers model: `StableDiffusionPipeline.from_pretrained(folder)`.
+shapes world's vocabulary, UNet2DConditionModel), {origin} by
+`dde train diffusion` on rendered shapes-world scenes; text encoder: {text_encoder}.
+64 px images, 16x16x4 latents, v-prediction, DPM-Solver++ by default. fp32 safetensors,
+{size / 2**20:.1f} MB in all. Load it like any diffusers model:
+`StableDiffusionPipeline.from_pretrained(folder)`.
 
 ## Training recipe
 ```json
 {json.dumps(recipe, indent=1)}
 ```
-VAE first (L1 + KL), then UNet and text encoder together on a cached pool of encoded
-scenes, with EMA (the shipped weights are the EMA), min-SNR weighting and
-caption-dropout for classifier-free guidance. Prompts mix the world's captions with the
+VAE first (L1 + KL; skipped on a warm start), then the UNet (and a trained text encoder) on a
+cached pool of encoded scenes, with EMA (the exported weights are the EMA), min-SNR weighting
+and caption-dropout for classifier-free guidance. Prompts mix the world's captions with the
 engine's prompt styles (class combinations, DiffusionEngine's generic prompt,
 Dataset Diffusion's caption; classes).
 
