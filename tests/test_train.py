@@ -63,6 +63,14 @@ def test_warm_start_with_the_frozen_clip_text_encoder_resumes(tmp_path):
     assert load_file(os.path.join(v2, "model", "vae", "diffusion_pytorch_model.safetensors")).keys()
 
 
+def test_an_unknown_text_encoder_is_refused_before_anything_is_written(tmp_path):
+    from engine.errors import UserError
+
+    with pytest.raises(UserError, match="text_encoder: expected one of train, frozen-clip, got 'openai'"):
+        train_diffusion(str(tmp_path / "run"), DiffusionRecipe(text_encoder="openai"), echo=lambda *_: None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_rerun_continues_with_the_folders_recipe(tmp_path):
     """`dde train diffusion --out DIR` with no recipe flags keeps DIR's recipe (here: its batch size)."""
     import json

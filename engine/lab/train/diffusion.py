@@ -146,7 +146,8 @@ def _train_vae(out: str, recipe: DiffusionRecipe, log: _Log, deadline: float):
 
 
 def _latent_pool(out: str, vae, recipe: DiffusionRecipe, device: str = "cpu"):
-    """Encode the training scenes once (cached on disk, on CPU); returns means, stds, prompts data, scale."""
+    """Encode the training scenes once on ``device`` (kept on CPU, cached on disk); returns means,
+    stds, prompts data, scale."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -221,7 +222,8 @@ def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, de
     deadline += time.time() - began  # encoding the pool once is setup, not training time
     vae.register_to_config(scaling_factor=scale)
     torch.manual_seed(recipe.seed)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     unet = _unet(recipe).to(device)
     text_encoder, train_text = _text_encoder(recipe, tokenizer)
     text_encoder.to(device)
@@ -305,8 +307,11 @@ def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, ma
     """
     import torch
 
+    from ...errors import UserError
     from ...models.tokenizer import build_tokenizer
 
+    if recipe.text_encoder not in TEXT_ENCODERS:
+        raise UserError(f"text_encoder: expected one of {', '.join(TEXT_ENCODERS)}, got {recipe.text_encoder!r}")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "recipe.json"), "w") as f:
         json.dump(asdict(recipe), f, indent=1)
