@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--arm", choices=sorted(ARMS), required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=20.0)
-    parser.add_argument("--schedule-steps", type=int, default=1500,
+    parser.add_argument("--schedule-steps", type=int, default=3000,
                         help="the cosine schedule's length (set it near the steps an arm reaches)")
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
@@ -55,11 +55,14 @@ def main() -> None:
     from engine.lab.train.diffusion import DiffusionRecipe, _latent_pool, train_diffusion
 
     out = os.path.join(args.out, f"{args.arm}-seed{args.seed}")
+
+    def score() -> dict:
+        return fidelity_benchmark(model=os.path.join(out, "model"), per_class=args.per_class,
+                                  out_dir=os.path.join(out, "eval"))
+
     if args.rescore:
         arm = json.load(open(os.path.join(out, "arm.json")))
-        arm["fidelity"] = fidelity_benchmark(model=os.path.join(out, "model"), per_class=args.per_class,
-                                             out_dir=os.path.join(out, "eval"))
-        save_result(os.path.join(out, "arm.json"), arm)
+        save_result(os.path.join(out, "arm.json"), {**arm, "fidelity": score()})
         return
     recipe = replace(DiffusionRecipe(), init_from=os.path.abspath(args.init_from), unet_steps=args.schedule_steps,
                      seed=args.seed, **ARMS[args.arm])
@@ -69,8 +72,7 @@ def main() -> None:
     started = time.time()
     status = train_diffusion(out, recipe, max_minutes=args.minutes, export_unfinished=True)
     trained = time.time() - started
-    fidelity = fidelity_benchmark(model=os.path.join(out, "model"), per_class=args.per_class,
-                                  out_dir=os.path.join(out, "eval"))
+    fidelity = score()
     save_result(os.path.join(out, "arm.json"), {
         "command": "python bench/bench_unet_arms.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),

@@ -572,7 +572,11 @@ def _train_diffusion(args) -> int:
                                    "text_encoder": args.text_encoder, "init_from": args.init_from}.items()
                  if v is not None}
     stored = os.path.join(args.out, "recipe.json")  # a rerun continues with the folder's recipe; flags override it
-    recipe = DiffusionRecipe(**json.load(open(stored))) if os.path.isfile(stored) else DiffusionRecipe()
+    try:
+        recipe = DiffusionRecipe(**json.load(open(stored))) if os.path.isfile(stored) else DiffusionRecipe()
+    except (ValueError, TypeError) as e:
+        raise UserError(f"--out: expected a training folder whose recipe.json holds DiffusionRecipe fields, got "
+                        f"{stored!r} ({e}); fix or remove that file, or pick another --out") from e
     status = train_diffusion(args.out, replace(recipe, **overrides), max_minutes=args.max_minutes,
                              until_step=args.until_step, export_unfinished=args.export_unfinished)
     print(json.dumps(status))

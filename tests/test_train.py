@@ -71,6 +71,17 @@ def test_an_unknown_text_encoder_is_refused_before_anything_is_written(tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+def test_a_broken_recipe_in_the_training_folder_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+
+    from .conftest import DDE
+
+    (tmp_path / "recipe.json").write_text('{"batch_size": 4, "no_such_field": 1}')
+    proc = subprocess.run([DDE, "train", "diffusion", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--out: expected a training folder whose recipe.json" in proc.stderr
+    assert "Traceback" not in proc.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]
+
+
 def test_a_rerun_continues_with_the_folders_recipe(tmp_path):
     """`dde train diffusion --out DIR` with no recipe flags keeps DIR's recipe (here: its batch size)."""
     import json

@@ -162,10 +162,11 @@ def _latent_pool(out: str, vae, recipe: DiffusionRecipe, device: str = "cpu"):
             tensors = load_file(path)
             return tensors["mean"], tensors["std"], meta["scenes"], meta["scale"]
     means, stds, scenes = [], [], []
+    vae.to(device)
     with torch.no_grad():
         for start in range(0, recipe.latent_pool, 256):
             images, info = render_batch(recipe.seed * 7919 + 2, start, min(256, recipe.latent_pool - start), config)
-            dist = vae.to(device).encode(_to_tensor(images).to(device)).latent_dist
+            dist = vae.encode(_to_tensor(images).to(device)).latent_dist
             means.append(dist.mean.cpu())
             stds.append(dist.std.cpu())
             scenes.extend(info)
