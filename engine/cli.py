@@ -332,6 +332,9 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--out", help="where probe.json, curve.png and checkpoints go (default OUT/probe); "
                                      "rerun the command to resume")
+    probe.add_argument("--threads", type=_at_least(1), default=1,
+                       help="torch threads per worker (default 1: on cores another job uses, more threads "
+                            "wait on each other; raise it on idle cores)")
     _add_trainer_options(probe)
 
     sub.add_parser("schema", help="print the job spec's JSON Schema")
@@ -594,7 +597,7 @@ def _cmd_probe(args) -> int:
     alpha = args.alpha if args.alpha is not None else (0.4 if args.real else 1.0)
     recipe = ProbeRecipe(steps=args.steps, batch=args.batch_size, lr=args.lr, alpha=alpha,
                          eval_every=args.eval_every, seed=args.seed, task=args.task,
-                         synthetic_images=args.synthetic_images)
+                         synthetic_images=args.synthetic_images, threads=args.threads)
     print(json.dumps(probe(args.uri, args.val, recipe, args.real, args.out, args.workers, args.gpus), indent=1))
     return 0
 

@@ -35,6 +35,31 @@ def test_schedule_warms_up_linearly_then_decays():
     assert Schedule(100, 1.0).lr_at(0) == 1.0  # no warm-up unless asked
 
 
+def test_probe_detector_is_torchvisions_mobilenet_fpn_fcos_with_a_narrower_fpn():
+    """build_fcos composes torchvision's public parts into what mobilenet_backbone + FCOS build,
+    but with FPN_CHANNELS (128) FPN and head channels: at 256 every parameter has the shape of
+    main's mobilenet_backbone(..., returned_layers=RETURNED_STAGES) FPN; at the default, the
+    levels reaching the head of a 64-px image are 8x8 to 1x1 with 128 channels."""
+    import torch
+    from torch import nn
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone
+
+    from engine.lab.train.probe import FPN_CHANNELS, RETURNED_STAGES, build_fcos
+
+    standard = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True,
+                                  norm_layer=nn.BatchNorm2d, trainable_layers=6, returned_layers=RETURNED_STAGES)
+    wide = build_fcos(6, 64, channels=256).backbone
+    assert {k: v.shape for k, v in wide.state_dict().items()} == {k: v.shape for k, v in standard.state_dict().items()}
+    assert wide.body.return_layers == standard.body.return_layers
+    model = build_fcos(6, 64).eval()
+    assert FPN_CHANNELS == 128 and model.transform.min_size == (64,) and model.transform.max_size == 64
+    images, _ = model.transform([torch.rand(3, 64, 64)])
+    assert images.tensors.shape == (1, 3, 64, 64)  # not resized to torchvision's default 800 px
+    levels = model.backbone(images.tensors)
+    assert [tuple(v.shape[1:]) for v in levels.values()] == [(128, 8, 8), (128, 4, 4), (128, 2, 2), (128, 1, 1)]
+    assert all(p.requires_grad for p in model.parameters())  # trained from scratch: nothing frozen
+
+
 @pytest.fixture(scope="module")
 def probe_inputs(tmp_path_factory, ray_local):
     """A finished 32-image render + ground_truth dde output and a 16-image val set, 32 px."""
@@ -61,6 +86,7 @@ def test_probe_trains_on_ray_scores_ap_and_resumes(probe_inputs, tmp_path):
     assert set(result["per_class"]) == set(result["classes"]) and result["images"] == {"synthetic": 32, "real": 0,
                                                                                        "val": 16}
     assert json.load(open(f"{folder}/probe.json")) == result and os.path.exists(f"{folder}/curve.png")
+    assert result["threads"] == 1 and "FPN of 128 channels" in result["model"]  # one torch thread unless --threads
     # a rerun with more steps continues from step 2 (here directly on the CPU, without a second Ray Train run)
     longer = probe(out, val, ProbeRecipe(steps=3, batch=4, eval_every=1), folder=folder, device="cpu")
     steps = [int(line.split(",")[0]) for line in open(f"{folder}/curve.csv").read().split()[1:]]

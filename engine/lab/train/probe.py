@@ -25,18 +25,25 @@ __all__ = ["ProbeRecipe", "probe", "read_categories", "load_detection", "build_f
 # default (two stride-32 maps) would see a 64-px scene as 2x2 cells
 RETURNED_STAGES = [2, 3, 4]
 STRIDES = (8, 16, 32, 64)
+# FPN and FCOS-head width: torchvision's mobilenet_backbone fixes 256, where the head's eight 3x3
+# convs on the stride-8 level were most of a step on 64-px scenes; 128 made a CPU step 2.4x faster
+# at the same AP (BENCHMARKS.md, "Downstream")
+FPN_CHANNELS = 128
+MODEL = f"torchvision FCOS, MobileNetV3-Large + FPN of {FPN_CHANNELS} channels, no pretrained weights"
 
 
 class ProbeRecipe:
     """``task``: ``detection`` (FCOS, COCOeval box AP) or ``segmentation`` (LR-ASPP on semantic
     masks, mIoU; ``segprobe``). ``synthetic_images``: train on the output's first N images (by
-    image id) only, to compare sources or mixes at equal counts; None: all of them."""
+    image id) only, to compare sources or mixes at equal counts; None: all of them. ``threads``:
+    torch's intra-op threads per worker (at most the worker's CPUs); 1 by default, since threads
+    of one op wait on each other and, on cores another job also uses, 2 made a step ~18x slower."""
 
     def __init__(self, *, steps: int = 800, batch: int = 32, lr: float = 1e-3, alpha: float = 1.0,
                  eval_every: int | None = None, seed: int = 0, task: str = "detection",
-                 synthetic_images: int | None = None):
+                 synthetic_images: int | None = None, threads: int = 1):
         self.steps, self.batch, self.lr, self.alpha, self.seed, self.task = steps, batch, lr, alpha, seed, task
-        self.synthetic_images = synthetic_images
+        self.synthetic_images, self.threads = synthetic_images, threads
         self.eval_every = eval_every or max(1, steps // 8)
 
     def to_json(self) -> dict:
@@ -138,20 +145,48 @@ def load_detection(images: str, annotations: str, classes: list[str]) -> tuple[l
     return pictures, targets
 
 
-def build_fcos(num_classes: int, size: int):
-    """torchvision FCOS, MobileNetV3-Large FPN backbone, no pretrained weights (BatchNorm trained, as
-    torchvision does without weights), images kept at ``size`` px, one point per cell of each level;
-    ``num_classes`` excludes the background."""
+def _stage_starts(features, size: int = 64) -> list[int]:
+    """Indices of the blocks of a torchvision MobileNet ``features`` that halve the resolution, with
+    the first and the last block: the stages ``mobilenet_backbone`` counts (found by one dry pass)."""
+    import torch
+
+    starts, x = [0], torch.zeros(1, 3, size, size)
+    was_training = features.training
+    features.eval()
+    with torch.no_grad():
+        for k, block in enumerate(features):
+            y = block(x)
+            if k and y.shape[-1] < x.shape[-1]:
+                starts.append(k)
+            x = y
+    features.train(was_training)
+    return starts + [len(features) - 1]
+
+
+def build_fcos(num_classes: int, size: int, channels: int = FPN_CHANNELS):
+    """torchvision FCOS (its ``FCOSHead``, 4 convs a branch) on a MobileNetV3-Large trunk with
+    torchvision's ``FeaturePyramidNetwork`` (``BackboneWithFPN``) of ``channels`` channels, no
+    pretrained weights, BatchNorm trained (as torchvision does without weights). It is what
+    ``mobilenet_backbone(..., fpn=True, trainable_layers=6, returned_layers=RETURNED_STAGES)`` builds,
+    but with ``channels`` FPN and head channels instead of its fixed 256. Images stay at ``size`` px
+    (``min_size = max_size = size``), one point per cell of each level; ``num_classes`` excludes
+    the background."""
     from torch import nn
+    from torchvision.models import mobilenet_v3_large
     from torchvision.models.detection import FCOS
     from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import mobilenet_backbone
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.fcos import FCOSHead
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-    backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True,
-                                  norm_layer=nn.BatchNorm2d, trainable_layers=6, returned_layers=RETURNED_STAGES)
+    features = mobilenet_v3_large(weights=None, norm_layer=nn.BatchNorm2d).features
+    starts = _stage_starts(features)
+    backbone = BackboneWithFPN(features, {str(starts[k]): str(v) for v, k in enumerate(RETURNED_STAGES)},
+                               [features[starts[k]].out_channels for k in RETURNED_STAGES], channels,
+                               extra_blocks=LastLevelMaxPool())
     anchors = AnchorGenerator(tuple((s,) for s in STRIDES), ((1.0,),) * len(STRIDES))
     return FCOS(backbone, num_classes + 1, min_size=size, max_size=size, anchor_generator=anchors,
-                score_thresh=0.05)  # COCO practice: detections down to 0.05 count
+                head=FCOSHead(channels, 1, num_classes + 1), score_thresh=0.05)  # COCO practice: down to 0.05
 
 
 def _detection_loss(model, images: list, targets: list, device: str) -> dict:
@@ -172,8 +207,7 @@ class _Task:
 def _task(name: str) -> _Task:
     if name == "detection":
         return _Task(lambda images, annotations, classes, size, semantic=None: load_detection(images, annotations, classes),
-                     build_fcos, _detection_loss, _scores, ("AP", "AP50"),
-                     "torchvision FCOS, MobileNetV3-Large FPN, no pretrained weights")
+                     build_fcos, _detection_loss, _scores, ("AP", "AP50"), MODEL)
     from .segprobe import build_lraspp, load_semantic, segmentation_loss, segmentation_scores
 
     return _Task(load_semantic, lambda num_classes, size: build_lraspp(num_classes), segmentation_loss,
@@ -233,13 +267,15 @@ def _training_set(config: dict, recipe: ProbeRecipe, task: _Task):
 def _result(curve: list[dict], config: dict, recipe: ProbeRecipe, task: _Task, counts: dict, workers: int,
             seconds: float) -> dict:
     """probe.json: the last evaluation (AP/AP50 or mIoU over the shared classes, and per class) and the run's facts."""
+    import torch
+
     last, classes = curve[-1], config["classes"]
     per_class = ("IoU",) if recipe.task == "segmentation" else task.metrics
     return {**{m: last[m] for m in task.metrics}, "task": recipe.task,
             "per_class": {c: {m: last[f"{c}_{m}"] for m in per_class} for c in classes},
             "steps": recipe.steps, "batch": recipe.batch, "alpha": recipe.alpha, "seed": recipe.seed,
             "images": counts, "classes": classes, "val_classes_ignored": config["ignored"],
-            "image_size": config["size"], "model": task.model,
+            "image_size": config["size"], "model": task.model, "threads": torch.get_num_threads(),
             "workers": workers, "train_seconds": round(last["minutes"] * 60, 1), "seconds": round(seconds, 1),
             **config["inputs"], "curve": f"{config['out']}/curve.png"}
 
@@ -253,8 +289,8 @@ def _probe_loop(config: dict) -> None:
 
     started = time.time()
     worker = WorkerContext(config)
-    torch.set_num_threads(config["threads"])
     recipe, classes, device = ProbeRecipe(**config["recipe"]), config["classes"], worker.device
+    torch.set_num_threads(max(1, min(recipe.threads, config["threads"])))
     task = _task(recipe.task)
     images, targets, counts, sampler = _training_set(config, recipe, task)
     val = task.load(*config["val"], classes, config["size"]) if worker.leader else None  # the leader alone evaluates
@@ -307,9 +343,9 @@ def probe(out: str, val: str, recipe: ProbeRecipe, real: str | None = None, fold
               "real": coco(real, "train") if real else None,
               "synthetic": [os.path.abspath(os.path.join(out, "coco", "images")), os.path.abspath(_dde_output(out))],
               "semantic": semantic}
-    # a changed input or mix trains afresh; more --steps continue the same run
+    # a changed input, mix or detector trains afresh; more --steps (or other --threads) continue the same run
     key = fingerprint(config["synthetic"], config["real"], config["val"], recipe.alpha, recipe.batch, recipe.lr,
-                      recipe.seed, workers, *([recipe.task] if recipe.task != "detection" else []),
+                      recipe.seed, workers, recipe.task if recipe.task != "detection" else MODEL,
                       *([recipe.synthetic_images] if recipe.synthetic_images else []))
     config["checkpoint"] = os.path.join(folder, f"checkpoint-{key}")
     return launch(_probe_loop, config, "probe", workers, gpus, device)
