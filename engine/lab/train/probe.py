@@ -145,22 +145,11 @@ def load_detection(images: str, annotations: str, classes: list[str]) -> tuple[l
     return pictures, targets
 
 
-def _stage_starts(features, size: int = 64) -> list[int]:
-    """Indices of the blocks of a torchvision MobileNet ``features`` that halve the resolution, with
-    the first and the last block: the stages ``mobilenet_backbone`` counts (found by one dry pass)."""
-    import torch
-
-    starts, x = [0], torch.zeros(1, 3, size, size)
-    was_training = features.training
-    features.eval()
-    with torch.no_grad():
-        for k, block in enumerate(features):
-            y = block(x)
-            if k and y.shape[-1] < x.shape[-1]:
-                starts.append(k)
-            x = y
-    features.train(was_training)
-    return starts + [len(features) - 1]
+def _stage_starts(features) -> list[int]:
+    """Indices of a torchvision MobileNet ``features``' stages, found as ``mobilenet_backbone`` finds
+    them: the first block, each block that halves the resolution (torchvision marks it ``_is_cn``)
+    and the last block."""
+    return [0] + [k for k, block in enumerate(features) if getattr(block, "_is_cn", False)] + [len(features) - 1]
 
 
 def build_fcos(num_classes: int, size: int, channels: int = FPN_CHANNELS):
