@@ -241,7 +241,7 @@ def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, de
     noise_scheduler = DDPMScheduler(**scheduler_config())
     alphas = noise_scheduler.alphas_cumprod
     snr_all = alphas / (1 - alphas)
-    last = min(recipe.unet_steps, until_step or recipe.unet_steps)
+    last = min(recipe.unet_steps, recipe.unet_steps if until_step is None else until_step)
     while step < last and time.time() < deadline:
         rng = np.random.default_rng([recipe.seed, step])
         generator = _step_generator(recipe.seed, step)
@@ -297,6 +297,12 @@ def export_pipeline(folder: str, vae, text_encoder, tokenizer, unet) -> None:
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
+    for part in ("vae", "unet"):  # a warm start's source path names this machine; the card records the origin
+        path = os.path.join(folder, part, "config.json")
+        config = json.load(open(path))
+        if config.pop("_name_or_path", None) is not None:
+            with open(path, "w") as f:
+                json.dump(config, f, indent=2, sort_keys=True)
 
 
 def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, max_minutes: float | None = None,
