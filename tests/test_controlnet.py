@@ -494,6 +494,7 @@ def test_controlnet_warm_start_begins_from_the_given_controlnet(tmp_path):
     assert train_controlnet(str(tmp_path / "b"), warm, until_step=0, echo=quiet)["step"] == 0
     a, b = (load_file(str(tmp_path / run / "controlnet" / "diffusion_pytorch_model.safetensors")) for run in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a) and b["controlnet_mid_block.weight"].abs().sum() > 0
+    assert "_name_or_path" not in json.load(open(tmp_path / "b" / "controlnet" / "config.json")), "a machine's path"
     from .conftest import DDE
 
     bad = subprocess.run([DDE, "train", "controlnet", "--out", str(tmp_path / "c"), "--init-from", str(tmp_path)],

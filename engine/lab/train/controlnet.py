@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import flushed_print
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import drop_origin_paths, load_checkpoint, save_checkpoint
 from .data import prompt_variant, scene_classes
 from .diffusion import _Log, _lr, _record_session, _step_generator, _to_tensor, hardware
 
@@ -142,6 +142,7 @@ def train_controlnet(out: str, recipe: ControlNetRecipe = ControlNetRecipe(), *,
     if step > start:
         _record_session(out, started, step=step)
     controlnet.eval().save_pretrained(os.path.join(out, "controlnet"), safe_serialization=True)
+    drop_origin_paths(os.path.join(out, "controlnet", "config.json"))
     return {"step": step, "trained": step - start, "exported": True}
 
 
@@ -158,11 +159,14 @@ def write_card(out: str, measured: dict) -> None:
              f"\n**Unfinished:** exported at step {reached} of {recipe['steps']}; `dde train controlnet --out DIR` "
              f"continues from DIR's checkpoint (kept out of the repository: with optimizer state it is larger "
              f"than these weights).\n")
+    origin = (f"warm-started from the ControlNet in `{recipe['init_from']}` (trained for the previous embedded "
+              f"model, which the shipped UNet continues)" if recipe.get("init_from") else
+              "made by `ControlNetModel.from_unet` of the shipped UNet")
+    warm = f" --init-from {recipe['init_from']}" if recipe.get("init_from") else ""
     text = f"""# embedded:shapes ControlNet
 {state}
-A segmentation ControlNet for `embedded:shapes` (diffusers `ControlNetModel`, made by
-`ControlNetModel.from_unet` of the shipped UNet, conditioning embedding {list(CONDITIONING_CHANNELS)}:
-downsamples by 4 like the model's VAE). Condition: the class-index map in the `class_index`
+A segmentation ControlNet for `embedded:shapes` (diffusers `ControlNetModel`, {origin}, conditioning
+embedding {list(CONDITIONING_CHANNELS)}: downsamples by 4 like the model's VAE). Condition: the class-index map in the `class_index`
 palette (PASCAL VOC colour map, class k = 1 + shapes-world class index). Trained by
 `dde train controlnet` on rendered scenes of the model's world, UNet/VAE/text encoder frozen,
 v-prediction with min-SNR weighting, caption dropout {recipe['cfg_dropout']}.
@@ -178,7 +182,7 @@ v-prediction with min-SNR weighting, caption dropout {recipe['cfg_dropout']}.
 {rows}
 
 On a GPU (one command, about {recipe['steps']} steps in under 10 minutes on one H100-class GPU, not measured here):
-`dde train controlnet --out training/controlnet --steps {recipe['steps']} --export`
+`dde train controlnet --out training/controlnet --steps {recipe['steps']}{warm} --export`
 
 ## Condition-image agreement (measured)
 `{measured['command']}`: {measured['note']}

@@ -21,7 +21,7 @@ import numpy as np
 
 from ...models.embedded import MODEL_WORLD, model_world
 from . import flushed_print
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import drop_origin_paths, load_checkpoint, save_checkpoint
 from .data import prompt_variant, render_batch
 
 __all__ = ["DiffusionRecipe", "TEXT_ENCODERS", "train_diffusion", "export_pipeline"]
@@ -297,12 +297,7 @@ def export_pipeline(folder: str, vae, text_encoder, tokenizer, unet) -> None:
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
-    for part in ("vae", "unet"):  # a warm start's source path names this machine; the card records the origin
-        path = os.path.join(folder, part, "config.json")
-        config = json.load(open(path))
-        if config.pop("_name_or_path", None) is not None:
-            with open(path, "w") as f:
-                json.dump(config, f, indent=2, sort_keys=True)
+    drop_origin_paths(*(os.path.join(folder, part, "config.json") for part in ("vae", "unet")))
 
 
 def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, max_minutes: float | None = None,
