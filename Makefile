@@ -15,8 +15,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/dde run jobs/examples/shapes-masks.yaml --output out/shapes-masks
-	@test -f out/world/annotations/instances_train.json || \
-	  $(BIN)/dde world export --out out/world --images 200 --split train
+	@# references from the world the embedded model was trained on (it draws those scenes best)
+	@test -f out/world-model/annotations/instances_train.json || \
+	  $(BIN)/dde world export --out out/world-model --images 200 --split train --max-objects 3 --min-scale 0.3 --max-scale 0.55
 	$(BIN)/dde run jobs/examples/shapes-img2img.yaml --output out/shapes-img2img
 	$(BIN)/dde run jobs/examples/shapes-boxes.yaml --output out/shapes-boxes
 	$(BIN)/dde run jobs/examples/shapes-controlnet.yaml --output out/shapes-controlnet

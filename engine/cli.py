@@ -54,6 +54,16 @@ def _clip_folder(text: str) -> str:
     return text
 
 
+def _controlnet_folder(text: str) -> str:
+    """An argparse type for a trained ControlNet folder (diffusers ControlNetModel, safetensors)."""
+    if not all(os.path.isfile(os.path.join(text, name)) for name in ("config.json",
+                                                                      "diffusion_pytorch_model.safetensors")):
+        raise argparse.ArgumentTypeError(f"expected a ControlNet folder holding config.json and "
+                                         f"diffusion_pytorch_model.safetensors (e.g. engine/models/controlnet), "
+                                         f"got {text!r}")
+    return text
+
+
 def _model_folder(text: str) -> str:
     """An argparse type for an exported embedded model folder (a diffusers pipeline with vae/ and unet/)."""
     if not all(os.path.isfile(os.path.join(text, name)) for name in ("model_index.json", "vae/config.json",
@@ -219,6 +229,9 @@ def _parser() -> argparse.ArgumentParser:
     controlnet.add_argument("--batch-size", type=_at_least(1))
     controlnet.add_argument("--max-minutes", type=_at_least(0.0, float), help="stop cleanly after this long; rerun "
                                                                              "to continue")
+    controlnet.add_argument("--init-from", type=_controlnet_folder,
+                            help="warm-start a new run from a trained ControlNet folder (e.g. engine/models/controlnet "
+                                 "after the embedded model changes) instead of from_unet")
     controlnet.add_argument("--eval-images", type=_at_least(2), default=64,
                             help="val scenes for the agreement measured against an untrained ControlNet")
     controlnet.add_argument("--export", action="store_true",
@@ -304,6 +317,9 @@ def _parser() -> argparse.ArgumentParser:
     labels.add_argument("--head-params", type=json.loads, default=None,
                         help='attention head params as JSON, e.g. \'{"cross_resolutions": [8]}\'')
     labels.add_argument("--out", default="bench/results")
+    labels.add_argument("--reference-world", choices=["model", "default"], default="model",
+                        help="img2img references: the model's training world (model) or `dde world export`'s "
+                             "default scenes (default: more and smaller objects, what the demo uses)")
     labels.add_argument("--source", choices=["attention", "controlnet"], default="attention",
                         help="attention: the attention and box heads; controlnet: condition-image agreement of a "
                              "ControlNet with and without High-quality Image Selection, and its cost")
@@ -550,17 +566,29 @@ def _cmd_bench(args) -> int:
         print(open(os.path.join(out, "downstream.md")).read())
         return 0
     if args.bench_command == "labels":
-        from .lab.evals.labels import labels_benchmark
+        from .lab.evals.labels import labels_benchmark, result_name
 
         result = labels_benchmark(args.model, args.images, args.steps, args.guidance_scale,
-                                  head_params=args.head_params, out_dir=args.out)
-        print(open(os.path.join(args.out, "labels.md")).read())
+                                  head_params=args.head_params, out_dir=args.out, world=args.reference_world)
+        print(open(os.path.join(args.out, f"{result_name(args.reference_world)}.md")).read())
         return 0 if result else 1
     from .lab.evals.fidelity import fidelity_benchmark
 
     print(json.dumps(fidelity_benchmark(args.model, args.per_class, args.steps, args.guidance_scale,
                                         out_dir=args.out), indent=1))
     return 0
+
+
+def _stored_recipe(out: str, recipe_type):
+    """The recipe a training folder was started with (``out/recipe.json``), else the defaults: a
+    rerun continues with the folder's recipe and its flags only override it. A broken file is a
+    UserError naming ``--out``."""
+    stored = os.path.join(out, "recipe.json")
+    try:
+        return recipe_type(**json.load(open(stored))) if os.path.isfile(stored) else recipe_type()
+    except (ValueError, TypeError) as e:
+        raise UserError(f"--out: expected a training folder whose recipe.json holds {recipe_type.__name__} fields, "
+                        f"got {stored!r} ({e}); fix or remove that file, or pick another --out") from e
 
 
 def _train_diffusion(args) -> int:
@@ -574,12 +602,7 @@ def _train_diffusion(args) -> int:
                                    "batch_size": args.batch_size, "unet_lr": args.unet_lr,
                                    "text_encoder": args.text_encoder, "init_from": args.init_from}.items()
                  if v is not None}
-    stored = os.path.join(args.out, "recipe.json")  # a rerun continues with the folder's recipe; flags override it
-    try:
-        recipe = DiffusionRecipe(**json.load(open(stored))) if os.path.isfile(stored) else DiffusionRecipe()
-    except (ValueError, TypeError) as e:
-        raise UserError(f"--out: expected a training folder whose recipe.json holds DiffusionRecipe fields, got "
-                        f"{stored!r} ({e}); fix or remove that file, or pick another --out") from e
+    recipe = _stored_recipe(args.out, DiffusionRecipe)
     status = train_diffusion(args.out, replace(recipe, **overrides), max_minutes=args.max_minutes,
                              until_step=args.until_step, export_unfinished=args.export_unfinished)
     print(json.dumps(status))
@@ -610,8 +633,10 @@ def _train_controlnet(args) -> int:
     from .lab.evals.controlnet import measure
     from .lab.train.controlnet import ControlNetRecipe, train_controlnet, write_card
 
-    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
-    status = train_controlnet(args.out, replace(ControlNetRecipe(), **overrides), max_minutes=args.max_minutes)
+    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
+                                   "init_from": args.init_from}.items() if v is not None}
+    recipe = replace(_stored_recipe(args.out, ControlNetRecipe), **overrides)
+    status = train_controlnet(args.out, recipe, max_minutes=args.max_minutes)
     agreement = measure(args.out, args.eval_images)
     better = agreement["trained"]["mIoU"] > agreement["untrained (from_unet)"]["mIoU"]
     write_card(args.out, {"agreement": agreement, "command": f"dde train controlnet --out {args.out} "

@@ -478,6 +478,31 @@ def test_controlnet_training_resumes_to_the_same_weights(tmp_path):
     assert zero["controlnet_mid_block.weight"].abs().sum() > 0  # the zero convolutions have learnt
 
 
+def test_controlnet_warm_start_begins_from_the_given_controlnet(tmp_path):
+    """--init-from (a new embedded model re-fits its predecessor's ControlNet): the run starts from
+    those weights, not from_unet's zero convolutions; a folder that is not a ControlNet is exit 2."""
+    import torch
+    from safetensors.torch import load_file
+
+    from engine.lab.train.controlnet import ControlNetRecipe, train_controlnet
+
+    torch.manual_seed(0)
+    quiet = lambda *_: None  # noqa: E731
+    train_controlnet(str(tmp_path / "a"), ControlNetRecipe(steps=2, batch_size=2), echo=quiet)
+    start = str(tmp_path / "a" / "controlnet")
+    warm = ControlNetRecipe(steps=2, batch_size=2, init_from=start)
+    assert train_controlnet(str(tmp_path / "b"), warm, until_step=0, echo=quiet)["step"] == 0
+    a, b = (load_file(str(tmp_path / run / "controlnet" / "diffusion_pytorch_model.safetensors")) for run in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a) and b["controlnet_mid_block.weight"].abs().sum() > 0
+    assert "_name_or_path" not in json.load(open(tmp_path / "b" / "controlnet" / "config.json")), "a machine's path"
+    from .conftest import DDE
+
+    bad = subprocess.run([DDE, "train", "controlnet", "--out", str(tmp_path / "c"), "--init-from", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--init-from" in bad.stderr and "diffusion_pytorch_model.safetensors" in bad.stderr
+    assert not (tmp_path / "c").exists()
+
+
 def test_the_shipped_adapter_finds_boxes_on_rendered_references(references):
     """detector: embedded:adapter runs the shipped head on the reference through Eq. 4, on the job's own
     embedded pipeline: its boxes land on the rendered objects (x0, y0, x1, y1 in the reference's pixels)."""

@@ -139,3 +139,22 @@ def test_fidelity_benchmark_reports_every_metric(tiny_model, tmp_path):
     assert result["frechet_oracle_generated_vs_rendered"] > result["frechet_oracle_rendered_vs_rendered"] >= 0
     assert json.load(open(tmp_path / "fidelity.json")) == result
     assert (tmp_path / "fidelity_preview.png").stat().st_size > 0
+
+
+def test_labels_benchmark_takes_img2img_references_from_either_world(tiny_model, tmp_path):
+    """--reference-world default: the img2img references are `dde world export`'s default scenes (up to
+    4 smaller objects), scored against their own masks and written apart from the model-world result."""
+    from engine.lab.evals.labels import _img2img_requests, labels_benchmark
+    from engine.models.embedded import MODEL_WORLD
+    from engine.models.shipped import SEGMENTER_DIR
+
+    _, model_scenes = _img2img_requests(24, 0, "model")
+    _, default_scenes = _img2img_requests(24, 0, "default")
+    assert max(len(s.instances) for s in model_scenes) <= MODEL_WORLD["max_objects"] < max(
+        len(s.instances) for s in default_scenes)
+    if not os.path.exists(os.path.join(SEGMENTER_DIR, "segmenter.safetensors")):
+        pytest.skip("the segmentation oracle is not trained yet (dde train segmenter)")
+    result = labels_benchmark(tiny_model, images=2, steps=2, batch_size=2, out_dir=str(tmp_path), world="default")
+    assert result["reference_world"] == "default" and result["img2img"]["images"] == 2
+    assert json.load(open(tmp_path / "labels-default-world.json")) == result
+    assert "default-world references" in (tmp_path / "labels-default-world.md").read_text()

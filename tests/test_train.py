@@ -1,5 +1,6 @@
 """The embedded model's training recipe: a few steps, checkpoints, exact resume; and the shipped weights."""
 
+import json
 import os
 
 import numpy as np
@@ -61,6 +62,8 @@ def test_warm_start_with_the_frozen_clip_text_encoder_resumes(tmp_path):
     assert all(np.allclose(exported[f"text_model.{k}"].float(), v.float()) for k, v in clip.items()
                if f"text_model.{k}" in exported), "the frozen text encoder changed"
     assert load_file(os.path.join(v2, "model", "vae", "diffusion_pytorch_model.safetensors")).keys()
+    for part in ("vae", "unet"):  # the warm start's source path is this machine's, not the model's
+        assert "_name_or_path" not in json.load(open(os.path.join(v2, "model", part, "config.json")))
 
 
 def test_an_unknown_text_encoder_is_refused_before_anything_is_written(tmp_path):

@@ -28,7 +28,7 @@ def model_world(**world):
     generated and rendered images are comparable."""
     from ..world import WorldConfig
 
-    return WorldConfig(size=IMAGE_SIZE, **{**MODEL_WORLD, **world})
+    return WorldConfig(**{"size": IMAGE_SIZE, **MODEL_WORLD, **world})
 
 
 def vae_config() -> dict:

@@ -9,6 +9,7 @@ which is what makes the ``condition`` head's labels right.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -81,8 +82,9 @@ def controlnet_agreement(backend, count: int = 64, seed: int = VAL_SEED) -> dict
 
 
 def measure(out: str, images: int = 64, steps: int = 25, batch_size: int = 16) -> dict:
-    """Agreement (``evals.controlnet``) of ``out/controlnet`` and of an untrained ControlNet
-    (``from_unet``: zero convolutions, i.e. the plain model) on the same val scenes and seeds."""
+    """Agreement (``evals.controlnet``) of ``out/controlnet``, of an untrained ControlNet
+    (``from_unet``: zero convolutions, i.e. the plain model) and, for a warm-started run, of the
+    ControlNet it started from (``init_from`` in ``out/recipe.json``), on the same val scenes and seeds."""
     from ...backends.controlnet import ControlNetBackend, ControlNetParams
     from ...spec import ClassSpec
     from ..train.controlnet import components
@@ -92,7 +94,9 @@ def measure(out: str, images: int = 64, steps: int = 25, batch_size: int = 16) -
         components()[1].save_pretrained(untrained, safe_serialization=True)
     classes = [ClassSpec(name=c) for c in CLASSES]
     result = {}
-    for name, folder in (("untrained (from_unet)", untrained), ("trained", os.path.join(out, "controlnet"))):
+    init_from = json.load(open(os.path.join(out, "recipe.json"))).get("init_from")
+    folders = [("untrained (from_unet)", untrained)] + ([(f"start ({init_from})", init_from)] if init_from else [])
+    for name, folder in folders + [("trained", os.path.join(out, "controlnet"))]:
         backend = ControlNetBackend(params=ControlNetParams(controlnet=folder, steps=steps, batch_size=batch_size),
                                     classes=classes)
         result[name] = controlnet_agreement(backend, images)

@@ -30,7 +30,7 @@ from ...world import CLASSES
 from ..metrics.boxes import box_ap
 from .results import save_result
 
-__all__ = ["labels_benchmark", "markdown_tables"]
+__all__ = ["labels_benchmark", "markdown_tables", "REFERENCE_WORLDS", "result_name"]
 
 TAUS = (0, 1, 2, 3, 4, 5)
 BANDS = ((0.4, 0.5), (0.5, 0.6), (0.4, 0.6))
@@ -48,11 +48,30 @@ def _txt2img_requests(count: int, seed: int) -> list[ImageRequest]:
     return requests
 
 
-def _img2img_requests(count: int, seed: int) -> tuple[list[ImageRequest], list]:
+REFERENCE_WORLDS = ("model", "default")
+
+
+def reference_world(name: str, size: int):
+    """The world img2img references come from: ``model`` is the embedded model's training world
+    (at most 3 objects of 30-55% of the image); ``default`` is ``dde world export``'s defaults (up
+    to 4 objects of 18-42%), the scenes the demo and users take as references. ``size``: the
+    model's image side in px."""
     from ...models.embedded import model_world
+    from ...world import WorldConfig
+
+    return model_world(size=size) if name == "model" else WorldConfig(size=size)
+
+
+def result_name(world: str) -> str:
+    """The result files' stem: ``labels`` for the model's world, ``labels-default-world`` else."""
+    return "labels" if world == "model" else f"labels-{world}-world"
+
+
+def _img2img_requests(count: int, seed: int, world: str = "model", size: int = 64) -> tuple[list[ImageRequest], list]:
     from ...world import render_scene
 
-    scenes = [render_scene(derive_seed(seed, 10**6 + k), None, model_world()) for k in range(count)]
+    config = reference_world(world, size)
+    scenes = [render_scene(derive_seed(seed, 10**6 + k), None, config) for k in range(count)]
     requests = [ImageRequest(10**6 + k, derive_seed(seed, 2 * 10**6 + k), scene.caption,
                              classes=[i.category for i in scene.instances], reference_id=str(k),
                              reference=scene.image) for k, scene in enumerate(scenes)]
@@ -173,7 +192,9 @@ def _head_params(given: dict | None):
 
 def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: int = 25, guidance_scale: float = 7.5,
                      batch_size: int = 16, seed: int = 0, head_params: dict | None = None,
-                     out_dir: str = "bench/results") -> dict:
+                     out_dir: str = "bench/results", world: str = "model") -> dict:
+    """Writes ``labels.{json,md}`` (``labels-default-world`` when the img2img references come from
+    the default world); ``world`` names a ``REFERENCE_WORLDS`` entry."""
     from ...backends.diffusion import DiffusionBackend, DiffusionParams
     from ...heads.attention.head import AttentionHead
     from ...models.shipped import SEGMENTER_DIR
@@ -192,7 +213,7 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
     min_area = head.min_pixels(backend.size, backend.size)
     config = head.store.config
     result: dict = {
-        "model": model, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
+        "model": model, "steps": steps, "guidance_scale": guidance_scale, "seed": seed, "reference_world": world,
         "capture": {"cross_resolutions": list(config.cross_resolutions), "self_resolution": config.self_resolution,
                     "timesteps": list(config.timesteps), "blocks": list(config.blocks),
                     "cross_keys": config.cross_keys},
@@ -206,7 +227,7 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
     result["txt2img"] = _evaluate(generated, truths, [_truth_instances(t, min_area) for t in truths], min_area,
                                   [requests[k] for k in kept], box_heads)
 
-    requests, scenes = _img2img_requests(images, seed)
+    requests, scenes = _img2img_requests(images, seed, world, backend.size)
     kept, generated = _generate(backend, requests, batch_size)
     truths = [scenes[k].semantic for k in kept]
     result["img2img"] = _evaluate(generated, truths, [[Instance(i.category, i.mask) for i in scenes[k].instances]
@@ -215,7 +236,7 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
     result["img2img"]["oracle_vs_reference_truth"] = _oracle_agreement(oracle, generated, truths)
     result["seconds"] = round(time.time() - started, 1)
 
-    save_result(out_dir, "labels", result, markdown_tables(result))
+    save_result(out_dir, result_name(world), result, markdown_tables(result))
     return result
 
 
@@ -240,8 +261,8 @@ def markdown_tables(result: dict) -> str:
     lines = [f"# Label quality: {result['model']}, {result[sources[0]]['images']} txt2img and "
              f"{result[sources[1]]['images']} img2img images", "",
              f"Capture: {json.dumps(result['capture'])}. Truth: (a) txt2img = segmentation oracle "
-             f"(rendered-val {json.dumps(result['oracle_rendered_val'])}); (b) img2img at strength 0.2-0.35 = the "
-             f"reference's masks (oracle agreement with them: mIoU "
+             f"(rendered-val {json.dumps(result['oracle_rendered_val'])}); (b) img2img at strength 0.2-0.35 from "
+             f"{result.get('reference_world', 'model')}-world references = the reference's masks (oracle agreement with them: mIoU "
              f"{100 * result['img2img']['oracle_vs_reference_truth']['mIoU']:.1f}). mIoU over background and the six "
              f"classes, in %.", "",
              "## Table 3 shape: what each step adds", "",

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "drop_origin_paths"]
 
 SHARD_BYTES = 15 * 2**20  # each file under the 16 MiB the device tool returns
 
@@ -81,3 +81,15 @@ def load_checkpoint(folder: str, modules: dict, optimizer) -> dict | None:
             slots.setdefault(int(index), {})[slot] = value
     optimizer.load_state_dict({"state": slots, "param_groups": meta["optimizer"]["param_groups"]})
     return meta
+
+
+def drop_origin_paths(*config_files: str) -> None:
+    """Remove ``_name_or_path`` from exported diffusers ``config.json`` files: a model loaded from a
+    path (a warm start) keeps that path, which names the training machine, not the model. The card
+    records where a run started."""
+    for path in config_files:
+        with open(path) as f:
+            config = json.load(f)
+        if config.pop("_name_or_path", None) is not None:
+            with open(path, "w") as f:
+                json.dump(config, f, indent=2, sort_keys=True)

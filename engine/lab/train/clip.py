@@ -150,7 +150,7 @@ def _fit(out: str, recipe: ClipRecipe, model, tokenizer, log: _Log, deadline: fl
         from transformers import CLIPModel
 
         model.load_state_dict(CLIPModel.from_pretrained(init_from, use_safetensors=True, dtype=torch.float32).state_dict())
-    last = min(recipe.steps, until_step or recipe.steps)
+    last = min(recipe.steps, recipe.steps if until_step is None else until_step)
     model.train()
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     while step < last and time.time() < deadline:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import flushed_print
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import drop_origin_paths, load_checkpoint, save_checkpoint
 from .data import prompt_variant, scene_classes
 from .diffusion import _Log, _lr, _record_session, _step_generator, _to_tensor, hardware
 
@@ -39,10 +39,13 @@ class ControlNetRecipe:
     cfg_dropout: float = 0.1
     min_snr_gamma: float = 5.0
     seed: int = 0
+    init_from: str | None = None  # a trained ControlNet folder to start from instead of from_unet
 
 
-def components():
-    """The shipped embedded pipeline's frozen parts, and a ControlNet made from its UNet."""
+def components(init_from: str | None = None):
+    """The shipped embedded pipeline's frozen parts, and a ControlNet made from its UNet, or loaded
+    from ``init_from`` (a ControlNet trained for an earlier embedded model: a warm start that the
+    model's next version re-fits, since its UNet began from the same weights)."""
     from diffusers import ControlNetModel
 
     from ...models import load_pipeline
@@ -50,7 +53,10 @@ def components():
     pipe = load_pipeline("embedded:shapes", dtype="fp32")  # on the GPU when there is one
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False).eval()
-    controlnet = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=CONDITIONING_CHANNELS)
+    if init_from:
+        controlnet = ControlNetModel.from_pretrained(init_from, use_safetensors=True)
+    else:
+        controlnet = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=CONDITIONING_CHANNELS)
     return pipe, controlnet.to(pipe.device)
 
 
@@ -109,14 +115,14 @@ def train_controlnet(out: str, recipe: ControlNetRecipe = ControlNetRecipe(), *,
     started, deadline = time.time(), time.time() + (max_minutes * 60 if max_minutes else float("inf"))
     log = _Log(os.path.join(out, "train_log.csv"), echo or flushed_print)
     torch.manual_seed(recipe.seed)
-    pipe, controlnet = components()
+    pipe, controlnet = components(recipe.init_from)  # a checkpoint in ``out`` overrides the start
     pipe.scheduler = DDPMScheduler(**scheduler_config())
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=recipe.lr, weight_decay=1e-2)
     folder = os.path.join(out, "ckpt")
     step = start = (load_checkpoint(folder, {"controlnet": controlnet}, optimizer) or {"step": 0})["step"]
     colours = palette_colours("class_index")
     controlnet.train()
-    while step < min(recipe.steps, until_step or recipe.steps) and time.time() < deadline:
+    while step < min(recipe.steps, recipe.steps if until_step is None else until_step) and time.time() < deadline:
         latents, condition, text = _batch(recipe, step, pipe, colours)
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, recipe.steps, recipe.lr, recipe.warmup)
@@ -136,6 +142,7 @@ def train_controlnet(out: str, recipe: ControlNetRecipe = ControlNetRecipe(), *,
     if step > start:
         _record_session(out, started, step=step)
     controlnet.eval().save_pretrained(os.path.join(out, "controlnet"), safe_serialization=True)
+    drop_origin_paths(os.path.join(out, "controlnet", "config.json"))
     return {"step": step, "trained": step - start, "exported": True}
 
 
@@ -152,11 +159,14 @@ def write_card(out: str, measured: dict) -> None:
              f"\n**Unfinished:** exported at step {reached} of {recipe['steps']}; `dde train controlnet --out DIR` "
              f"continues from DIR's checkpoint (kept out of the repository: with optimizer state it is larger "
              f"than these weights).\n")
+    origin = (f"warm-started from the ControlNet in `{recipe['init_from']}` (trained for the previous embedded "
+              f"model, which the shipped UNet continues)" if recipe.get("init_from") else
+              "made by `ControlNetModel.from_unet` of the shipped UNet")
+    warm = f" --init-from {recipe['init_from']}" if recipe.get("init_from") else ""
     text = f"""# embedded:shapes ControlNet
 {state}
-A segmentation ControlNet for `embedded:shapes` (diffusers `ControlNetModel`, made by
-`ControlNetModel.from_unet` of the shipped UNet, conditioning embedding {list(CONDITIONING_CHANNELS)}:
-downsamples by 4 like the model's VAE). Condition: the class-index map in the `class_index`
+A segmentation ControlNet for `embedded:shapes` (diffusers `ControlNetModel`, {origin}, conditioning
+embedding {list(CONDITIONING_CHANNELS)}: downsamples by 4 like the model's VAE). Condition: the class-index map in the `class_index`
 palette (PASCAL VOC colour map, class k = 1 + shapes-world class index). Trained by
 `dde train controlnet` on rendered scenes of the model's world, UNet/VAE/text encoder frozen,
 v-prediction with min-SNR weighting, caption dropout {recipe['cfg_dropout']}.
@@ -172,7 +182,7 @@ v-prediction with min-SNR weighting, caption dropout {recipe['cfg_dropout']}.
 {rows}
 
 On a GPU (one command, about {recipe['steps']} steps in under 10 minutes on one H100-class GPU, not measured here):
-`dde train controlnet --out training/controlnet --steps {recipe['steps']} --export`
+`dde train controlnet --out training/controlnet --steps {recipe['steps']}{warm} --export`
 
 ## Condition-image agreement (measured)
 `{measured['command']}`: {measured['note']}

@@ -21,7 +21,7 @@ import numpy as np
 
 from ...models.embedded import MODEL_WORLD, model_world
 from . import flushed_print
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import drop_origin_paths, load_checkpoint, save_checkpoint
 from .data import prompt_variant, render_batch
 
 __all__ = ["DiffusionRecipe", "TEXT_ENCODERS", "train_diffusion", "export_pipeline"]
@@ -241,7 +241,7 @@ def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, de
     noise_scheduler = DDPMScheduler(**scheduler_config())
     alphas = noise_scheduler.alphas_cumprod
     snr_all = alphas / (1 - alphas)
-    last = min(recipe.unet_steps, until_step or recipe.unet_steps)
+    last = min(recipe.unet_steps, recipe.unet_steps if until_step is None else until_step)
     while step < last and time.time() < deadline:
         rng = np.random.default_rng([recipe.seed, step])
         generator = _step_generator(recipe.seed, step)
@@ -297,6 +297,7 @@ def export_pipeline(folder: str, vae, text_encoder, tokenizer, unet) -> None:
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
+    drop_origin_paths(*(os.path.join(folder, part, "config.json") for part in ("vae", "unet")))
 
 
 def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, max_minutes: float | None = None,
