@@ -211,3 +211,17 @@ def test_segmentation_probe_refuses_outputs_and_val_sets_without_masks(tmp_path,
                            str(tmp_path / "p")], capture_output=True, text=True)
     assert proc.returncode == 2 and "--val: expected instance masks" in proc.stderr, proc.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_downstream_sets_are_written_once_with_the_scale_counts(tmp_path):
+    """The bench's rendered sets: val, real and a tenth of real, as COCO folders; a rerun reuses them."""
+    from engine.lab.evals.downstream import Scale, rendered_sets
+
+    scale = Scale(images=20, val=6, steps=1, batch=2, seeds=1)
+    sets = rendered_sets(str(tmp_path), scale)
+    counts = {name: len(json.load(open(os.path.join(folder, "annotations", f"instances_{split}.json")))["images"])
+              for (name, folder), split in zip(sets.items(), ("val", "train", "train"))}
+    assert counts == {"val": 6, "real": 20, "real10": 2}
+    stamp = os.path.getmtime(os.path.join(sets["real"], "annotations", "instances_train.json"))
+    assert rendered_sets(str(tmp_path), scale) == sets
+    assert os.path.getmtime(os.path.join(sets["real"], "annotations", "instances_train.json")) == stamp

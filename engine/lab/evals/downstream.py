@@ -30,7 +30,8 @@ import yaml
 
 from .results import save_result
 
-__all__ = ["Scale", "QUICK", "FULL", "SOURCES", "source_spec", "downstream_benchmark"]
+__all__ = ["Scale", "QUICK", "FULL", "SOURCES", "source_spec", "rendered_sets", "run_source", "probe_cell",
+           "downstream_benchmark"]
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "jobs", "examples")
 SOURCES = {  # the source's name in the tables: its example spec
@@ -70,7 +71,7 @@ def source_spec(name: str, root: str, images: int, real: str) -> dict:
     return data
 
 
-def _source(name: str, root: str, images: int, real: str) -> str:
+def run_source(name: str, root: str, images: int, real: str) -> str:
     """Run (or continue) the dde job of one source; returns its output folder."""
     from ...job.runner import run_job
     from ...spec import parse_spec
@@ -86,7 +87,10 @@ def _slug(name: str) -> str:
     return name.replace(" + ", "-").replace(", ", "-")
 
 
-def _probe(root: str, cell: str, out: str, val: str, scale: Scale, seed: int, **options) -> dict:
+def probe_cell(root: str, cell: str, out: str, val: str, scale: Scale, seed: int, **options) -> dict:
+    """One probe run (``probe.json``'s content) of ``cell`` at ``seed`` on the dde output ``out``,
+    read back from ``root/probes/CELL-seedS`` when it has run; ``options``: ProbeRecipe fields and
+    ``real``."""
     from ..train.probe import ProbeRecipe, probe
 
     folder = os.path.join(root, "probes", f"{cell}-seed{seed}")
@@ -100,7 +104,7 @@ def _probe(root: str, cell: str, out: str, val: str, scale: Scale, seed: int, **
 
 def _cells(root: str, name: str, out: str, val: str, scale: Scale, metric: str, **options) -> dict:
     """One cell over the seeds: mean and spread (max - min) of ``metric``."""
-    values = [_probe(root, name, out, val, scale, seed, **options)[metric] for seed in range(scale.seeds)]
+    values = [probe_cell(root, name, out, val, scale, seed, **options)[metric] for seed in range(scale.seeds)]
     return {"mean": sum(values) / len(values), "spread": max(values) - min(values), "runs": values}
 
 
@@ -110,20 +114,27 @@ def _fmt(cell: dict, base: dict | None = None) -> str:
     return f"{cell['mean']:.3f}{spread}{share}"
 
 
-def downstream_benchmark(root: str, scale: Scale = FULL) -> dict:
-    """Run the tables (module docstring) under ``root``; returns downstream.json's content."""
+def rendered_sets(root: str, scale: Scale) -> dict[str, str]:
+    """The rendered COCO folders under ``root/sets`` (written once): ``val`` (the test set),
+    ``real`` (``scale.images`` scenes, the "real" data) and ``real10`` (a tenth of that count),
+    all of the default world."""
     from ...world import WorldConfig, export_coco
 
-    n, tenth = scale.images, max(1, scale.images // 10)
-    world = WorldConfig()
-    sets = {}
-    for name, count, split, seed in (("val", scale.val, "val", 1), ("real", n, "train", 2),
+    sets, tenth = {}, max(1, scale.images // 10)
+    for name, count, split, seed in (("val", scale.val, "val", 1), ("real", scale.images, "train", 2),
                                      ("real10", tenth, "train", 3)):
         sets[name] = os.path.join(root, "sets", name)
         if not os.path.exists(os.path.join(sets[name], "annotations", f"instances_{split}.json")):
-            export_coco(sets[name], count, split, seed=seed, config=world)
-    val, real, real10 = sets["val"], sets["real"], sets["real10"]
-    sources = {name: _source(name, root, n, real) for name in SOURCES}
+            export_coco(sets[name], count, split, seed=seed, config=WorldConfig())
+    return sets
+
+
+def downstream_benchmark(root: str, scale: Scale = FULL) -> dict:
+    """Run the tables (module docstring) under ``root``; returns downstream.json's content."""
+
+    n, tenth = scale.images, max(1, scale.images // 10)
+    val, real, real10 = (rendered_sets(root, scale)[k] for k in ("val", "real", "real10"))
+    sources = {name: run_source(name, root, n, real) for name in SOURCES}
     anchor = sources["render + ground_truth"]  # any output: alpha 0 trains on real images only
 
     a = {"real only": _cells(root, "a-real", anchor, val, scale, "AP", real=real, alpha=0.0)}
@@ -134,10 +145,10 @@ def downstream_benchmark(root: str, scale: Scale = FULL) -> dict:
 
     b = {"10% real only": _cells(root, "b-real10", anchor, val, scale, "AP", real=real10, alpha=0.0)}
     for k in (1, 3, 9):
-        b[f"10% real + {k}x {best}"] = _cells(root, f"b-{k}x", sources[best], val, scale, "AP", real=real10,
-                                               alpha=k / (k + 1), synthetic_images=min(n, k * tenth))
-    c = {f"alpha {alpha}": _cells(root, f"c-{alpha}", sources[best], val, scale, "AP", real=real10, alpha=alpha,
-                                  synthetic_images=min(n, 9 * tenth))
+        b[f"10% real + {k}x {best}"] = _cells(root, f"b-{k}x-{_slug(best)}", sources[best], val, scale, "AP",
+                                               real=real10, alpha=k / (k + 1), synthetic_images=min(n, k * tenth))
+    c = {f"alpha {alpha}": _cells(root, f"c-{alpha}-{_slug(best)}", sources[best], val, scale, "AP", real=real10,
+                                  alpha=alpha, synthetic_images=min(n, 9 * tenth))
          for alpha in (0.0, 0.2, 0.4, 0.6, 0.8)}
     d = {"real masks": _cells(root, "d-real", anchor, val, scale, "mIoU", real=real, alpha=0.0, task="segmentation"),
          "render + ground_truth": _cells(root, "d-render", anchor, val, scale, "mIoU", task="segmentation"),
