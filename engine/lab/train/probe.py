@@ -29,6 +29,9 @@ STRIDES = (8, 16, 32, 64)
 # convs on the stride-8 level were most of a step on 64-px scenes; 128 made a CPU step 2.4x faster
 # at the same AP (BENCHMARKS.md, "Downstream")
 FPN_CHANNELS = 128
+# AdamW peak lr by task. FCOS from scratch, 800 steps of batch 32 on 2,000 rendered scenes, seed 0:
+# AP 0.335 at 1e-3, 0.549 at 3e-3, 0.623 at 1e-2 (BENCHMARKS.md, "Downstream"); LR-ASPP: unmeasured
+DEFAULT_LR = {"detection": 1e-2, "segmentation": 1e-3}
 MODEL = f"torchvision FCOS, MobileNetV3-Large + FPN of {FPN_CHANNELS} channels, no pretrained weights"
 
 
@@ -39,10 +42,11 @@ class ProbeRecipe:
     torch's intra-op threads per worker (at most the worker's CPUs); 1 by default, since threads
     of one op wait on each other and, on cores another job also uses, 2 made a step ~18x slower."""
 
-    def __init__(self, *, steps: int = 800, batch: int = 32, lr: float = 1e-3, alpha: float = 1.0,
+    def __init__(self, *, steps: int = 800, batch: int = 32, lr: float | None = None, alpha: float = 1.0,
                  eval_every: int | None = None, seed: int = 0, task: str = "detection",
                  synthetic_images: int | None = None, threads: int = 1):
-        self.steps, self.batch, self.lr, self.alpha, self.seed, self.task = steps, batch, lr, alpha, seed, task
+        self.steps, self.batch, self.alpha, self.seed, self.task = steps, batch, alpha, seed, task
+        self.lr = DEFAULT_LR.get(task, 1e-3) if lr is None else lr
         self.synthetic_images, self.threads = synthetic_images, threads
         self.eval_every = eval_every or max(1, steps // 8)
 
@@ -262,7 +266,7 @@ def _result(curve: list[dict], config: dict, recipe: ProbeRecipe, task: _Task, c
     per_class = ("IoU",) if recipe.task == "segmentation" else task.metrics
     return {**{m: last[m] for m in task.metrics}, "task": recipe.task,
             "per_class": {c: {m: last[f"{c}_{m}"] for m in per_class} for c in classes},
-            "steps": recipe.steps, "batch": recipe.batch, "alpha": recipe.alpha, "seed": recipe.seed,
+            "steps": recipe.steps, "batch": recipe.batch, "lr": recipe.lr, "alpha": recipe.alpha, "seed": recipe.seed,
             "images": counts, "classes": classes, "val_classes_ignored": config["ignored"],
             "image_size": config["size"], "model": task.model, "threads": torch.get_num_threads(),
             "workers": workers, "train_seconds": round(last["minutes"] * 60, 1), "seconds": round(seconds, 1),
