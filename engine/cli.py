@@ -339,6 +339,8 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--task", choices=["detection", "segmentation"], default="detection",
                        help="detection: FCOS, COCOeval box AP/AP50; segmentation: LR-ASPP on the output's "
                             "semantic masks (uncertain pixels ignored), mIoU against val's masks")
+    probe.add_argument("--segmenter", choices=["mobilenet_v3_small", "mobilenet_v3_large"],
+                       default="mobilenet_v3_small", help="the LR-ASPP trunk of --task segmentation")
     probe.add_argument("--synthetic-images", type=_at_least(1), metavar="N",
                        help="train on the output's first N images only (compare sources at equal counts)")
     probe.add_argument("--steps", type=_at_least(1), default=800)
@@ -621,7 +623,7 @@ def _cmd_probe(args) -> int:
     alpha = args.alpha if args.alpha is not None else (0.4 if args.real else 1.0)
     recipe = ProbeRecipe(steps=args.steps, batch=args.batch_size, lr=args.lr, alpha=alpha,
                          eval_every=args.eval_every, seed=args.seed, task=args.task,
-                         synthetic_images=args.synthetic_images, threads=args.threads)
+                         synthetic_images=args.synthetic_images, threads=args.threads, segmenter=args.segmenter)
     print(json.dumps(probe(args.uri, args.val, recipe, args.real, args.out, args.workers, args.gpus), indent=1))
     return 0
 

@@ -541,6 +541,8 @@ def test_downstream_bench_has_controlnet_sources_with_and_without_selection(refe
     plain = source_spec("controlnet + condition", str(tmp_path), 12, references)
     assert selected["selection"]["segmenter"]["min_miou"] == 0.5 and "selection" not in plain
     assert selected["output"] != plain["output"]
+    assert selected["generator"]["params"]["steps"] == 20  # the example's own, unless the scale sets them
+    assert source_spec("controlnet + condition", str(tmp_path), 12, references, 6)["generator"]["params"]["steps"] == 6
     for data in (selected, plain):
         spec = parse_spec(data)
         assert spec.generator.name == "controlnet" and spec.label_head.name == "condition"

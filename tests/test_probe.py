@@ -60,6 +60,28 @@ def test_probe_detector_is_torchvisions_mobilenet_fpn_fcos_with_a_narrower_fpn()
     assert all(p.requires_grad for p in model.parameters())  # trained from scratch: nothing frozen
 
 
+def test_probe_segmenter_is_torchvisions_lraspp_on_a_small_or_large_mobilenet_trunk():
+    """build_lraspp composes torchvision's public LRASPP and feature extractor: on the large trunk it
+    has exactly the parameters of torchvision's own lraspp_mobilenet_v3_large; the small trunk is the
+    default; another trunk is refused by name."""
+    import torch
+    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+    from engine.errors import UserError
+    from engine.lab.train.probe import ProbeRecipe
+    from engine.lab.train.segprobe import build_lraspp
+
+    large = build_lraspp(6, "mobilenet_v3_large")
+    reference = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=7)
+    assert sorted(p.shape for p in large.parameters()) == sorted(p.shape for p in reference.parameters())
+    small = build_lraspp(6)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in large.parameters()) / 2
+    assert small(torch.rand(2, 3, 128, 128))["out"].shape == (2, 7, 128, 128)
+    assert ProbeRecipe(task="segmentation").segmenter == "mobilenet_v3_small"
+    with pytest.raises(UserError, match="--segmenter: expected one of mobilenet_v3_small, mobilenet_v3_large"):
+        ProbeRecipe(task="segmentation", segmenter="resnet50")
+
+
 @pytest.fixture(scope="module")
 def probe_inputs(tmp_path_factory, ray_local):
     """A finished 32-image render + ground_truth dde output and a 16-image val set, 32 px."""
@@ -226,3 +248,21 @@ def test_downstream_sets_are_written_once_with_the_scale_counts(tmp_path):
     stamp = os.path.getmtime(os.path.join(sets["real"], "annotations", "instances_train.json"))
     assert rendered_sets(str(tmp_path), scale) == sets
     assert os.path.getmtime(os.path.join(sets["real"], "annotations", "instances_train.json")) == stamp
+
+
+def test_downstream_cells_read_back_their_probes_with_more_seeds_for_headline_cells(tmp_path):
+    """A cell already measured (its probe.json exists) is read back, not trained again; headline
+    cells take scale.headline_seeds seeds and report their spread, the others scale.seeds."""
+    from engine.lab.evals.downstream import FULL, Scale, _cells
+
+    assert (FULL.seeds, FULL.headline_seeds) == (1, 2)
+    for seed, ap in ((0, 0.5), (1, 0.3)):
+        folder = tmp_path / "probes" / f"a-real-seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "probe.json").write_text(json.dumps({"AP": ap}))
+    scale = Scale(images=10, val=5, steps=2, batch=2, seeds=1, headline_seeds=2)
+    assert _cells(str(tmp_path), "a-real", "unused", "unused", scale, "AP") == {"mean": 0.5, "spread": 0.0,
+                                                                                "runs": [0.5]}
+    headline = _cells(str(tmp_path), "a-real", "unused", "unused", scale, "AP", True)
+    assert headline["runs"] == [0.5, 0.3] and headline["mean"] == pytest.approx(0.4)
+    assert headline["spread"] == pytest.approx(0.2)

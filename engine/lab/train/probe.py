@@ -18,6 +18,7 @@ import os
 
 from ...errors import UserError
 from ...records import category_ids
+from .segprobe import TRUNKS
 
 __all__ = ["ProbeRecipe", "probe", "read_categories", "load_detection", "build_fcos"]
 
@@ -40,12 +41,16 @@ class ProbeRecipe:
     masks, mIoU; ``segprobe``). ``synthetic_images``: train on the output's first N images (by
     image id) only, to compare sources or mixes at equal counts; None: all of them. ``threads``:
     torch's intra-op threads per worker (at most the worker's CPUs); 1 by default, since threads
-    of one op wait on each other and, on cores another job also uses, 2 made a step ~18x slower."""
+    of one op wait on each other and, on cores another job also uses, 2 made a step ~18x slower.
+    ``segmenter``: the LR-ASPP trunk of the segmentation task (``segprobe.TRUNKS``)."""
 
     def __init__(self, *, steps: int = 800, batch: int = 32, lr: float | None = None, alpha: float = 1.0,
                  eval_every: int | None = None, seed: int = 0, task: str = "detection",
-                 synthetic_images: int | None = None, threads: int = 1):
+                 synthetic_images: int | None = None, threads: int = 1, segmenter: str = "mobilenet_v3_small"):
         self.steps, self.batch, self.alpha, self.seed, self.task = steps, batch, alpha, seed, task
+        if segmenter not in TRUNKS:
+            raise UserError(f"--segmenter: expected one of {', '.join(TRUNKS)}, got {segmenter!r}")
+        self.segmenter = segmenter
         self.lr = DEFAULT_LR.get(task, 1e-3) if lr is None else lr
         self.synthetic_images, self.threads = synthetic_images, threads
         self.eval_every = eval_every or max(1, steps // 8)
@@ -197,15 +202,15 @@ class _Task:
         self.load, self.build, self.loss, self.scores, self.metrics, self.model = load, build, loss, scores, metrics, model
 
 
-def _task(name: str) -> _Task:
+def _task(name: str, segmenter: str = "mobilenet_v3_small") -> _Task:
     if name == "detection":
         return _Task(lambda images, annotations, classes, size, semantic=None: load_detection(images, annotations, classes),
                      build_fcos, _detection_loss, _scores, ("AP", "AP50"), MODEL)
-    from .segprobe import build_lraspp, load_semantic, segmentation_loss, segmentation_scores
+    from .segprobe import TRUNKS, build_lraspp, load_semantic, segmentation_loss, segmentation_scores
 
-    return _Task(load_semantic, lambda num_classes, size: build_lraspp(num_classes), segmentation_loss,
+    return _Task(load_semantic, lambda num_classes, size: build_lraspp(num_classes, segmenter), segmentation_loss,
                  lambda model, val, classes, size, device: segmentation_scores(model, val, classes, device),
-                 ("mIoU",), "torchvision LR-ASPP, MobileNetV3-Large, no pretrained weights")
+                 ("mIoU",), f"torchvision LR-ASPP, {TRUNKS[segmenter]}, no pretrained weights")
 
 
 def _detect(model, images: list, classes: list[str], device: str, chunk: int = 64) -> list[list]:
@@ -284,7 +289,7 @@ def _probe_loop(config: dict) -> None:
     worker = WorkerContext(config)
     recipe, classes, device = ProbeRecipe(**config["recipe"]), config["classes"], worker.device
     torch.set_num_threads(max(1, min(recipe.threads, config["threads"])))
-    task = _task(recipe.task)
+    task = _task(recipe.task, recipe.segmenter)
     images, targets, counts, sampler = _training_set(config, recipe, task)
     val = task.load(*config["val"], classes, config["size"]) if worker.leader else None  # the leader alone evaluates
     torch.manual_seed(recipe.seed)
@@ -338,7 +343,7 @@ def probe(out: str, val: str, recipe: ProbeRecipe, real: str | None = None, fold
               "semantic": semantic}
     # a changed input, mix or detector trains afresh; more --steps (or other --threads) continue the same run
     key = fingerprint(config["synthetic"], config["real"], config["val"], recipe.alpha, recipe.batch, recipe.lr,
-                      recipe.seed, workers, recipe.task if recipe.task != "detection" else MODEL,
+                      recipe.seed, workers, _task(recipe.task, recipe.segmenter).model,
                       *([recipe.synthetic_images] if recipe.synthetic_images else []))
     config["checkpoint"] = os.path.join(folder, f"checkpoint-{key}")
     return launch(_probe_loop, config, "probe", workers, gpus, device)

@@ -10,7 +10,7 @@ the val set, and ``IGNORE`` (-1, outside every class index, so a vocabulary of a
 - a COCO set (``--val``, ``--real``) is rasterised from its polygons or RLE in annotation order
   (pycocotools ``annToMask``); crowd regions and classes the probe does not score are ignored.
 
-The model is torchvision's LR-ASPP with a MobileNetV3-Large backbone and no pretrained weights
+The model is torchvision's LR-ASPP on a MobileNetV3 trunk (Small by default) with no pretrained weights
 (Howard et al. 2019), fed scenes upsampled to at least ``MIN_SIDE`` px (its head sees stride 16),
 trained with cross-entropy that skips ``IGNORE``, and scored as per-class IoU and mIoU over the
 background and the shared classes (``lab.metrics.segmentation``), ``IGNORE`` pixels left out.
@@ -28,10 +28,13 @@ from ...output.layout import image_name
 from ...records import category_ids
 from ..metrics.segmentation import confusion, iou_table
 
-__all__ = ["IGNORE", "MIN_SIDE", "load_semantic", "build_lraspp", "segmentation_loss", "segmentation_scores"]
+__all__ = ["IGNORE", "MIN_SIDE", "TRUNKS", "load_semantic", "build_lraspp", "segmentation_loss", "segmentation_scores"]
 
 IGNORE = -1  # not 255: with 255+ shared classes that is a class
 MIN_SIDE = 128
+# LR-ASPP trunks; the small one is the default: 800 steps of batch 32 (128 px) take 0.39x the large
+# one's time at <mIoU in BENCHMARKS.md, "Downstream">
+TRUNKS = {"mobilenet_v3_small": "MobileNetV3-Small", "mobilenet_v3_large": "MobileNetV3-Large"}
 
 
 def _label_map(coco, image_id: int, index: dict[int, int], shape: tuple[int, int]) -> np.ndarray:
@@ -86,11 +89,22 @@ def load_semantic(images: str, annotations: str, classes: list[str], size: int,
     return pictures, targets
 
 
-def build_lraspp(num_classes: int):
-    """torchvision LR-ASPP, MobileNetV3-Large, no pretrained weights; ``num_classes`` excludes background."""
-    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+def build_lraspp(num_classes: int, trunk: str = "mobilenet_v3_small"):
+    """torchvision's LR-ASPP head (Howard et al. 2019, Sec. 6.4) on a dilated torchvision ``trunk``
+    (one of ``TRUNKS``), no pretrained weights; ``num_classes`` excludes background. The head reads
+    the trunk's last stride-8 stage ("low") and its output ("high"), as torchvision's
+    ``lraspp_mobilenet_v3_large`` does for the large trunk. Raises ValueError for another trunk."""
+    import torchvision.models
+    from torchvision.models.feature_extraction import create_feature_extractor
+    from torchvision.models.segmentation import LRASPP
 
-    return lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes + 1)
+    if trunk not in TRUNKS:
+        raise ValueError(f"trunk: expected one of {list(TRUNKS)}, got {trunk!r}")
+    features = getattr(torchvision.models, trunk)(weights=None, dilated=True).features
+    stages = [0] + [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)] + [len(features) - 1]
+    low, high = stages[-4], stages[-1]
+    body = create_feature_extractor(features, {str(low): "low", str(high): "high"})
+    return LRASPP(body, features[low].out_channels, features[high].out_channels, num_classes + 1)
 
 
 def _logits(model, batch):
