@@ -114,6 +114,17 @@ def _add_capacity_options(p: argparse.ArgumentParser) -> None:
                                                         "100 classes)")
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``K/N`` with 0 <= K < N, as a tuple."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got {text!r}")
+    return k, n
+
+
 def _add_trainer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_at_least(1), default=1, help="Ray Train workers (DDP when more than one)")
     p.add_argument("--gpus", action="store_true", help="one GPU per worker")
@@ -307,6 +318,9 @@ def _parser() -> argparse.ArgumentParser:
                                                                   "end to end (numbers are not meaningful)")
     downstream.add_argument("--out", help="work folder: sources, probes and the tables (default "
                                           "bench/out/downstream[-quick]); rerun to resume")
+    downstream.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                            help="train every N-th probe from the K-th: run K = 0..N-1 side by side on N cores "
+                                 "(each probe uses one torch thread); shard 0 runs the sources, the others wait")
     labels = bench_sub.add_parser("labels", help="label quality of the attention heads and the shipped box heads "
                                                  "against ground truth (segmentation oracle; low-strength img2img "
                                                  "references)")
@@ -565,7 +579,7 @@ def _cmd_bench(args) -> int:
         from .lab.evals.downstream import FULL, QUICK, downstream_benchmark
 
         out = args.out or os.path.join("bench", "out", "downstream-quick" if args.quick else "downstream")
-        downstream_benchmark(os.path.abspath(out), QUICK if args.quick else FULL)
+        downstream_benchmark(os.path.abspath(out), QUICK if args.quick else FULL, args.shard)
         print(open(os.path.join(out, "downstream.md")).read())
         return 0
     if args.bench_command == "labels":

@@ -253,16 +253,18 @@ def test_downstream_sets_are_written_once_with_the_scale_counts(tmp_path):
 def test_downstream_cells_read_back_their_probes_with_more_seeds_for_headline_cells(tmp_path):
     """A cell already measured (its probe.json exists) is read back, not trained again; headline
     cells take scale.headline_seeds seeds and report their spread, the others scale.seeds."""
-    from engine.lab.evals.downstream import FULL, Scale, _cells
+    from engine.lab.evals.downstream import FULL, Cell, Scale, _measure
 
     assert (FULL.seeds, FULL.headline_seeds) == (1, 2)
-    for seed, ap in ((0, 0.5), (1, 0.3)):
-        folder = tmp_path / "probes" / f"a-real-seed{seed}"
+    for cell, seed, ap in (("a-real", 0, 0.5), ("a-real", 1, 0.3), ("a-render", 0, 0.6)):
+        folder = tmp_path / "probes" / f"{cell}-seed{seed}"
         folder.mkdir(parents=True)
         (folder / "probe.json").write_text(json.dumps({"AP": ap}))
     scale = Scale(images=10, val=5, steps=2, batch=2, seeds=1, headline_seeds=2)
-    assert _cells(str(tmp_path), "a-real", "unused", "unused", scale, "AP") == {"mean": 0.5, "spread": 0.0,
-                                                                                "runs": [0.5]}
-    headline = _cells(str(tmp_path), "a-real", "unused", "unused", scale, "AP", True)
-    assert headline["runs"] == [0.5, 0.3] and headline["mean"] == pytest.approx(0.4)
-    assert headline["spread"] == pytest.approx(0.2)
+    cells = [Cell("a", "real only", "a-real", "unused", headline=True), Cell("a", "render", "a-render", "unused")]
+    for shard in ((0, 1), (1, 2)):
+        tables = _measure(str(tmp_path), cells, "unused", scale, shard)
+        assert tables["a"]["render"] == {"mean": 0.6, "spread": 0.0, "runs": [0.6]}
+        assert tables["a"]["real only"]["runs"] == [0.5, 0.3]
+        assert tables["a"]["real only"]["mean"] == pytest.approx(0.4)
+        assert tables["a"]["real only"]["spread"] == pytest.approx(0.2)

@@ -30,7 +30,7 @@ import yaml
 
 from .results import save_result
 
-__all__ = ["Scale", "QUICK", "FULL", "SOURCES", "source_spec", "rendered_sets", "run_source", "probe_cell",
+__all__ = ["Scale", "QUICK", "FULL", "SOURCES", "Cell", "source_spec", "rendered_sets", "run_source", "probe_cell",
            "downstream_benchmark"]
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "jobs", "examples")
@@ -113,13 +113,67 @@ def probe_cell(root: str, cell: str, out: str, val: str, scale: Scale, seed: int
     return probe(out, val, recipe, real=real, folder=folder, device="cpu")
 
 
-def _cells(root: str, name: str, out: str, val: str, scale: Scale, metric: str, headline: bool = False,
-           **options) -> dict:
-    """One cell over the seeds (``scale.headline_seeds`` for a ``headline`` cell): mean and spread
-    (max - min) of ``metric``."""
-    seeds = scale.headline_seeds if headline else scale.seeds
-    values = [probe_cell(root, name, out, val, scale, seed, **options)[metric] for seed in range(seeds)]
-    return {"mean": sum(values) / len(values), "spread": max(values) - min(values), "runs": values}
+class Cell:
+    """One table row: probe ``name`` (``probes/NAME-seedS``) trained on the dde output ``out`` with
+    ``options`` (ProbeRecipe fields and ``real``), scored by ``metric``; a ``headline`` cell gets
+    ``scale.headline_seeds`` seeds."""
+
+    def __init__(self, table: str, row: str, name: str, out: str, metric: str = "AP", headline: bool = False,
+                 **options):
+        self.table, self.row, self.name, self.out, self.metric = table, row, name, out, metric
+        self.headline, self.options = headline, options
+
+    def seeds(self, scale: Scale) -> range:
+        return range(scale.headline_seeds if self.headline else scale.seeds)
+
+
+def _a_cells(sources: dict, sets: dict) -> list[Cell]:
+    anchor = sources["render + ground_truth"]  # any output: alpha 0 trains on real images only
+    return [Cell("a", "real only", "a-real", anchor, headline=True, real=sets["real"], alpha=0.0)] + [
+        Cell("a", name, f"a-{_slug(name)}", out) for name, out in sources.items()]
+
+
+def _later_cells(sources: dict, sets: dict, scale: Scale, best: str) -> list[Cell]:
+    """(a)'s best diffusion source again with the headline seeds, then (b), (c) and (d)."""
+    n, tenth, anchor, real10 = scale.images, max(1, scale.images // 10), sources["render + ground_truth"], sets["real10"]
+    cells = [Cell("a", best, f"a-{_slug(best)}", sources[best], headline=True),
+             Cell("b", "10% real only", "b-real10", anchor, headline=True, real=real10, alpha=0.0)]
+    cells += [Cell("b", f"10% real + {k}x {best}", f"b-{k}x-{_slug(best)}", sources[best], headline=k == 3,
+                   real=real10, alpha=k / (k + 1), synthetic_images=min(n, k * tenth)) for k in (1, 3, 9)]
+    cells += [Cell("c", f"alpha {alpha}", f"c-{alpha}-{_slug(best)}", sources[best], real=real10, alpha=alpha,
+                   synthetic_images=min(n, 9 * tenth)) for alpha in (0.0, 0.2, 0.4, 0.6, 0.8)]
+    masks = {"real masks": ("d-real", anchor, {"real": sets["real"], "alpha": 0.0}),
+             "render + ground_truth": ("d-render", anchor, {}),
+             "txt2img + attention": ("d-attention", sources["txt2img + attention"], {})}
+    masks.update({name: (f"d-{_slug(name)}", sources[name], {})  # Diffusion Synthesis' masks
+                  for name in ("controlnet + condition", "controlnet + condition, selection")})
+    cells += [Cell("d", row, name, out, "mIoU", task="segmentation", **options)
+              for row, (name, out, options) in masks.items()]
+    return cells
+
+
+def _measure(root: str, cells: list[Cell], val: str, scale: Scale, shard: tuple[int, int]) -> dict:
+    """Train this shard's share of the cells' runs (every N-th (cell, seed), from the K-th), wait for
+    the other shards' runs, and read them all back: {table: {row: mean, spread, runs}}."""
+    k, n = shard
+    runs = [(cell, seed) for cell in cells for seed in cell.seeds(scale)]
+    for cell, seed in runs[k::n]:
+        probe_cell(root, cell.name, cell.out, val, scale, seed, **cell.options)
+    _wait_for([os.path.join(root, "probes", f"{cell.name}-seed{seed}", "probe.json") for cell, seed in runs])
+    tables: dict = {}
+    for cell in cells:
+        values = [probe_cell(root, cell.name, cell.out, val, scale, seed)[cell.metric] for seed in cell.seeds(scale)]
+        tables.setdefault(cell.table, {})[cell.row] = {"mean": sum(values) / len(values),
+                                                      "spread": max(values) - min(values), "runs": values}
+    return tables
+
+
+def _wait_for(paths: list[str], poll_seconds: float = 10.0) -> None:
+    """Block until every path exists (another shard writes them)."""
+    import time
+
+    while not all(os.path.exists(p) for p in paths):
+        time.sleep(poll_seconds)
 
 
 def _fmt(cell: dict, base: dict | None = None) -> str:
@@ -143,35 +197,22 @@ def rendered_sets(root: str, scale: Scale) -> dict[str, str]:
     return sets
 
 
-def downstream_benchmark(root: str, scale: Scale = FULL) -> dict:
-    """Run the tables (module docstring) under ``root``; returns downstream.json's content."""
-
-    n, tenth = scale.images, max(1, scale.images // 10)
-    val, real, real10 = (rendered_sets(root, scale)[k] for k in ("val", "real", "real10"))
-    sources = {name: run_source(name, root, n, real, scale.sampling_steps) for name in SOURCES}
-    anchor = sources["render + ground_truth"]  # any output: alpha 0 trains on real images only
-
-    a = {"real only": _cells(root, "a-real", anchor, val, scale, "AP", True, real=real, alpha=0.0)}
-    for name, out in sources.items():
-        a[name] = _cells(root, f"a-{_slug(name)}", out, val, scale, "AP")
-    diffusion = [s for s in SOURCES if not s.startswith("render")]
-    best = max(diffusion, key=lambda s: a[s]["mean"])  # on the first seed(s); then the headline seeds
-    a[best] = _cells(root, f"a-{_slug(best)}", sources[best], val, scale, "AP", True)
-
-    b = {"10% real only": _cells(root, "b-real10", anchor, val, scale, "AP", True, real=real10, alpha=0.0)}
-    for k in (1, 3, 9):
-        b[f"10% real + {k}x {best}"] = _cells(root, f"b-{k}x-{_slug(best)}", sources[best], val, scale, "AP", k == 3,
-                                               real=real10, alpha=k / (k + 1), synthetic_images=min(n, k * tenth))
-    c = {f"alpha {alpha}": _cells(root, f"c-{alpha}-{_slug(best)}", sources[best], val, scale, "AP", real=real10,
-                                  alpha=alpha, synthetic_images=min(n, 9 * tenth))
-         for alpha in (0.0, 0.2, 0.4, 0.6, 0.8)}
-    d = {"real masks": _cells(root, "d-real", anchor, val, scale, "mIoU", real=real, alpha=0.0, task="segmentation"),
-         "render + ground_truth": _cells(root, "d-render", anchor, val, scale, "mIoU", task="segmentation"),
-         "txt2img + attention": _cells(root, "d-attention", sources["txt2img + attention"], val, scale, "mIoU",
-                                       task="segmentation")}
-    for name in ("controlnet + condition", "controlnet + condition, selection"):  # Diffusion Synthesis' masks
-        d[name] = _cells(root, f"d-{_slug(name)}", sources[name], val, scale, "mIoU", task="segmentation")
-    result = {"scale": vars(scale), "best_diffusion_source": best, "a": a, "b": b, "c": c, "d": d}
+def downstream_benchmark(root: str, scale: Scale = FULL, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Run the tables (module docstring) under ``root``; returns downstream.json's content.
+    ``shard`` (K, N): this process trains every N-th probe run from the K-th, so N processes of one
+    torch thread each share N cores; shard 0 also writes the sets and runs the sources, which the
+    others wait for, and every shard writes the same tables once all runs exist."""
+    sets = {name: os.path.join(root, "sets", name) for name in ("val", "real", "real10")}
+    outputs = {name: os.path.join(root, "sources", _slug(name)) for name in SOURCES}
+    if shard[0] == 0:
+        sets = rendered_sets(root, scale)
+        outputs = {name: run_source(name, root, scale.images, sets["real"], scale.sampling_steps) for name in SOURCES}
+    _wait_for([os.path.join(out, "job.json") for out in outputs.values()])
+    a = _measure(root, _a_cells(outputs, sets), sets["val"], scale, shard)["a"]
+    best = max((s for s in SOURCES if not s.startswith("render")), key=lambda s: a[s]["mean"])  # on seed 0
+    tables = _measure(root, _later_cells(outputs, sets, scale, best), sets["val"], scale, shard)
+    a.update(tables.pop("a"))
+    result = {"scale": vars(scale), "best_diffusion_source": best, "a": a, **tables}
     _write(root, result)
     return result
 
