@@ -360,7 +360,7 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--steps", type=_at_least(1), default=800)
     probe.add_argument("--batch-size", type=_at_least(1), default=32)
     probe.add_argument("--lr", type=_at_least(0.0, float),
-                       help="AdamW peak learning rate (default 1e-2 for detection, 1e-3 for segmentation)")
+                       help="AdamW peak learning rate (default 1e-2)")
     probe.add_argument("--eval-every", type=_at_least(1), help="score on val every K steps (default steps/8)")
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--out", help="where probe.json, curve.png and checkpoints go (default OUT/probe); "

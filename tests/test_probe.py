@@ -109,7 +109,7 @@ def test_probe_trains_on_ray_scores_ap_and_resumes(probe_inputs, tmp_path):
                                                                                        "val": 16}
     assert json.load(open(f"{folder}/probe.json")) == result and os.path.exists(f"{folder}/curve.png")
     assert result["threads"] == 1 and "FPN of 128 channels" in result["model"]  # one torch thread unless --threads
-    assert result["lr"] == 1e-2 and ProbeRecipe(task="segmentation").lr == 1e-3  # the per-task default peak lr
+    assert result["lr"] == 1e-2 and ProbeRecipe(task="segmentation").lr == 1e-2  # the default peak lr
     # a rerun with more steps continues from step 2 (here directly on the CPU, without a second Ray Train run)
     longer = probe(out, val, ProbeRecipe(steps=3, batch=4, eval_every=1), folder=folder, device="cpu")
     steps = [int(line.split(",")[0]) for line in open(f"{folder}/curve.csv").read().split()[1:]]
