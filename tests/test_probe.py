@@ -259,12 +259,14 @@ def test_downstream_cells_read_back_their_probes_with_more_seeds_for_headline_ce
     for cell, seed, ap in (("a-real", 0, 0.5), ("a-real", 1, 0.3), ("a-render", 0, 0.6)):
         folder = tmp_path / "probes" / f"{cell}-seed{seed}"
         folder.mkdir(parents=True)
-        (folder / "probe.json").write_text(json.dumps({"AP": ap}))
+        (folder / "probe.json").write_text(json.dumps({"AP": ap, "alpha": 0.0 if cell == "a-real" else 1.0,
+                                                       "images": {"synthetic": 7, "real": 9 * (cell == "a-real")}}))
     scale = Scale(images=10, val=5, steps=2, batch=2, seeds=1, headline_seeds=2)
     cells = [Cell("a", "real only", "a-real", "unused", headline=True), Cell("a", "render", "a-render", "unused")]
     for shard in ((0, 1), (1, 2)):
         tables = _measure(str(tmp_path), cells, "unused", scale, shard)
-        assert tables["a"]["render"] == {"mean": 0.6, "spread": 0.0, "runs": [0.6]}
+        assert tables["a"]["render"] == {"mean": 0.6, "spread": 0.0, "runs": [0.6], "images": "7 dde"}
+        assert tables["a"]["real only"]["images"] == "9 real"  # alpha 0: the output's images are not drawn
         assert tables["a"]["real only"]["runs"] == [0.5, 0.3]
         assert tables["a"]["real only"]["mean"] == pytest.approx(0.4)
         assert tables["a"]["real only"]["spread"] == pytest.approx(0.2)

@@ -162,10 +162,20 @@ def _measure(root: str, cells: list[Cell], val: str, scale: Scale, shard: tuple[
     _wait_for([os.path.join(root, "probes", f"{cell.name}-seed{seed}", "probe.json") for cell, seed in runs])
     tables: dict = {}
     for cell in cells:
-        values = [probe_cell(root, cell.name, cell.out, val, scale, seed)[cell.metric] for seed in cell.seeds(scale)]
-        tables.setdefault(cell.table, {})[cell.row] = {"mean": sum(values) / len(values),
+        results = [probe_cell(root, cell.name, cell.out, val, scale, seed) for seed in cell.seeds(scale)]
+        values = [r[cell.metric] for r in results]
+        tables.setdefault(cell.table, {})[cell.row] = {"mean": sum(values) / len(values), "images": _images(results[0]),
                                                       "spread": max(values) - min(values), "runs": values}
     return tables
+
+
+def _images(result: dict) -> str:
+    """The images a probe trained on: '531 dde', '200 real + 600 dde' (a source can hold fewer
+    images than a cell asks for: selection rejects count against its budget)."""
+    counts = result.get("images", {})
+    parts = ([f"{counts['real']} real"] if counts.get("real") else []) + (
+        [f"{counts['synthetic']} dde"] if result.get("alpha", 1) > 0 and counts.get("synthetic") else [])
+    return " + ".join(parts)
 
 
 def _wait_for(paths: list[str], poll_seconds: float = 10.0) -> None:
@@ -224,16 +234,20 @@ def _write(root: str, result: dict) -> None:
              "", f"{s['images']} images a source, {s['steps']} steps of batch {s['batch']}, {s['seeds']} seed(s) a cell, "
              f"{s['headline_seeds']} for (a)'s real only and best source and (b)'s 10% and 3x "
              f"(± half the seed-to-seed spread), val: {s['val']} rendered scenes. Percentages: of the first row.", "",
-             "## (a) synthetic only vs real only, equal counts (box AP)", "", "| train set | AP |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v, a['real only'] if k != 'real only' else None)} |" for k, v in a.items()]
-    lines += ["", f"## (b) 10% real + k x dde ({result['best_diffusion_source']}) (box AP)", "", "| train set | AP |",
-              "|---|---|"]
-    lines += [f"| {k} | {_fmt(v, b['10% real only'] if k != '10% real only' else None)} |" for k, v in b.items()]
+             "## (a) synthetic only vs real only, equal counts (box AP)", "", "| train set | AP | images |",
+             "|---|---|---|"]
+    lines += [f"| {k} | {_fmt(v, a['real only'] if k != 'real only' else None)} | {v.get('images', '')} |"
+              for k, v in a.items()]
+    lines += ["", f"## (b) 10% real + k x dde ({result['best_diffusion_source']}) (box AP)", "",
+              "| train set | AP | images |", "|---|---|---|"]
+    lines += [f"| {k} | {_fmt(v, b['10% real only'] if k != '10% real only' else None)} | {v.get('images', '')} |"
+              for k, v in b.items()]
     lines += ["", "## (c) synthetic sampling probability alpha, 10% real + 9x dde (box AP)", "",
-              "| alpha | AP |", "|---|---|"]
-    lines += [f"| {k.split()[1]} | {_fmt(v)} |" for k, v in c.items()]
-    lines += ["", "## (d) semantic segmentation (mIoU)", "", "| masks | mIoU |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v, d['real masks'] if k != 'real masks' else None)} |" for k, v in d.items()]
+              "| alpha | AP | images |", "|---|---|---|"]
+    lines += [f"| {k.split()[1]} | {_fmt(v)} | {v.get('images', '')} |" for k, v in c.items()]
+    lines += ["", "## (d) semantic segmentation (mIoU)", "", "| masks | mIoU | images |", "|---|---|---|"]
+    lines += [f"| {k} | {_fmt(v, d['real masks'] if k != 'real masks' else None)} | {v.get('images', '')} |"
+              for k, v in d.items()]
     save_result(root, "downstream", result, "\n".join(lines) + "\n")
     _plot(root, c)
 
