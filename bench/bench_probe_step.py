@@ -64,18 +64,28 @@ def main() -> None:
         optimizer.step()
         return time.perf_counter() - started
 
-    for name in arms:  # warm-up
+    report(time_interleaved(step, list(arms), args.rounds), "128 wide, 1 thread")
+
+
+def time_interleaved(step, names: list[str], rounds: int) -> dict[str, list[float]]:
+    """Seconds of ``step(name, k)`` per arm: one warm-up each on batch 0, then rounds 1..``rounds``
+    with the arms alternating, so load from other jobs falls on all of them alike."""
+    for name in names:
         step(name, 0)
-    times = {name: [] for name in arms}
-    for k in range(1, args.rounds + 1):
-        for name in arms:
+    times = {name: [] for name in names}
+    for k in range(1, rounds + 1):
+        for name in names:
             times[name].append(step(name, k))
-    shipped = statistics.median(times["128 wide, 1 thread"])
+    return times
+
+
+def report(times: dict[str, list[float]], reference: str) -> None:
+    """Each arm's median s/step and its ratio to the ``reference`` arm's."""
+    base = statistics.median(times[reference])
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:20s} median {median:.3f} s/step  x{median / shipped:.1f} the shipped  "
+        print(f"{name:20s} median {median:.3f} s/step  x{median / base:.2f} {reference}  "
               f"{[round(v, 2) for v in values]}")
-
 
 if __name__ == "__main__":
     main()

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+from bench_probe_step import report, time_interleaved
 from engine.lab.train.segprobe import IGNORE, build_lraspp, load_semantic
 
 CLASSES = ["circle", "square", "triangle", "star", "ring", "cross"]
@@ -54,18 +54,7 @@ def main() -> None:
         optimizer.step()
         return time.perf_counter() - started
 
-    for name in arms:  # warm-up
-        step(name, 0)
-    times = {name: [] for name in arms}
-    for k in range(1, args.rounds + 1):
-        for name in arms:
-            times[name].append(step(name, k))
-    first = statistics.median(times[next(iter(ARMS))])
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:15s} median {median:.3f} s/step  x{median / first:.2f} the first  "
-              f"{[round(v, 2) for v in values]}")
-
+    report(time_interleaved(step, list(arms), args.rounds), next(iter(ARMS)))
 
 if __name__ == "__main__":
     main()
