@@ -140,8 +140,10 @@ def _later_cells(sources: dict, sets: dict, scale: Scale, best: str) -> list[Cel
              Cell("b", "10% real only", "b-real10", anchor, headline=True, real=real10, alpha=0.0)]
     cells += [Cell("b", f"10% real + {k}x {best}", f"b-{k}x-{_slug(best)}", sources[best], headline=k == 3,
                    real=real10, alpha=k / (k + 1), synthetic_images=min(n, k * tenth)) for k in (1, 3, 9)]
+    # alpha 0 draws no synthetic image: (b)'s 10% real only is that run
+    cells += [Cell("c", "alpha 0.0", "b-real10", anchor, real=real10, alpha=0.0)]
     cells += [Cell("c", f"alpha {alpha}", f"c-{alpha}-{_slug(best)}", sources[best], real=real10, alpha=alpha,
-                   synthetic_images=min(n, 9 * tenth)) for alpha in (0.0, 0.2, 0.4, 0.6, 0.8)]
+                   synthetic_images=min(n, 9 * tenth)) for alpha in (0.2, 0.4, 0.6, 0.8)]
     masks = {"real masks": ("d-real", anchor, {"real": sets["real"], "alpha": 0.0}),
              "render + ground_truth": ("d-render", anchor, {}),
              "txt2img + attention": ("d-attention", sources["txt2img + attention"], {})}
