@@ -243,6 +243,9 @@ def _parser() -> argparse.ArgumentParser:
     controlnet.add_argument("--init-from", type=_controlnet_folder,
                             help="warm-start a new run from a trained ControlNet folder (e.g. engine/models/controlnet "
                                  "after the embedded model changes) instead of from_unet")
+    controlnet.add_argument("--worlds", type=lambda text: tuple(text.split(",")), metavar="W[,W]",
+                            help="the rendered worlds a batch comes from, in turn: model (the embedded model's, the "
+                                 "default) and/or default (dde world export's: more, smaller objects)")
     controlnet.add_argument("--eval-images", type=_at_least(2), default=64,
                             help="val scenes for the agreement measured against an untrained ControlNet")
     controlnet.add_argument("--export", action="store_true",
@@ -651,8 +654,11 @@ def _train_controlnet(args) -> int:
     from .lab.train.controlnet import ControlNetRecipe, train_controlnet, write_card
 
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
-                                   "init_from": args.init_from}.items() if v is not None}
-    recipe = replace(_stored_recipe(args.out, ControlNetRecipe), **overrides)
+                                   "init_from": args.init_from, "worlds": args.worlds}.items() if v is not None}
+    try:
+        recipe = replace(_stored_recipe(args.out, ControlNetRecipe), **overrides)
+    except ValueError as e:
+        raise UserError(f"--{e}") from e
     status = train_controlnet(args.out, recipe, max_minutes=args.max_minutes)
     agreement = measure(args.out, args.eval_images)
     better = agreement["trained"]["mIoU"] > agreement["untrained (from_unet)"]["mIoU"]

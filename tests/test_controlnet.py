@@ -488,7 +488,9 @@ def test_controlnet_warm_start_begins_from_the_given_controlnet(tmp_path):
 
     torch.manual_seed(0)
     quiet = lambda *_: None  # noqa: E731
-    train_controlnet(str(tmp_path / "a"), ControlNetRecipe(steps=2, batch_size=2), echo=quiet)
+    train_controlnet(str(tmp_path / "a"), ControlNetRecipe(steps=2, batch_size=2, worlds=("model", "default")),
+                     echo=quiet)  # a batch of 2: one scene of each world
+    assert json.load(open(tmp_path / "a" / "recipe.json"))["worlds"] == ["model", "default"]
     start = str(tmp_path / "a" / "controlnet")
     warm = ControlNetRecipe(steps=2, batch_size=2, init_from=start)
     assert train_controlnet(str(tmp_path / "b"), warm, until_step=0, echo=quiet)["step"] == 0
@@ -500,6 +502,10 @@ def test_controlnet_warm_start_begins_from_the_given_controlnet(tmp_path):
     bad = subprocess.run([DDE, "train", "controlnet", "--out", str(tmp_path / "c"), "--init-from", str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--init-from" in bad.stderr and "diffusion_pytorch_model.safetensors" in bad.stderr
+    assert not (tmp_path / "c").exists()
+    bad = subprocess.run([DDE, "train", "controlnet", "--out", str(tmp_path / "c"), "--worlds", "model,moon"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--worlds: expected some of ['model', 'default'], got ['model', 'moon']" in bad.stderr
     assert not (tmp_path / "c").exists()
 
 

@@ -2,7 +2,8 @@
 
 ``ControlNetModel.from_unet`` of the shipped embedded UNet (its encoder copied, zero
 convolutions out), conditioning embedding (16, 32, 64): it downsamples by 4, the embedded
-VAE's factor. Trained on rendered scenes of the model's world: the condition is the scene's
+VAE's factor. Trained on rendered scenes of the model's world (or, by ``worlds``, in turn with
+the default world's): the condition is the scene's
 class-index map in the ``class_index`` palette (the ``controlnet`` backend's default), the
 target the scene's image through the frozen VAE, the prompt one of the engine's prompt styles
 (with caption dropout for classifier-free guidance). The UNet, VAE and text encoder stay frozen;
@@ -27,6 +28,7 @@ from .diffusion import _Log, _lr, _record_session, _step_generator, _to_tensor, 
 __all__ = ["ControlNetRecipe", "train_controlnet", "write_card", "components", "CONDITIONING_CHANNELS"]
 
 CONDITIONING_CHANNELS = (16, 32, 64)  # downsamples by 4: 64 px conditions, 16 px latents
+WORLDS = ("model", "default")
 
 
 @dataclass
@@ -40,6 +42,15 @@ class ControlNetRecipe:
     min_snr_gamma: float = 5.0
     seed: int = 0
     init_from: str | None = None  # a trained ControlNet folder to start from instead of from_unet
+    # the worlds a batch's scenes come from, in turn (WORLDS): "model", the embedded model's own (1-3
+    # large objects); "default", `dde world export`'s (more, smaller objects), what references often hold
+    worlds: tuple[str, ...] = ("model",)
+
+    def __post_init__(self):
+        self.worlds = tuple(self.worlds)  # recipe.json stores a list
+        unknown = [w for w in self.worlds if w not in WORLDS]
+        if not self.worlds or unknown:
+            raise ValueError(f"worlds: expected some of {list(WORLDS)}, got {list(self.worlds)}")
 
 
 def components(init_from: str | None = None):
@@ -66,11 +77,12 @@ def _batch(recipe: ControlNetRecipe, step: int, pipe, colours: np.ndarray):
 
     from ...models.embedded import model_world
     from ...output.layout import derive_seed
-    from ...world import render_scene
+    from ...world import WorldConfig, render_scene
 
     rng = np.random.default_rng([recipe.seed, step, 7])
-    scenes = [render_scene(derive_seed(recipe.seed * 7919 + 5, step * recipe.batch_size + k), None, model_world())
-              for k in range(recipe.batch_size)]
+    worlds = [{"model": model_world, "default": WorldConfig}[name]() for name in recipe.worlds]
+    scenes = [render_scene(derive_seed(recipe.seed * 7919 + 5, step * recipe.batch_size + k), None,
+                           worlds[k % len(worlds)]) for k in range(recipe.batch_size)]
     device = pipe.device
     with torch.no_grad():
         latents = pipe.vae.encode(_to_tensor(np.stack([s.image for s in scenes])).to(device)).latent_dist.sample(
@@ -168,7 +180,7 @@ def write_card(out: str, measured: dict) -> None:
 A segmentation ControlNet for `embedded:shapes` (diffusers `ControlNetModel`, {origin}, conditioning
 embedding {list(CONDITIONING_CHANNELS)}: downsamples by 4 like the model's VAE). Condition: the class-index map in the `class_index`
 palette (PASCAL VOC colour map, class k = 1 + shapes-world class index). Trained by
-`dde train controlnet` on rendered scenes of the model's world, UNet/VAE/text encoder frozen,
+`dde train controlnet` on rendered scenes of the recipe's `worlds`, UNet/VAE/text encoder frozen,
 v-prediction with min-SNR weighting, caption dropout {recipe['cfg_dropout']}.
 
 ## Recipe
