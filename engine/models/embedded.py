@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .shipped import CLIP_DIR, CONTROLNET_DIR, SHAPES_DIR
 
-__all__ = ["EMBEDDED_MODELS", "EMBEDDED_CONTROLNETS", "CLIP_DIR", "IMAGE_SIZE", "MODEL_WORLD", "model_world", "vae_config", "unet_config",
+__all__ = ["EMBEDDED_MODELS", "EMBEDDED_CONTROLNETS", "CLIP_DIR", "IMAGE_SIZE", "MODEL_WORLD", "model_world", "NAMED_WORLDS", "named_world", "vae_config", "unet_config",
            "text_encoder_config"]
 
 IMAGE_SIZE = 64
@@ -29,6 +29,19 @@ def model_world(**world):
     from ..world import WorldConfig
 
     return WorldConfig(**{"size": IMAGE_SIZE, **MODEL_WORLD, **world})
+
+
+# rendered worlds by name: "model", the embedded model's own (``model_world``: at most 3 objects of
+# 30-55% of the image); "default", ``dde world export``'s defaults (up to 4 objects of 18-42%), the
+# scenes the demo and users take as references
+NAMED_WORLDS = ("model", "default")
+
+
+def named_world(name: str, size: int = IMAGE_SIZE):
+    """The ``WorldConfig`` of a ``NAMED_WORLDS`` entry at ``size`` px."""
+    from ..world import WorldConfig
+
+    return model_world(size=size) if name == "model" else WorldConfig(size=size)
 
 
 def vae_config() -> dict:

@@ -30,7 +30,7 @@ from ...world import CLASSES
 from ..metrics.boxes import box_ap
 from .results import save_result
 
-__all__ = ["labels_benchmark", "markdown_tables", "REFERENCE_WORLDS", "result_name"]
+__all__ = ["labels_benchmark", "markdown_tables", "result_name"]
 
 TAUS = (0, 1, 2, 3, 4, 5)
 BANDS = ((0.4, 0.5), (0.5, 0.6), (0.4, 0.6))
@@ -48,29 +48,16 @@ def _txt2img_requests(count: int, seed: int) -> list[ImageRequest]:
     return requests
 
 
-REFERENCE_WORLDS = ("model", "default")
-
-
-def reference_world(name: str, size: int):
-    """The world img2img references come from: ``model`` is the embedded model's training world
-    (at most 3 objects of 30-55% of the image); ``default`` is ``dde world export``'s defaults (up
-    to 4 objects of 18-42%), the scenes the demo and users take as references. ``size``: the
-    model's image side in px."""
-    from ...models.embedded import model_world
-    from ...world import WorldConfig
-
-    return model_world(size=size) if name == "model" else WorldConfig(size=size)
-
-
 def result_name(world: str) -> str:
     """The result files' stem: ``labels`` for the model's world, ``labels-default-world`` else."""
     return "labels" if world == "model" else f"labels-{world}-world"
 
 
 def _img2img_requests(count: int, seed: int, world: str = "model", size: int = 64) -> tuple[list[ImageRequest], list]:
+    from ...models.embedded import named_world
     from ...world import render_scene
 
-    config = reference_world(world, size)
+    config = named_world(world, size)
     scenes = [render_scene(derive_seed(seed, 10**6 + k), None, config) for k in range(count)]
     requests = [ImageRequest(10**6 + k, derive_seed(seed, 2 * 10**6 + k), scene.caption,
                              classes=[i.category for i in scene.instances], reference_id=str(k),
@@ -194,7 +181,7 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
                      batch_size: int = 16, seed: int = 0, head_params: dict | None = None,
                      out_dir: str = "bench/results", world: str = "model") -> dict:
     """Writes ``labels.{json,md}`` (``labels-default-world`` when the img2img references come from
-    the default world); ``world`` names a ``REFERENCE_WORLDS`` entry."""
+    the default world); ``world`` names a ``models.embedded.NAMED_WORLDS`` entry."""
     from ...backends.diffusion import DiffusionBackend, DiffusionParams
     from ...heads.attention.head import AttentionHead
     from ...models.shipped import SEGMENTER_DIR

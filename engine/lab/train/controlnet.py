@@ -28,7 +28,6 @@ from .diffusion import _Log, _lr, _record_session, _step_generator, _to_tensor, 
 __all__ = ["ControlNetRecipe", "train_controlnet", "write_card", "components", "CONDITIONING_CHANNELS"]
 
 CONDITIONING_CHANNELS = (16, 32, 64)  # downsamples by 4: 64 px conditions, 16 px latents
-WORLDS = ("model", "default")
 
 
 @dataclass
@@ -42,15 +41,16 @@ class ControlNetRecipe:
     min_snr_gamma: float = 5.0
     seed: int = 0
     init_from: str | None = None  # a trained ControlNet folder to start from instead of from_unet
-    # the worlds a batch's scenes come from, in turn (WORLDS): "model", the embedded model's own (1-3
-    # large objects); "default", `dde world export`'s (more, smaller objects), what references often hold
+    # the worlds a batch's scenes come from, in turn (``models.embedded.NAMED_WORLDS``)
     worlds: tuple[str, ...] = ("model",)
 
     def __post_init__(self):
+        from ...models.embedded import NAMED_WORLDS
+
         self.worlds = tuple(self.worlds)  # recipe.json stores a list
-        unknown = [w for w in self.worlds if w not in WORLDS]
+        unknown = [w for w in self.worlds if w not in NAMED_WORLDS]
         if not self.worlds or unknown:
-            raise ValueError(f"worlds: expected some of {list(WORLDS)}, got {list(self.worlds)}")
+            raise ValueError(f"worlds: expected some of {list(NAMED_WORLDS)}, got {list(self.worlds)}")
 
 
 def components(init_from: str | None = None):
@@ -75,12 +75,12 @@ def _batch(recipe: ControlNetRecipe, step: int, pipe, colours: np.ndarray):
     """Step ``step``'s scenes: (latents, condition images in [0, 1], prompt token ids); from (seed, step) alone."""
     import torch
 
-    from ...models.embedded import model_world
+    from ...models.embedded import named_world
     from ...output.layout import derive_seed
-    from ...world import WorldConfig, render_scene
+    from ...world import render_scene
 
     rng = np.random.default_rng([recipe.seed, step, 7])
-    worlds = [{"model": model_world, "default": WorldConfig}[name]() for name in recipe.worlds]
+    worlds = [named_world(name) for name in recipe.worlds]
     scenes = [render_scene(derive_seed(recipe.seed * 7919 + 5, step * recipe.batch_size + k), None,
                            worlds[k % len(worlds)]) for k in range(recipe.batch_size)]
     device = pipe.device
