@@ -304,6 +304,10 @@ def _parser() -> argparse.ArgumentParser:
     grounding.add_argument("--score-classes", choices=["all", "named"], default="all",
                            help="classes each image's class loss scores: every class of its stage (shipped) or "
                                 "the 1-2 its prompt names (InstaGen)")
+    grounding.add_argument("--region-clip", default="embedded:clip",
+                           help="the self-training teacher's region classifier (ViLD): a CLIP scores each box's crop "
+                                "against the novel names ('embedded:clip', a CLIPModel folder or hub id), or 'none' "
+                                "(InstaGen: the teacher's own scores); saved in the card, used again at inference")
     _add_capacity_options(grounding)
     _add_trainer_options(grounding)
 
@@ -559,7 +563,7 @@ def _cmd_train(args) -> int:
                                  beta=args.beta, eval_every=args.eval_every, queries=args.queries,
                                  layers=args.layers, width=args.width, class_weight=args.class_weight,
                                  class_template=args.class_template, novel_lr_scale=args.novel_lr_scale,
-                                 score_classes=args.score_classes)
+                                 score_classes=args.score_classes, region_clip=args.region_clip)
         print(json.dumps(train_grounding(args.model, args.out, recipe, args.teacher, args.workers, args.gpus),
                          indent=1))
         return 0

@@ -9,6 +9,11 @@ Names are embedded in the template the head was trained with (its card's ``class
 kept over InstaGen's 0.4: on the shipped head, 0.4 keeps precision and loses recall (img2img F1
 0.291 against 0.347, BENCHMARKS.md "Paper fidelity"). Where else it departs from InstaGen, and
 what is measured: ``engine/models/grounding/README.md``.
+
+Classes the head was not trained on (its card's unseen names) need more than its own scores: on
+embedded:shapes v2 the shipped head boxes none of them (novel AP50 0.000). ``region_clip`` adds
+ViLD's region classification by a CLIP and ViLD's ensemble (``boxes/regions.py``); on by default
+for the shipped head (the shapes CLIP). Measured in BENCHMARKS.md "Open-vocabulary grounding".
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Literal
 from pydantic import Field
 
 from ..models.shipped import GROUNDING_DIR
+from ..spec import JobSpec
+from .boxes.regions import CLIP_TEMPLATE, VILD_WEIGHT
 from .trained import TrainedBoxHead, TrainedHeadParams
 
 __all__ = ["GroundingHead"]
@@ -27,6 +34,17 @@ class GroundingParams(TrainedHeadParams):
     stage: Literal["self_trained", "base"] = Field(
         default="self_trained", description="The head after self-training on novel classes, or after base "
                                             "classes only (for comparison).")
+    region_clip: str = Field(
+        default="auto", description="ViLD's region classification (engine/heads/boxes/regions.py): a CLIP scores "
+                                    "each box's crop against the class names, ensembled with the head's scores. "
+                                    "'auto': the CLIP the head's self-training used (its card's recipe), else the "
+                                    "shapes CLIP for the shipped head and none for other weights; 'none'; "
+                                    "'embedded:clip'; or any CLIPModel folder or hub id.")
+    clip_weight: float = Field(default=VILD_WEIGHT, ge=0, le=1,
+                               description="ViLD's lambda: the CLIP's share for classes the head never saw, "
+                                           "1 - lambda for those it was trained on.")
+    clip_template: str = Field(default=CLIP_TEMPLATE,
+                               description="Each class name's text for the CLIP; '{}' is the name.")
 
 
 class GroundingHead(TrainedBoxHead):
@@ -37,11 +55,56 @@ class GroundingHead(TrainedBoxHead):
     def load_stem(cls, params) -> str:
         return "grounding-base" if params.stage == "base" else cls.stem
 
+    @classmethod
+    def check_spec(cls, spec: JobSpec) -> list[str]:
+        from ..models.clip_embeddings import is_clip
+
+        params, problems = spec.label_head.config, super().check_spec(spec)
+        if params.region_clip not in ("auto", "none") and not is_clip(params.region_clip):
+            problems.append(f"label_head.params.region_clip: expected 'auto', 'none', 'embedded:clip', a CLIPModel "
+                            f"folder (config.json, safetensors) or a hub id, got {params.region_clip!r}")
+        if params.clip_template.count("{}") != 1:
+            problems.append(f"label_head.params.clip_template: expected exactly one '{{}}' where the class name goes, "
+                            f"got {params.clip_template!r}; e.g. 'a photograph of a {{}}'")
+        return problems
+
+    def region_clip(self) -> str | None:
+        """The CLIP that classifies regions, or None."""
+        from ..models.clip_embeddings import EMBEDDED_CLIP
+
+        if self.params.region_clip == "auto":  # as it was trained (its card), else the shapes CLIP for the shipped head
+            trained_with = self.card.get("recipe", {}).get("region_clip")
+            if trained_with:
+                return None if trained_with == "none" else trained_with
+            return EMBEDDED_CLIP if self.params.weights is None else None
+        return None if self.params.region_clip == "none" else self.params.region_clip
+
     def prepare(self, pipe) -> None:
         from .boxes.text import class_text
 
         self.names = [c.name for c in self.classes]
-        self.text = class_text(pipe, self.names, self.card.get("class_template", "{}"))  # as it was trained
+        vocabulary, self.clip = list(self.names), None
+        if self.region_clip():
+            from ..models.clip_embeddings import load_clip
+            from .boxes.regions import clip_class_text
+
+            seen = self.card.get("classes_seen", {}).get("base", [])
+            # the classes it was trained on compete in the CLIP's softmax even where the job does not ask for them
+            vocabulary += [c for c in seen if c not in self.names]
+            self.names += [None] * (len(vocabulary) - len(self.names))
+            self.clip = load_clip(self.region_clip())
+            self.clip[0].to(pipe.device)
+            self.clip_text = clip_class_text(self.clip, vocabulary, self.params.clip_template)
+            self.seen = [c in seen for c in vocabulary]
+        self.text = class_text(pipe, vocabulary, self.card.get("class_template", "{}"))  # as it was trained
 
     def vocabulary(self):
         return self.names, self.text
+
+    def rescore(self, out: dict, images: list) -> dict:
+        if self.clip is None:
+            return out
+        from .boxes.regions import clip_rescored
+
+        return clip_rescored(out, images, self.clip, self.clip_text, self.seen, self.image_size,
+                             self.params.clip_weight)

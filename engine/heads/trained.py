@@ -142,8 +142,8 @@ class TrainedBoxHead(Head, StepObserver):
         pyramid = self.features(requests, generated, todo)
         names, text = self.vocabulary()
         with torch.no_grad():
-            found = detections(self.detector(pyramid, text), self.params.threshold, self.image_size,
-                               decoding=self.params.decoding)
+            out = self.rescore(self.detector(pyramid, text), [generated[k].image for k in todo])
+            found = detections(out, self.params.threshold, self.image_size, decoding=self.params.decoding)
         for k, image in zip(todo, found):
             labels[k] = Labels([Instance(names[c], score=s, box=tuple(box)) for c, s, box in image
                                 if names[c] is not None])
@@ -151,6 +151,11 @@ class TrainedBoxHead(Head, StepObserver):
                 generated[k].reject = (f"{self.name}: no box of the job's classes scored {self.params.threshold} or "
                                        f"more (empty_images: skip)")
         return labels
+
+    def rescore(self, out: dict, images: list) -> dict:
+        """The detector's output ({"logits": (B, Q, C), "boxes": (B, Q, 4)}) as the head scores it;
+        ``images``: the B generated images, (H, W, 3) uint8. As it is, unless a head says otherwise."""
+        return out
 
     def vocabulary(self) -> tuple[list[str | None], object]:
         """The name of each detector class (None: not a class of this job) and the text input."""

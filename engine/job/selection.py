@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from ..models.clip_embeddings import EMBEDDED_CLIP, clip_folder
+from ..models.clip_embeddings import EMBEDDED_CLIP, is_clip
 
 __all__ = ["Selection", "check_selection", "per_class_table"]
 
@@ -42,7 +42,7 @@ def check_selection(spec) -> list[str]:
         if spec.prompts.source != "references":
             problems.append(f"selection.clip: expected prompts.source 'references' (it compares each image with its "
                             f"reference), got {spec.prompts.source!r}; remove selection.clip")
-        if not _is_folder_or_hub_id(clip_folder(selection.clip.model), "config.json"):
+        if not is_clip(selection.clip.model):
             problems.append(f"selection.clip.model: expected {EMBEDDED_CLIP!r} (the shipped shapes CLIP), a CLIPModel "
                             f"folder (config.json, safetensors) or a hub id, got {selection.clip.model!r}; give one, or "
                             f"remove selection.clip and select with the segmenter alone")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EMBEDDED_CLIP", "clip_folder", "load_clip", "image_embeddings"]
+__all__ = ["EMBEDDED_CLIP", "clip_folder", "is_clip", "load_clip", "image_embeddings", "text_embeddings"]
 
 EMBEDDED_CLIP = "embedded:clip"  # the shipped small shapes CLIP (engine/models/clip, issue 13)
 
@@ -16,6 +16,16 @@ def clip_folder(model: str) -> str:
     from .shipped import CLIP_DIR
 
     return CLIP_DIR if model == EMBEDDED_CLIP else model
+
+
+def is_clip(model: str) -> bool:
+    """Whether ``model`` can name a CLIP: ``embedded:clip``, a folder holding config.json, or a hub id."""
+    import os
+
+    from .loading import is_hub_id
+
+    folder = clip_folder(model)
+    return os.path.exists(os.path.join(folder, "config.json")) or is_hub_id(folder)
 
 
 def load_clip(model: str):
@@ -32,6 +42,16 @@ def image_embeddings(clip, images: np.ndarray | list[np.ndarray]):
     import torch
 
     model, processor = clip
-    pixels = processor(images=list(images), return_tensors="pt").pixel_values
+    pixels = processor(images=list(images), return_tensors="pt").pixel_values.to(model.device)
     with torch.no_grad():
         return torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+
+
+def text_embeddings(clip, texts: list[str]):
+    """L2-normalised text embeddings (torch float32, N x projection_dim) of ``texts`` through ``load_clip``'s pair."""
+    import torch
+
+    model, processor = clip
+    tokens = processor(text=texts, padding=True, truncation=True, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        return torch.nn.functional.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)

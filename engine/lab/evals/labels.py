@@ -134,7 +134,8 @@ def _evaluate(generated, truths: list[np.ndarray], truth_instances: list[list[In
 
 def _box_heads(backend) -> dict:
     """The shipped trained box heads, at COCO's score floor (0.05), attached to ``backend`` (those
-    whose weights are missing are left out)."""
+    whose weights are missing are left out); the grounding head with its default region
+    classification by the shapes CLIP, and once without it (``_head_only``)."""
     from ...heads.adapter import AdapterHead
     from ...heads.grounding import GroundingHead
     from ...spec import ClassSpec
@@ -145,7 +146,9 @@ def _box_heads(backend) -> dict:
                                               classes=classes),
              "grounding_base_only": GroundingHead(params=GroundingHead.Params(threshold=0.05, stage="base"),
                                                   classes=classes),
-             "grounding_self_trained": GroundingHead(params=GroundingHead.Params(threshold=0.05), classes=classes)}
+             "grounding_self_trained": GroundingHead(params=GroundingHead.Params(threshold=0.05), classes=classes),
+             "grounding_self_trained_head_only": GroundingHead(
+                 params=GroundingHead.Params(threshold=0.05, region_clip="none"), classes=classes)}
     heads = {name: head for name, head in heads.items()
              if os.path.exists(os.path.join(head.shipped, f"{head.load_stem(head.params)}.json"))}
     for head in heads.values():

@@ -13,21 +13,13 @@ import numpy as np
 from ...job.phrases import objects_phrase
 from ...models.clip_embeddings import image_embeddings as _image_embeddings
 from ...models.clip_embeddings import load_clip
+from ...models.clip_embeddings import text_embeddings as _text_embeddings
 from ...output.layout import derive_seed
 from ...world import CLASSES, WorldConfig, render_scene
 
 __all__ = ["load_clip", "image_text_scores", "image_similarity", "zero_shot_accuracy"]
 
 VAL_SEED = 246_813_579  # a seed stream training never draws
-
-
-def _text_embeddings(clip, texts: list[str]):
-    import torch
-
-    model, processor = clip
-    tokens = processor(text=texts, padding=True, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        return torch.nn.functional.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
 
 
 def image_text_scores(clip, images: np.ndarray, texts: list[str]) -> np.ndarray:

@@ -132,9 +132,10 @@ def worker_share(count: int, rank: int, world: int) -> np.ndarray:
 
 # ---- evaluation
 def evaluate_boxes(model, pyramid: dict, truth: list[list[Instance]], classes: list[str], image_size: int,
-                   text=None, groups: dict[str, list[str]] | None = None, chunk: int = 256) -> dict:
+                   text=None, groups: dict[str, list[str]] | None = None, chunk: int = 256, rescore=None) -> dict:
     """COCOeval box AP/AP50 of the detector on cached features, over all classes and over each of
-    ``groups`` (e.g. base and novel); detections at score 0.05 or more, as COCO practice keeps."""
+    ``groups`` (e.g. base and novel); detections at score 0.05 or more, as COCO practice keeps.
+    ``rescore(out, rows)``, if given, rescores the output of the images ``rows`` (a slice) first."""
     import torch
 
     from ...heads.boxes.detector import detections
@@ -146,7 +147,10 @@ def evaluate_boxes(model, pyramid: dict, truth: list[list[Instance]], classes: l
     with torch.no_grad():
         for start in range(0, len(truth), chunk):
             part = {s: v[start:start + chunk].float() for s, v in pyramid.items()}
-            for image in detections(model(part, text), 0.05, image_size):
+            out = model(part, text)
+            if rescore is not None:
+                out = rescore(out, slice(start, start + chunk))
+            for image in detections(out, 0.05, image_size):
                 found.append([Instance(classes[c], score=s, box=tuple(b)) for c, s, b in image])
     model.train(was_training)
     scores = box_ap(truth, found, image_size, classes, groups)

@@ -49,7 +49,7 @@ class GroundingRecipe:
                  momentum: float = 0.999, sampling_steps: int = 20, eval_every: int = 250, val_images: int = 500,
                  seed: int = 0, queries: int | None = None, layers: int | None = None, width: int | None = None,
                  class_weight: float = 2.0, class_template: str = "{}", novel_lr_scale: float = 0.1,
-                 score_classes: str = "all"):
+                 score_classes: str = "all", region_clip: str = "embedded:clip"):
         self.base, self.novel, self.images = list(base), list(novel), images
         self.base_steps, self.novel_steps, self.batch, self.lr = base_steps, novel_steps, batch, lr
         self.alpha, self.beta, self.momentum, self.sampling_steps = alpha, beta, momentum, sampling_steps
@@ -58,6 +58,7 @@ class GroundingRecipe:
         # the shipped head's settings; InstaGen's: focal weight 1, "a photograph of a {}", stage 2 at the same lr
         self.class_weight, self.class_template, self.novel_lr_scale = class_weight, class_template, novel_lr_scale
         self.score_classes = score_classes  # "all" of the stage's classes, or "named": the image's (InstaGen)
+        self.region_clip = region_clip  # the teacher's region classifier (ViLD), or "none" (InstaGen)
 
     def to_json(self) -> dict:
         return dict(vars(self))
@@ -70,6 +71,7 @@ def train_grounding(model: str, out: str, recipe: GroundingRecipe, teacher: str 
     settings can share. Returns the final card."""
     from ...errors import UserError
     from ...heads.boxes.detector import check_capacity
+    from ...models.clip_embeddings import is_clip
     from ...world import CLASSES
     from .detection import check_model, launch
 
@@ -78,6 +80,9 @@ def train_grounding(model: str, out: str, recipe: GroundingRecipe, teacher: str 
         raise UserError(problem)
     if recipe.score_classes not in SCORE_CLASSES:
         raise UserError(f"--score-classes: expected one of {list(SCORE_CLASSES)}, got {recipe.score_classes!r}")
+    if recipe.region_clip != "none" and not is_clip(recipe.region_clip):
+        raise UserError(f"--region-clip: expected 'none', 'embedded:clip', a CLIPModel folder (config.json, "
+                        f"safetensors) or a hub id, got {recipe.region_clip!r}")
     if recipe.class_template.count("{}") != 1:
         raise UserError(f"--class-template: expected exactly one '{{}}' where the class name goes, got "
                         f"{recipe.class_template!r}; e.g. 'a photograph of a {{}}'")
@@ -135,8 +140,9 @@ def reference_requests(classes: list[str], count: int, seed: int, offset: int):
 def generate_triplets(config: dict, recipe: GroundingRecipe, classes: list[str], rank: int, device: str, offset: int,
               count: int, strength: tuple[float, float]):
     """Eq. 4 features of img2img images from references (what the heads read by default), each
-    image's teacher boxes of its classes, and the references' exact boxes (the truth at low
-    strength). The teacher is ``world`` (those exact boxes) or a trained adapter's folder."""
+    image's teacher boxes of its classes, the references' exact boxes (the truth at low
+    strength) and the images, (N, H, W, 3) uint8 (the region classifier crops them). The teacher
+    is ``world`` (those exact boxes) or a trained adapter's folder."""
     import torch
 
     from ...backends.diffusion import DiffusionBackend, DiffusionParams
@@ -155,7 +161,7 @@ def generate_triplets(config: dict, recipe: GroundingRecipe, classes: list[str],
     capture = PyramidCapture(backend.pipe.unet, backend.pipe.vae_scale_factor)
     requests, scenes = reference_requests(classes, count, recipe.seed * 7919 + rank, offset)
     levels: dict[int, list] = {}
-    boxes, named, truth = [], [], []
+    boxes, named, truth, images = [], [], [], []
     for start in range(0, len(requests), recipe.batch):
         chunk = requests[start:start + recipe.batch]
         generated = backend.generate(chunk)
@@ -172,7 +178,8 @@ def generate_triplets(config: dict, recipe: GroundingRecipe, classes: list[str],
             boxes.append([row for row in found if row[0] in request.classes])
             named.append(request.classes)
             truth.append(exact)
-    return {s: torch.cat(v) for s, v in levels.items()}, boxes, named, truth
+            images.append(generated[k].image)
+    return {s: torch.cat(v) for s, v in levels.items()}, boxes, named, truth, np.stack(images)
 
 
 def _cached_generation(config, recipe, classes, rank, device, name, offset, count):
@@ -183,21 +190,41 @@ def _cached_generation(config, recipe, classes, rank, device, name, offset, coun
     strength = (0.2, 0.35) if name == "val" else (0.2, 0.5)
     teacher = (config["teacher"], recipe.alpha) if name == "base" else None  # other sets use no teacher boxes
     key = fingerprint(config["model"], teacher, classes, count, strength, recipe.sampling_steps, recipe.seed,
-                      "boxes as [class, x, y, w, h]")
+                      "boxes as [class, x, y, w, h]", "images kept")
     path = f"{config['cache']}/{name}-{key}-{rank}"
 
     def compute():
-        pyramid, boxes, named, truth = generate_triplets(config, recipe, classes, rank, device, offset, count,
-                                                         strength)
+        pyramid, boxes, named, truth, images = generate_triplets(config, recipe, classes, rank, device, offset, count,
+                                                                 strength)
+        np.save(path + "-images.npy", images)
         with open(path + ".json", "w") as f:
             json.dump({"boxes": boxes, "named": named, "truth": truth}, f)
         return pyramid
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    pyramid = cached(path + ".safetensors", compute)
+    pyramid = cached(path + ".safetensors", compute)  # written last: the json and images are there when it is
     with open(path + ".json") as f:
         side = json.load(f)
-    return pyramid, side["boxes"], side["named"], side["truth"]
+    return pyramid, side["boxes"], side["named"], side["truth"], np.load(path + "-images.npy")
+
+
+class _RegionClassifier:
+    """The ViLD region classifier (``heads.boxes.regions``) over the stage's classes, ``everything``
+    = base + novel in that order: ``(out, images) -> out`` rescored."""
+
+    def __init__(self, recipe: GroundingRecipe, everything: list[str], size: int, device: str):
+        from ...heads.boxes.regions import clip_class_text
+        from ...models.clip_embeddings import load_clip
+
+        self.clip = load_clip(recipe.region_clip)
+        self.clip[0].to(device)
+        self.text = clip_class_text(self.clip, everything)
+        self.seen, self.size = [c in recipe.base for c in everything], size
+
+    def __call__(self, out: dict, images: np.ndarray) -> dict:
+        from ...heads.boxes.regions import clip_rescored
+
+        return clip_rescored(out, list(images), self.clip, self.text, self.seen, self.size)
 
 
 def _instances(rows: list[list[list]]) -> list[list[Instance]]:
@@ -225,14 +252,15 @@ def _grounding_loop(config: dict) -> None:
     everything = recipe.base + recipe.novel
     val = None
     if worker.leader:
-        features, _, _, truth = _cached_generation(config, recipe, everything, 0, device, "val", 2 * 10**7,
-                                                   recipe.val_images)
-        val = ({s: v.to(device) for s, v in features.items()}, _instances(truth))
+        features, _, _, truth, images = _cached_generation(config, recipe, everything, 0, device, "val", 2 * 10**7,
+                                                           recipe.val_images)
+        val = ({s: v.to(device) for s, v in features.items()}, _instances(truth), images)
     pipe = load_pipeline(config["model"], device=device)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     base_text, novel_text, all_text = (class_text(pipe, names, recipe.class_template).to(device)
                                        for names in (recipe.base, recipe.novel, everything))
     del pipe
+    regions = _RegionClassifier(recipe, everything, size, device) if recipe.region_clip != "none" else None
 
     named = recipe.score_classes == "named"
     base_targets = targets_batch(_instances(base_set[1]), recipe.base, size, base_set[2] if named else None)
@@ -240,8 +268,13 @@ def _grounding_loop(config: dict) -> None:
     def evaluate() -> dict:
         if val is None:
             return {}
-        return evaluate_boxes(detector, val[0], val[1], everything, size, text=all_text,
-                              groups={"base": recipe.base, "novel": recipe.novel})
+        groups = {"base": recipe.base, "novel": recipe.novel}
+        scores = evaluate_boxes(detector, val[0], val[1], everything, size, text=all_text, groups=groups)
+        if regions:  # as a job labels by default: with the region classifier (``clip_`` keys)
+            scores.update({f"clip_{k}": v for k, v in evaluate_boxes(
+                detector, val[0], val[1], everything, size, text=all_text, groups=groups,
+                rescore=lambda out, rows: regions(out, val[2][rows])).items()})
+        return scores
 
     detector_config = DetectorConfig(levels={s: v.shape[1] for s, v in base_set[0].items()}, image_size=size,
                                      text_width=base_text.shape[1],
@@ -291,7 +324,12 @@ def _grounding_loop(config: dict) -> None:
         parts = base_loss(step + recipe.base_steps)
         pyramid, drawn = draw(novel_set, step, 10**6)
         with torch.no_grad():
-            found = detections(teacher(pyramid, novel_text), recipe.beta, size)
+            if regions:  # every class's scores give the objectness; the CLIP names the novel ones
+                out = regions(teacher(pyramid, all_text), novel_set[4][drawn])
+                out = {**out, "logits": out["logits"][..., len(recipe.base):]}
+            else:
+                out = teacher(pyramid, novel_text)
+            found = detections(out, recipe.beta, size)
         pseudo = [[Instance(recipe.novel[c], box=tuple(box)) for c, _, box in image  # of the classes named
                    if recipe.novel[c] in novel_set[2][i]] for image, i in zip(found, drawn)]
         targets = targets_batch(pseudo, recipe.novel, size, [novel_set[2][i] for i in drawn] if named else None)
