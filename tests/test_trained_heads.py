@@ -127,6 +127,7 @@ def test_bad_coco_folder_is_one_clear_error(tmp_path):
     (["--base", "circle", "--novel", "circle"], "--base/--novel"),
     (["--base", "circle", "--novel", "star", "--model", "embedded:nope"], "--model"),
     (["--base", "circle", "--novel", "star", "--teacher", "NOWHERE"], "--teacher"),
+    (["--base", "circle", "--novel", "star", "--region-clip", "NOWHERE"], "--region-clip"),
 ])
 def test_bad_grounding_inputs_fail_before_ray_with_the_field_named(tmp_path, capsys, args, field):
     from engine.cli import main

@@ -8,16 +8,14 @@ its ViLD-image teacher (CLIP on cropped regions) used directly and its ensemble 
 ``p_clip`` is the softmax over the vocabulary of CLIP's scaled cosine similarity between the
 region's image embedding and "a photograph of a <name>"; ``o`` is the detector's objectness, its
 best score over every class it scores. ViLD keeps the unseen class's own text score where this
-uses ``o``: a detector trained on seen names only scores unseen names near zero (the shipped
-grounding head gives 0.012 boxes per novel image, its card), but its boxes still find unseen
-objects (recall at IoU 0.5 of novel objects 0.95 at ``o`` >= 0.01 on embedded:shapes img2img
-val, ``bench/results/labels.md``).
+uses ``o``: a detector trained on seen names only scores unseen names near zero (on
+embedded:shapes v2 the grounding head trained without this gave 0.012 boxes per novel image),
+but its boxes, scored as the seen class they resemble, still find unseen objects.
 
 Regions are cropped in place: the box, widened by ``CROP_PADDING`` about its centre, keeps its
 pixels where it is in the image and everything else takes the image border's median colour, so
-the CLIP sees the object at the scale it was trained on. On the shipped shapes CLIP this beat
-crop-and-resize (novel AP50 0.54 against 0.27 at padding 1.2, 0.39 at 1.5; BENCHMARKS.md
-"Open-vocabulary grounding").
+the CLIP sees the object at the scale it was trained on. On the shipped shapes CLIP this beats
+crop-and-resize (``bench/bench_grounding_regions.py``; BENCHMARKS.md "Open-vocabulary grounding").
 """
 
 from __future__ import annotations
@@ -58,14 +56,15 @@ def region_crops(image: np.ndarray, boxes_xyxy: np.ndarray, padding: float = CRO
 
 
 def clip_ensemble(probs, boxes_xyxy, images: list[np.ndarray], clip, class_text, seen: list[bool],
-                  weight: float = VILD_WEIGHT, floor: float = OBJECTNESS_FLOOR):
+                  weight: float = VILD_WEIGHT, floor: float = OBJECTNESS_FLOOR, crop=None):
     """ViLD's ensemble of the detector's and the CLIP's class probabilities (module docstring).
 
     ``probs``: (B, Q, C) float sigmoid scores of B images' Q regions over C classes;
     ``boxes_xyxy``: (B, Q, 4) float pixels; ``images``: B (H, W, 3) uint8; ``clip``: ``load_clip``'s
     pair; ``class_text``: (C, D) its L2-normalised text embeddings of the C names; ``seen``: per
-    class, whether the detector was trained on it. Returns (B, Q, C) float scores in [0, 1]; regions
-    whose objectness is under ``floor`` score 0.
+    class, whether the detector was trained on it; ``crop(image, boxes_xyxy) -> crops``: default
+    ``region_crops`` (``bench/bench_grounding_regions.py`` compares others). Returns (B, Q, C)
+    float scores in [0, 1]; regions whose objectness is under ``floor`` score 0.
     """
     import torch
 
@@ -79,7 +78,7 @@ def clip_ensemble(probs, boxes_xyxy, images: list[np.ndarray], clip, class_text,
         regions = torch.nonzero(objectness[b] >= floor).flatten()
         if not len(regions):
             continue
-        crops = region_crops(image, boxes_xyxy[b, regions].detach().cpu().numpy())
+        crops = (crop or region_crops)(image, boxes_xyxy[b, regions].detach().cpu().numpy())
         p_clip = (scale * image_embeddings(clip, crops).to(probs.device) @ class_text.T.to(probs.device)).softmax(-1)
         p_head, o = probs[b, regions], objectness[b, regions, None]
         scores[b, regions] = torch.where(seen, p_head ** weight * p_clip ** (1 - weight),
@@ -88,12 +87,12 @@ def clip_ensemble(probs, boxes_xyxy, images: list[np.ndarray], clip, class_text,
 
 
 def clip_rescored(out: dict, images: list[np.ndarray], clip, class_text, seen: list[bool], image_size: int,
-                  weight: float = VILD_WEIGHT) -> dict:
+                  weight: float = VILD_WEIGHT, crop=None) -> dict:
     """The detector's output (``{"logits": (B, Q, C), "boxes": (B, Q, 4) normalised cx, cy, w, h}``)
     with its logits replaced by those of ``clip_ensemble``'s scores, for ``detector.detections``."""
     import torch
     from torchvision.ops import box_convert
 
     boxes = box_convert(out["boxes"].float() * image_size, "cxcywh", "xyxy").clamp(0, image_size)
-    scores = clip_ensemble(out["logits"].float().sigmoid(), boxes, images, clip, class_text, seen, weight)
+    scores = clip_ensemble(out["logits"].float().sigmoid(), boxes, images, clip, class_text, seen, weight, crop=crop)
     return {**out, "logits": torch.logit(scores.clamp(1e-6, 1 - 1e-6))}
