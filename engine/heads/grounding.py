@@ -24,7 +24,7 @@ from pydantic import Field
 
 from ..models.shipped import GROUNDING_DIR
 from ..spec import JobSpec
-from .boxes.regions import CLIP_TEMPLATE, VILD_WEIGHT
+from .boxes.regions import CLIP_TEMPLATE, REGION_NMS_IOU, VILD_WEIGHT
 from .trained import TrainedBoxHead, TrainedHeadParams
 
 __all__ = ["GroundingHead"]
@@ -96,6 +96,7 @@ class GroundingHead(TrainedBoxHead):
             self.clip[0].to(pipe.device)
             self.clip_text = clip_class_text(self.clip, vocabulary, self.params.clip_template)
             self.seen = [c in seen for c in vocabulary]
+            self.nms_iou = REGION_NMS_IOU
         self.text = class_text(pipe, vocabulary, self.card.get("class_template", "{}"))  # as it was trained
 
     def vocabulary(self):

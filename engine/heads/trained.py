@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..backends.base import DIFFUSERS_PIPELINE, STEP_CALLBACKS, UNET_FEATURES, StepObserver, StrictParams
+from .boxes.detector import NMS_IOU
 from ..records import Generated, ImageRequest, Instance, Labels
 from ..spec import JobSpec
 from .base import Head
@@ -55,6 +56,7 @@ class TrainedBoxHead(Head, StepObserver):
     Params = TrainedHeadParams
     requires = frozenset({DIFFUSERS_PIPELINE, UNET_FEATURES})
     name = stem = shipped = ""
+    nms_iou = NMS_IOU  # class-wise NMS of the decoded boxes; a head that rescores its queries may lower it
 
     @classmethod
     def needs(cls, params: TrainedHeadParams) -> frozenset[str]:
@@ -143,7 +145,7 @@ class TrainedBoxHead(Head, StepObserver):
         names, text = self.vocabulary()
         with torch.no_grad():
             out = self.rescore(self.detector(pyramid, text), [generated[k].image for k in todo])
-            found = detections(out, self.params.threshold, self.image_size, decoding=self.params.decoding)
+            found = detections(out, self.params.threshold, self.image_size, self.nms_iou, decoding=self.params.decoding)
         for k, image in zip(todo, found):
             labels[k] = Labels([Instance(names[c], score=s, box=tuple(box)) for c, s, box in image
                                 if names[c] is not None])

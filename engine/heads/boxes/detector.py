@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass
 
 from .matching import MatchCosts
 
-__all__ = ["DetectorConfig", "build_detector", "detections", "DECODINGS", "detection_loss", "LossWeights",
+__all__ = ["DetectorConfig", "build_detector", "detections", "DECODINGS", "NMS_IOU", "detection_loss", "LossWeights",
            "capacity", "check_capacity"]
 
 PRIOR_PROBABILITY = 0.01  # focal-loss prior: every query starts as "nothing here"
+NMS_IOU = 0.7  # one-to-one matching leaves few duplicates; heads rescoring the queries may need lower
 HEATMAP_LEVELS = ("finest", "coarsest")
 
 
@@ -232,7 +233,7 @@ def detection_loss(out: dict, targets: list[dict], weights: LossWeights = LossWe
 DECODINGS = ("best_class", "topk")
 
 
-def detections(out: dict, threshold: float, image_size: int, nms_iou: float = 0.7, decoding: str = "best_class",
+def detections(out: dict, threshold: float, image_size: int, nms_iou: float = NMS_IOU, decoding: str = "best_class",
                top_k: int = 100) -> list[list[tuple]]:
     """Per image, ``(class index, score, [x, y, w, h] in pixels, clipped to the image)`` of the
     kept (query, class) pairs, by ``decoding``:

@@ -132,13 +132,15 @@ def worker_share(count: int, rank: int, world: int) -> np.ndarray:
 
 # ---- evaluation
 def evaluate_boxes(model, pyramid: dict, truth: list[list[Instance]], classes: list[str], image_size: int,
-                   text=None, groups: dict[str, list[str]] | None = None, chunk: int = 256, rescore=None) -> dict:
+                   text=None, groups: dict[str, list[str]] | None = None, chunk: int = 256, rescore=None,
+                   nms_iou: float | None = None) -> dict:
     """COCOeval box AP/AP50 of the detector on cached features, over all classes and over each of
     ``groups`` (e.g. base and novel); detections at score 0.05 or more, as COCO practice keeps.
-    ``rescore(out, rows)``, if given, rescores the output of the images ``rows`` (a slice) first."""
+    ``rescore(out, rows)``, if given, rescores the output of the images ``rows`` (a slice) first;
+    ``nms_iou``: the decoding's class-wise NMS (default ``detector.NMS_IOU``)."""
     import torch
 
-    from ...heads.boxes.detector import detections
+    from ...heads.boxes.detector import NMS_IOU, detections
     from ..metrics.boxes import box_ap
 
     found = []
@@ -150,7 +152,7 @@ def evaluate_boxes(model, pyramid: dict, truth: list[list[Instance]], classes: l
             out = model(part, text)
             if rescore is not None:
                 out = rescore(out, slice(start, start + chunk))
-            for image in detections(out, 0.05, image_size):
+            for image in detections(out, 0.05, image_size, nms_iou or NMS_IOU):
                 found.append([Instance(classes[c], score=s, box=tuple(b)) for c, s, b in image])
     model.train(was_training)
     scores = box_ap(truth, found, image_size, classes, groups)

@@ -237,8 +237,9 @@ def _grounding_loop(config: dict) -> None:
 
     import torch
 
-    from ...heads.boxes.detector import DetectorConfig, LossWeights, build_detector, capacity, detection_loss, \
-        detections
+    from ...heads.boxes.detector import NMS_IOU, DetectorConfig, LossWeights, build_detector, capacity, \
+        detection_loss, detections
+    from ...heads.boxes.regions import REGION_NMS_IOU
     from ...heads.boxes.text import class_text
     from ...models import load_pipeline
     from ...models.trained import save_trained
@@ -273,7 +274,7 @@ def _grounding_loop(config: dict) -> None:
         if regions:  # as a job labels by default: with the region classifier (``clip_`` keys)
             scores.update({f"clip_{k}": v for k, v in evaluate_boxes(
                 detector, val[0], val[1], everything, size, text=all_text, groups=groups,
-                rescore=lambda out, rows: regions(out, val[2][rows])).items()})
+                rescore=lambda out, rows: regions(out, val[2][rows]), nms_iou=REGION_NMS_IOU).items()})
         return scores
 
     detector_config = DetectorConfig(levels={s: v.shape[1] for s, v in base_set[0].items()}, image_size=size,
@@ -329,7 +330,7 @@ def _grounding_loop(config: dict) -> None:
                 out = {**out, "logits": out["logits"][..., len(recipe.base):]}
             else:
                 out = teacher(pyramid, novel_text)
-            found = detections(out, recipe.beta, size)
+            found = detections(out, recipe.beta, size, REGION_NMS_IOU if regions else NMS_IOU)
         pseudo = [[Instance(recipe.novel[c], box=tuple(box)) for c, _, box in image  # of the classes named
                    if recipe.novel[c] in novel_set[2][i]] for image, i in zip(found, drawn)]
         targets = targets_batch(pseudo, recipe.novel, size, [novel_set[2][i] for i in drawn] if named else None)
