@@ -2,17 +2,18 @@
 ViLD region classification (engine/heads/boxes/regions.py).
 
 img2img images of all six classes at strength 0.2-0.35 from the model's world (the labels
-benchmark's, whose references' boxes are the truth); the shipped grounding head's boxes and
-scores over all six names; then, per crop, padding and weight (``SETTINGS`` on the head before
-self-training, the shipped setting on both stages), box AP50 over all classes,
-base and novel (COCOeval, score floor 0.05, class-wise NMS 0.7 as a job decodes). Crops:
+benchmark's, whose references' boxes are the truth); a grounding head's boxes and scores over
+all six names (``--weights``, default the shipped head); then, per crop, padding and weight
+(``SETTINGS`` on the head before self-training, the shipped setting on both stages), box AP50
+over all classes, base and novel (COCOeval, score floor 0.05; class-wise NMS as a job decodes:
+``detector.NMS_IOU`` for the head alone, ``regions.REGION_NMS_IOU`` with the CLIP). Crops:
 
 - ``in_place``: the shipped one (box widened by the padding, kept where it is, the rest filled
   with the border's median colour);
 - ``centred``: the same pixels moved to the image's centre;
 - ``resized``: the widened box cut out and resized to the image size (CLIP's usual crop).
 
-    python bench/bench_grounding_regions.py [--images 240] [--seed 0]
+    python bench/bench_grounding_regions.py [--weights DIR] [--images 240] [--seed 0]
 
 Writes bench/results/grounding-regions.{json,md}.
 """
@@ -65,7 +66,7 @@ def main() -> None:
 
     import engine.heads.boxes.regions as regions
     from engine.backends.diffusion import DiffusionBackend, DiffusionParams
-    from engine.heads.boxes.detector import detections
+    from engine.heads.boxes.detector import NMS_IOU, detections
     from engine.heads.grounding import GroundingHead
     from engine.lab.evals.labels import _generate, _img2img_requests
     from engine.lab.metrics.boxes import box_ap
@@ -74,6 +75,7 @@ def main() -> None:
     from engine.world import CLASSES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default=None, help="a grounding head's folder (default: the shipped one)")
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -84,11 +86,13 @@ def main() -> None:
     kept, generated = _generate(backend, requests, 16)
     truth = [[Instance(i.category, i.mask) for i in scenes[k].instances] for k in kept]
     requests = [requests[k] for k in kept]
-    result = {"command": "python bench/bench_grounding_regions.py "
-                         f"--images {args.images} --seed {args.seed}", "images": len(kept), "rows": []}
+    weights = f"--weights {args.weights} " if args.weights else ""
+    result = {"command": f"python bench/bench_grounding_regions.py {weights}--images {args.images} --seed {args.seed}",
+              "images": len(kept), "rows": []}
     images = [g.image for g in generated]
     for stage in ("base", "self_trained"):
-        head = GroundingHead(params=GroundingHead.Params(threshold=0.05, stage=stage, region_clip="embedded:clip"),
+        head = GroundingHead(params=GroundingHead.Params(weights=args.weights, threshold=0.05, stage=stage,
+                                                         region_clip="embedded:clip"),
                              classes=[ClassSpec(name=c) for c in CLASSES])
         head.attach(backend)
         names, text = head.vocabulary()
@@ -101,10 +105,12 @@ def main() -> None:
             scored = out
             if crop != "head_only":
                 cut = {"in_place": regions.region_crops, "centred": centred, "resized": resized}[crop]
-                scored = regions.clip_rescored(out, images, head.clip, head.clip_text, head.seen, backend.size, weight,
-                                               crop=lambda image, boxes, _cut=cut, _pad=padding: _cut(image, boxes, _pad))
+                scored = regions.clip_rescored(
+                    out, images, head.clip, head.clip_text, head.seen, backend.size, weight,
+                    crop=lambda image, boxes, _cut=cut, _pad=padding: _cut(image, boxes, _pad))
             found = [[Instance(names[c], score=s, box=tuple(box)) for c, s, box in image if names[c]]
-                     for image in detections(scored, 0.05, backend.size)]
+                     for image in detections(scored, 0.05, backend.size,
+                                             NMS_IOU if crop == "head_only" else regions.REGION_NMS_IOU)]
             scores = box_ap(truth, found, backend.size, groups={"base": seen["base"], "novel": seen["novel"]})
             row = {"stage": stage, "crop": crop, "padding": padding, "clip_weight": weight,
                    **{k: scores[k] for k in ("AP50", "base_AP50", "novel_AP50")}}

@@ -27,7 +27,8 @@ def main() -> None:
     from engine.world import CLASSES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", nargs="+", required=True, help="grounding head folders (dde train grounding --out)")
+    parser.add_argument("--weights", nargs="+", required=True,
+                        help="grounding head folders (dde train grounding --out)")
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--worlds", nargs="+", default=["model", "default"])
     parser.add_argument("--seed", type=int, default=0)
@@ -60,7 +61,8 @@ def main() -> None:
     with open("bench/results/grounding-weights.json", "w") as f:
         json.dump(result, f, indent=1)
     lines = ["# Grounding heads on the same img2img images", "", f"`{command}`, {result['seconds']} s. AP50 (%).", "",
-             "| weights | stage | region CLIP | references | AP50 | base AP50 | novel AP50 |", "|---|---|---|---|---|---|---|"]
+             "| weights | stage | region CLIP | references | AP50 | base AP50 | novel AP50 |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['weights']} | {r['stage']} | {r['region_clip']} | {r['world']} world | {100 * r['AP50']:.1f} | "
               f"{100 * r['base_AP50']:.1f} | {100 * r['novel_AP50']:.1f} |" for r in rows]
     with open("bench/results/grounding-weights.md", "w") as f:

@@ -25,8 +25,8 @@ def main() -> None:
     result = {"command": "python bench/bench_teacher_yield.py", "images": IMAGES, "alphas": {}}
     for alpha in ALPHAS:
         recipe.alpha = alpha
-        _, boxes, _, truth = generate_triplets({"model": "embedded:shapes", "teacher": ADAPTER_DIR}, recipe,
-                                               recipe.base, 0, "cpu", 0, IMAGES, (0.2, 0.5))
+        _, boxes, _, truth, _ = generate_triplets({"model": "embedded:shapes", "teacher": ADAPTER_DIR}, recipe,
+                                                  recipe.base, 0, "cpu", 0, IMAGES, (0.2, 0.5))
         result["alphas"][str(alpha)] = {"teacher_boxes_per_image": round(sum(map(len, boxes)) / IMAGES, 3),
                                         "true_boxes_per_image": round(sum(map(len, truth)) / IMAGES, 3)}
     save_result(f"{REPO}/bench/results/teacher_yield.json", result)

@@ -306,7 +306,8 @@ def _parser() -> argparse.ArgumentParser:
                                 "the 1-2 its prompt names (InstaGen)")
     grounding.add_argument("--region-clip", default="embedded:clip",
                            help="the self-training teacher's region classifier (ViLD): a CLIP scores each box's crop "
-                                "against the novel names ('embedded:clip', a CLIPModel folder or hub id), or 'none' "
+                                "against every class name and its novel-class scores, ensembled with the teacher's, "
+                                "give the pseudo-boxes ('embedded:clip', a CLIPModel folder or hub id), or 'none' "
                                 "(InstaGen: the teacher's own scores); saved in the card, used again at inference")
     _add_capacity_options(grounding)
     _add_trainer_options(grounding)

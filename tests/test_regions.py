@@ -60,3 +60,36 @@ def test_a_region_clip_that_cannot_load_is_refused_before_the_job_starts(spec_da
     problems = " ".join(info.value.problems)
     assert "label_head.params.region_clip: expected" in problems and "/no/such/clip" in problems
     assert "label_head.params.clip_template: expected exactly one '{}'" in problems
+
+
+@pytest.mark.parametrize("card_clip, weights, expected", [
+    ("embedded:clip", "somewhere", "embedded:clip"),  # as the card says it was trained
+    ("none", None, None),
+    (None, "somewhere", None),  # an older card, another head: the head alone
+    (None, None, "embedded:clip"),  # an older card of the shipped head: the shapes CLIP
+])
+def test_auto_takes_the_clip_the_head_was_trained_with(card_clip, weights, expected):
+    from engine.heads.grounding import GroundingHead
+    from engine.spec import ClassSpec
+
+    head = GroundingHead(params=GroundingHead.Params(weights=weights), classes=[ClassSpec(name="star")])
+    head.card = {"recipe": {"region_clip": card_clip}} if card_clip else {"recipe": {}}
+    assert head.region_clip() == expected
+    head.params = GroundingHead.Params(weights=weights, region_clip="none")
+    assert head.region_clip() is None
+
+
+def test_every_class_the_head_was_trained_on_competes_for_the_clip_unnamed(tiny_model):
+    """A job naming only some classes: the others the head knows join the CLIP's softmax without a
+    job name (a ring must not become a "star"); spelling (case, underscores) does not make a class."""
+    from engine.heads.grounding import GroundingHead
+    from engine.models import load_pipeline
+    from engine.spec import ClassSpec
+
+    head = GroundingHead(params=GroundingHead.Params(region_clip="embedded:clip"),
+                         classes=[ClassSpec(name="Star"), ClassSpec(name="hexagon")])
+    head.card = {"classes_seen": {"base": ["circle", "star"], "novel": ["ring"]}}
+    head.prepare(load_pipeline(tiny_model))
+    names, text = head.vocabulary()
+    assert names == ["Star", "hexagon", None, None] and head.seen == [True, False, True, False]
+    assert len(text) == len(head.clip_text) == 4 and head.nms_iou == 0.5

@@ -10,14 +10,17 @@ kept over InstaGen's 0.4: on the shipped head, 0.4 keeps precision and loses rec
 0.291 against 0.347, BENCHMARKS.md "Paper fidelity"). Where else it departs from InstaGen, and
 what is measured: ``engine/models/grounding/README.md``.
 
-Classes the head was not trained on (its card's unseen names) need more than its own scores: on
-embedded:shapes v2 the shipped head boxes none of them (novel AP50 0.000). ``region_clip`` adds
-ViLD's region classification by a CLIP and ViLD's ensemble (``boxes/regions.py``); on by default
-for the shipped head (the shapes CLIP). Measured in BENCHMARKS.md "Open-vocabulary grounding".
+Classes the head never saw a box of need more than its own scores: on embedded:shapes v2 a head
+trained as InstaGen's boxed none of them (novel AP50 0.000). ``region_clip`` adds ViLD's region
+classification by a CLIP and ViLD's ensemble (``boxes/regions.py``); the shipped head was
+self-trained with the same CLIP in its teacher, and uses it by default, whatever its ``stage``.
+Measured in BENCHMARKS.md "Open-vocabulary grounding".
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Literal
 
 from pydantic import Field
@@ -38,9 +41,9 @@ class GroundingParams(TrainedHeadParams):
         default="auto", description="ViLD's region classification (engine/heads/boxes/regions.py): a CLIP scores "
                                     "each box's crop against the class names, ensembled with the head's scores. "
                                     "'auto': the CLIP the head's self-training used (its card's recipe), else the "
-                                    "shapes CLIP for the shipped head and none for other weights; 'none'; "
-                                    "'embedded:clip'; or any CLIPModel folder or hub id.")
-    clip_weight: float = Field(default=VILD_WEIGHT, ge=0, le=1,
+                                    "shapes CLIP for the shipped head and none for other weights, whatever the "
+                                    "stage; 'none'; 'embedded:clip'; or any CLIPModel folder or hub id.")
+    clip_weight: float = Field(default=VILD_WEIGHT, gt=0, le=1,
                                description="ViLD's lambda: the CLIP's share for classes the head never saw, "
                                            "1 - lambda for those it was trained on.")
     clip_template: str = Field(default=CLIP_TEMPLATE,
@@ -60,16 +63,25 @@ class GroundingHead(TrainedBoxHead):
         from ..models.clip_embeddings import is_clip
 
         params, problems = spec.label_head.config, super().check_spec(spec)
+        if problems:
+            return problems
         if params.region_clip not in ("auto", "none") and not is_clip(params.region_clip):
             problems.append(f"label_head.params.region_clip: expected 'auto', 'none', 'embedded:clip', a CLIPModel "
                             f"folder (config.json, safetensors) or a hub id, got {params.region_clip!r}")
+        if params.region_clip == "auto":
+            with open(os.path.join(params.weights or cls.shipped, f"{cls.load_stem(params)}.json")) as f:
+                trained_with = json.load(f).get("recipe", {}).get("region_clip")
+            if trained_with not in (None, "none") and not is_clip(trained_with):
+                problems.append(f"label_head.params.region_clip: 'auto' takes the CLIP the head was trained with, "
+                                f"{trained_with!r} (its card), and none is there; give region_clip a CLIPModel "
+                                f"folder or hub id, or 'none'")
         if params.clip_template.count("{}") != 1:
             problems.append(f"label_head.params.clip_template: expected exactly one '{{}}' where the class name goes, "
                             f"got {params.clip_template!r}; e.g. 'a photograph of a {{}}'")
         return problems
 
     def region_clip(self) -> str | None:
-        """The CLIP that classifies regions, or None."""
+        """The CLIP that classifies regions, or None: ``region_clip`` resolved against the head's card."""
         from ..models.clip_embeddings import EMBEDDED_CLIP
 
         if self.params.region_clip == "auto":  # as it was trained (its card), else the shapes CLIP for the shipped head
@@ -88,14 +100,17 @@ class GroundingHead(TrainedBoxHead):
             from ..models.clip_embeddings import load_clip
             from .boxes.regions import clip_class_text
 
-            seen = self.card.get("classes_seen", {}).get("base", [])
-            # the classes it was trained on compete in the CLIP's softmax even where the job does not ask for them
-            vocabulary += [c for c in seen if c not in self.names]
+            trained = self.card.get("classes_seen", {})
+            seen = {_spelling(c) for c in trained.get("base", [])}  # the classes it saw boxes of
+            # every class it was trained on competes in the CLIP's softmax, even where the job does not ask for it
+            # (a job naming only "star" must not box rings as stars); such columns have no job name (None)
+            asked = {_spelling(c) for c in self.names}
+            vocabulary += [c for c in trained.get("base", []) + trained.get("novel", []) if _spelling(c) not in asked]
             self.names += [None] * (len(vocabulary) - len(self.names))
             self.clip = load_clip(self.region_clip())
             self.clip[0].to(pipe.device)
             self.clip_text = clip_class_text(self.clip, vocabulary, self.params.clip_template)
-            self.seen = [c in seen for c in vocabulary]
+            self.seen = [_spelling(c) in seen for c in vocabulary]
             self.nms_iou = REGION_NMS_IOU
         self.text = class_text(pipe, vocabulary, self.card.get("class_template", "{}"))  # as it was trained
 
@@ -109,3 +124,8 @@ class GroundingHead(TrainedBoxHead):
 
         return clip_rescored(out, images, self.clip, self.clip_text, self.seen, self.image_size,
                              self.params.clip_weight)
+
+
+def _spelling(name: str) -> str:
+    """A class name as the text encoders read it: case and underscores do not make another class."""
+    return name.replace("_", " ").strip().lower()

@@ -14,6 +14,8 @@ Boxes (``detector``), as ``(job class, (x0, y0, x1, y1))`` in the reference's pi
 - ``embedded:adapter`` / ``embedded:grounding``: dde's shipped box heads run on the reference through
   Eq. 4 (the reference, resized to the model's side, encoded, noised to t = 1, one UNet pass: the
   features they were trained on), on the job's own pipeline; the model must be ``embedded:shapes``.
+  ``embedded:grounding`` names its boxes with the shapes CLIP, as the grounding head does by
+  default (``region_clip: auto``, engine/heads/boxes/regions.py).
 
 Masks (``segmenter``), one bool HxW array per box, at the reference's size:
 

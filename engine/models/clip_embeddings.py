@@ -29,11 +29,14 @@ def is_clip(model: str) -> bool:
 
 
 def load_clip(model: str):
-    """(CLIPModel in eval mode, CLIPProcessor) from ``embedded:clip``, a folder or a hub id; no remote code."""
+    """(CLIPModel in eval mode, float32, CLIPProcessor) from ``embedded:clip``, a folder or a hub id; no remote
+    code. float32 whatever the stored dtype: the processor's pixels are float32."""
+    import torch
     from transformers import CLIPModel, CLIPProcessor
 
     model = clip_folder(model)
-    return CLIPModel.from_pretrained(model, use_safetensors=True).eval(), CLIPProcessor.from_pretrained(model)
+    return (CLIPModel.from_pretrained(model, use_safetensors=True, dtype=torch.float32).eval(),
+            CLIPProcessor.from_pretrained(model))
 
 
 def image_embeddings(clip, images: np.ndarray | list[np.ndarray]):

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CLIP_TEMPLATE", "CROP_PADDING", "OBJECTNESS_FLOOR", "REGION_NMS_IOU", "VILD_WEIGHT", "clip_class_text", "region_crops",
-           "clip_ensemble", "clip_rescored"]
+__all__ = ["CLIP_TEMPLATE", "CROP_PADDING", "OBJECTNESS_FLOOR", "REGION_NMS_IOU", "VILD_WEIGHT", "clip_class_text",
+           "region_crops", "clip_ensemble", "clip_rescored"]
 
 CROP_PADDING = 1.2  # measured best of 1.0, 1.2, 1.4, 1.7 (BENCHMARKS.md)
 OBJECTNESS_FLOOR = 0.01  # regions below it are not cropped (scored 0): about 5 per image on the shipped head
@@ -40,7 +40,7 @@ def clip_class_text(clip, names: list[str], template: str = CLIP_TEMPLATE):
     underscores read as spaces); ``clip``: ``models.clip_embeddings.load_clip``'s pair."""
     from ...models.clip_embeddings import text_embeddings
 
-    return text_embeddings(clip, [template.format(name.replace("_", " ")) for name in names])
+    return text_embeddings(clip, [template.replace("{}", name.replace("_", " ")) for name in names])
 
 
 def region_crops(image: np.ndarray, boxes_xyxy: np.ndarray, padding: float = CROP_PADDING) -> np.ndarray:
@@ -53,7 +53,8 @@ def region_crops(image: np.ndarray, boxes_xyxy: np.ndarray, padding: float = CRO
     for n, (x0, y0, x1, y1) in enumerate(np.asarray(boxes_xyxy, dtype=np.float64)):
         cx, cy, half_w, half_h = (x0 + x1) / 2, (y0 + y1) / 2, padding * (x1 - x0) / 2, padding * (y1 - y0) / 2
         left, top = max(int(round(cx - half_w)), 0), max(int(round(cy - half_h)), 0)
-        right, bottom = min(max(int(round(cx + half_w)), left + 1), width), min(max(int(round(cy + half_h)), top + 1), height)
+        right = min(max(int(round(cx + half_w)), left + 1), width)
+        bottom = min(max(int(round(cy + half_h)), top + 1), height)
         crops[n] = fill
         crops[n, top:bottom, left:right] = image[top:bottom, left:right]
     return crops

@@ -152,7 +152,7 @@ def evaluate_boxes(model, pyramid: dict, truth: list[list[Instance]], classes: l
             out = model(part, text)
             if rescore is not None:
                 out = rescore(out, slice(start, start + chunk))
-            for image in detections(out, 0.05, image_size, nms_iou or NMS_IOU):
+            for image in detections(out, 0.05, image_size, NMS_IOU if nms_iou is None else nms_iou):
                 found.append([Instance(classes[c], score=s, box=tuple(b)) for c, s, b in image])
     model.train(was_training)
     scores = box_ap(truth, found, image_size, classes, groups)

@@ -8,11 +8,17 @@
    The grounding head trains on these (class scores: query features dot class-name embeddings).
 2. Self-training on novel classes: references holding novel classes only; a mean teacher (EMA
    of the student, momentum 0.999, no dropout) boxes the named classes, and boxes scoring
-   ``beta`` or more train the student (with dropout), while base supervision continues.
+   ``beta`` or more train the student (with dropout), while base supervision continues. By
+   default (``region_clip``) the teacher's boxes are named as ViLD does: a CLIP scores each
+   box's crop against every class name, ensembled with the teacher's scores
+   (``heads.boxes.regions``), then class-wise NMS at ``REGION_NMS_IOU``. That is this module's
+   largest departure from InstaGen, whose teacher is the head alone (``region_clip="none"``): on
+   embedded:shapes v2 that teacher found 0.012 novel boxes per image, this one 2.4.
 
 The curve is scored on img2img images of all the classes at strength 0.2-0.35, where the
-references' exact boxes are the truth (the layout is kept). Features are generated once and
-cached (``OUT/cache``). Writes ``grounding-base`` (after stage 1:
+references' exact boxes are the truth (the layout is kept): the head alone, and with the region
+classifier (``clip_`` keys), as jobs label by default. Features and images are generated once
+and cached (``OUT/cache``). Writes ``grounding-base`` (after stage 1:
 the head without self-training) and ``grounding`` (after stage 2) with cards and curves.
 
 Where the defaults (the shipped head's) depart from InstaGen, each with the option that gives
@@ -80,6 +86,8 @@ def train_grounding(model: str, out: str, recipe: GroundingRecipe, teacher: str 
         raise UserError(problem)
     if recipe.score_classes not in SCORE_CLASSES:
         raise UserError(f"--score-classes: expected one of {list(SCORE_CLASSES)}, got {recipe.score_classes!r}")
+    if os.path.isdir(recipe.region_clip):  # the card keeps it: jobs resolve it from another working directory
+        recipe.region_clip = os.path.abspath(recipe.region_clip)
     if recipe.region_clip != "none" and not is_clip(recipe.region_clip):
         raise UserError(f"--region-clip: expected 'none', 'embedded:clip', a CLIPModel folder (config.json, "
                         f"safetensors) or a hub id, got {recipe.region_clip!r}")
@@ -205,7 +213,7 @@ def _cached_generation(config, recipe, classes, rank, device, name, offset, coun
     pyramid = cached(path + ".safetensors", compute)  # written last: the json and images are there when it is
     with open(path + ".json") as f:
         side = json.load(f)
-    return pyramid, side["boxes"], side["named"], side["truth"], np.load(path + "-images.npy")
+    return pyramid, side["boxes"], side["named"], side["truth"], np.load(path + "-images.npy", mmap_mode="r")
 
 
 class _RegionClassifier:
@@ -302,7 +310,8 @@ def _grounding_loop(config: dict) -> None:
             "base_images": len(base_set[1]), "novel_images": len(novel_set[1]), "workers": worker.world,
             "detector": detector_config.to_json(), "classes_seen": {"base": recipe.base, "novel": recipe.novel},
             "class_template": recipe.class_template,
-            "teacher_boxes_per_base_image": round(float(np.mean([len(b) for b in base_set[1]])), 3)}
+            "teacher_boxes_per_base_image": round(float(np.mean([len(b) for b in base_set[1]])), 3),
+            "region_nms_iou": REGION_NMS_IOU if regions else None}
 
     def finish(stem: str, schedule: Schedule, curve: list[dict], title: str, extra: dict | None = None) -> None:
         if not worker.leader:
