@@ -16,6 +16,8 @@ Regions are cropped in place: the box, widened by ``CROP_PADDING`` about its cen
 pixels where it is in the image and everything else takes the image border's median colour, so
 the CLIP sees the object at the scale it was trained on. On the shipped shapes CLIP this beats
 crop-and-resize (``bench/bench_grounding_regions.py``; BENCHMARKS.md "Open-vocabulary grounding").
+Only the shapes CLIP has been measured: a CLIP trained on object-centred photographs may prefer
+crop-and-resize (``clip_ensemble``'s ``crop``), untested here.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ VILD_WEIGHT = 2 / 3
 CLIP_TEMPLATE = "a photograph of a {}"  # the shapes CLIP's zero-shot prompt (its card)
 # Class-wise NMS after the ensemble, ViLD's (and Mask R-CNN's) 0.5 rather than the detector's 0.7: the
 # ensemble lifts the low-scored near-duplicate queries that one-to-one matching had silenced. On the
-# shipped head (160 img2img images): precision at score 0.3 0.36 -> 0.46, novel AP50 0.61 -> 0.66.
+# shipped head (160 img2img images, a throwaway script): precision at score 0.3 0.36 -> 0.46, novel AP50
+# 0.61 -> 0.66.
 REGION_NMS_IOU = 0.5
 
 
