@@ -95,8 +95,8 @@ class GroundingHead(TrainedBoxHead):
         from .boxes.text import class_text
 
         self.names = [c.name for c in self.classes]
-        vocabulary, self.clip = list(self.names), None
-        if self.region_clip():
+        vocabulary, self.clip, region_clip = list(self.names), None, self.region_clip()
+        if region_clip:
             from ..models.clip_embeddings import load_clip
             from .boxes.regions import clip_class_text
 
@@ -107,7 +107,7 @@ class GroundingHead(TrainedBoxHead):
             asked = {_spelling(c) for c in self.names}
             vocabulary += [c for c in trained.get("base", []) + trained.get("novel", []) if _spelling(c) not in asked]
             self.names += [None] * (len(vocabulary) - len(self.names))
-            self.clip = load_clip(self.region_clip())
+            self.clip = load_clip(region_clip)
             self.clip[0].to(pipe.device)
             self.clip_text = clip_class_text(self.clip, vocabulary, self.params.clip_template)
             self.seen = [_spelling(c) in seen for c in vocabulary]

@@ -22,10 +22,10 @@ from typing import Literal
 from pydantic import Field
 
 from ..backends.base import DIFFUSERS_PIPELINE, STEP_CALLBACKS, UNET_FEATURES, StepObserver, StrictParams
-from .boxes.detector import NMS_IOU
 from ..records import Generated, ImageRequest, Instance, Labels
 from ..spec import JobSpec
 from .base import Head
+from .boxes.detector import NMS_IOU
 
 __all__ = ["TrainedHeadParams", "TrainedBoxHead"]
 

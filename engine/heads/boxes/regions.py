@@ -79,18 +79,19 @@ def clip_ensemble(probs, boxes_xyxy, images: list[np.ndarray], clip, class_text,
     from ...models.clip_embeddings import image_embeddings
 
     seen = torch.tensor(seen, dtype=torch.bool, device=probs.device)
-    scale = clip[0].logit_scale.exp().item()
     objectness = probs.max(-1).values
     scores = torch.zeros_like(probs)
-    for b, image in enumerate(images):
-        regions = torch.nonzero(objectness[b] >= floor).flatten()
-        if not len(regions):
-            continue
-        crops = (crop or region_crops)(image, boxes_xyxy[b, regions].detach().cpu().numpy())
-        p_clip = (scale * image_embeddings(clip, crops).to(probs.device) @ class_text.T.to(probs.device)).softmax(-1)
-        p_head, o = probs[b, regions], objectness[b, regions, None]
-        scores[b, regions] = torch.where(seen, p_head ** weight * p_clip ** (1 - weight),
-                                         o ** (1 - weight) * p_clip ** weight)
+    kept = objectness >= floor  # (B, Q)
+    if not kept.any():
+        return scores
+    boxes = boxes_xyxy.detach().cpu().numpy()
+    mask = kept.cpu().numpy()
+    crops = np.concatenate([(crop or region_crops)(image, boxes[b][mask[b]]) for b, image in enumerate(images)
+                            if mask[b].any()])  # one CLIP pass for the batch's regions, image order then query
+    scale = clip[0].logit_scale.exp().item()
+    p_clip = (scale * image_embeddings(clip, crops).to(probs.device) @ class_text.T.to(probs.device)).softmax(-1)
+    p_head, o = probs[kept], objectness[kept][:, None]
+    scores[kept] = torch.where(seen, p_head ** weight * p_clip ** (1 - weight), o ** (1 - weight) * p_clip ** weight)
     return scores
 
 
