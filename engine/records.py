@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import re
+
 import numpy as np
 
 __all__ = ["Unit", "UnitImage", "ImageRequest", "Generated", "Instance", "Labels", "semantic_dtype", "uncertain_value",
-           "category_ids", "MAX_CATEGORIES"]
+           "category_ids", "MAX_CATEGORIES", "normalise_name"]
 
 MAX_CATEGORIES = 65534  # a uint16 semantic mask holds 0 (background), 1..65534 and 65535 (uncertain)
 
@@ -22,6 +24,16 @@ def category_ids(names) -> dict[str, int]:
     """The category id of each class name: its index in the list + 1, as in COCO files and
     semantic masks, where 0 is the background. The one place this rule is written."""
     return {name: k + 1 for k, name in enumerate(names)}
+
+
+_SEPARATORS = re.compile(r"[\s_\-]+")
+
+
+def normalise_name(name: str) -> str:
+    """A class or category name as every matcher compares it: case ignored, runs of ``_``, ``-``
+    and spaces one space (``Traffic_Light`` is ``traffic light``). The one place this rule is
+    written; ``job.classnames`` adds plural forms on top."""
+    return _SEPARATORS.sub(" ", name.strip().lower())
 
 
 def semantic_dtype(categories: int) -> np.dtype:

@@ -35,6 +35,12 @@ def test_topk_decoding_lets_one_query_box_two_classes():
     assert sorted((c, round(s, 3)) for c, s, _ in topk) == [(0, 0.881), (1, 0.622), (1, 0.731)]
     assert detections(out, 0.3, 64, decoding="topk", top_k=1)[0][0][:2] == (0, pytest.approx(0.881, abs=1e-3))
 
+    # an unnamed column (a competitor the job did not ask for) never takes a top-k slot, and under
+    # best_class it still wins its query, which then gives no box
+    assert detections(out, 0.3, 64, decoding="topk", top_k=1, named=[False, True])[0][0][:2] == \
+        (1, pytest.approx(0.731, abs=1e-3))
+    assert [c for c, _, _ in detections(out, 0.3, 64, named=[False, True])[0]] == [1]
+
 
 def test_sigma_radius_is_wider_than_centernet_and_class_weight_scales_the_focal_term():
     from engine.heads.boxes.detector import LossWeights, detection_loss

@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..records import Instance, Labels
+from ..records import Instance, Labels, normalise_name
 from .base import StrictParams
 
 __all__ = ["ConditionParams", "MaskGeneratorParams", "Condition", "palette_colours", "palette_indices", "condition_image", "PALETTE_FILE"]
@@ -72,11 +72,6 @@ class ConditionParams(StrictParams):
                                   "when the job starts.")
 
 
-def _normalise(name: str) -> str:
-    """Case and runs of '_', '-' and spaces ignored (as ``job.classnames``, without its plural forms)."""
-    return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
-
-
 @functools.lru_cache(maxsize=1)
 def _ade20k() -> tuple[list[str], np.ndarray]:
     with open(PALETTE_FILE) as f:
@@ -111,8 +106,8 @@ def _palette_index(palette: str, value: int | str) -> int | None:
         return value if 0 < value < size else None
     if palette != "ade20k":
         return int(value) if value.isdigit() and 0 < int(value) < size else None
-    names = [_normalise(n) for n in _ade20k()[0]]
-    return names.index(_normalise(value)) if _normalise(value) in names[1:] else None
+    names = [normalise_name(n) for n in _ade20k()[0]]
+    return names.index(normalise_name(value)) if normalise_name(value) in names[1:] else None
 
 
 def _default_index(palette: str, job_class) -> int | None:
@@ -128,12 +123,12 @@ def palette_indices(params: ConditionParams, classes) -> tuple[dict[str, int], l
     """(job class -> palette class, problems): a class missing from ``classes`` (with no default) or
     mapped to no palette class, a mapping key that is no job class, and two classes sharing a colour."""
     problems, indices = [], {}
-    by_word = {_normalise(w): c.name for c in classes for w in c.words}
+    by_word = {normalise_name(w): c.name for c in classes for w in c.words}
     for key in params.classes:
-        if _normalise(key) not in by_word:
+        if normalise_name(key) not in by_word:
             problems.append(f"{FIELD}.classes.{key}: expected a job class (a name or synonym), got {key!r}; the "
                             f"job's classes are {[c.name for c in classes]}")
-    given = {by_word[_normalise(k)]: v for k, v in params.classes.items() if _normalise(k) in by_word}
+    given = {by_word[normalise_name(k)]: v for k, v in params.classes.items() if normalise_name(k) in by_word}
     for c in classes:
         value = given.get(c.name)
         index = _default_index(params.palette, c) if value is None else _palette_index(params.palette, value)

@@ -20,12 +20,12 @@ Measured in BENCHMARKS.md "Open-vocabulary grounding".
 from __future__ import annotations
 
 import json
-import os
 from typing import Literal
 
 from pydantic import Field
 
 from ..models.shipped import GROUNDING_DIR
+from ..records import normalise_name
 from ..spec import JobSpec
 from .boxes.regions import CLIP_TEMPLATE, REGION_NMS_IOU, VILD_WEIGHT
 from .trained import TrainedBoxHead, TrainedHeadParams
@@ -69,7 +69,7 @@ class GroundingHead(TrainedBoxHead):
             problems.append(f"label_head.params.region_clip: expected 'auto', 'none', 'embedded:clip', a CLIPModel "
                             f"folder (config.json, safetensors) or a hub id, got {params.region_clip!r}")
         if params.region_clip == "auto":
-            with open(os.path.join(params.weights or cls.shipped, f"{cls.load_stem(params)}.json")) as f:
+            with open(cls.card_path(params)) as f:
                 trained_with = json.load(f).get("recipe", {}).get("region_clip")
             if trained_with not in (None, "none") and not is_clip(trained_with):
                 problems.append(f"label_head.params.region_clip: 'auto' takes the CLIP the head was trained with, "
@@ -101,16 +101,16 @@ class GroundingHead(TrainedBoxHead):
             from .boxes.regions import clip_class_text
 
             trained = self.card.get("classes_seen", {})
-            seen = {_spelling(c) for c in trained.get("base", [])}  # the classes it saw boxes of
+            seen = {normalise_name(c) for c in trained.get("base", [])}  # the classes it saw boxes of
             # every class it was trained on competes in the CLIP's softmax, even where the job does not ask for it
             # (a job naming only "star" must not box rings as stars); such columns have no job name (None)
-            asked = {_spelling(c) for c in self.names}
-            vocabulary += [c for c in trained.get("base", []) + trained.get("novel", []) if _spelling(c) not in asked]
+            asked = {normalise_name(c) for c in self.names}
+            vocabulary += [c for c in trained.get("base", []) + trained.get("novel", []) if normalise_name(c) not in asked]
             self.names += [None] * (len(vocabulary) - len(self.names))
             self.clip = load_clip(region_clip)
             self.clip[0].to(pipe.device)
             self.clip_text = clip_class_text(self.clip, vocabulary, self.params.clip_template)
-            self.seen = [_spelling(c) in seen for c in vocabulary]
+            self.seen = [normalise_name(c) in seen for c in vocabulary]
             self.nms_iou = REGION_NMS_IOU
         self.text = class_text(pipe, vocabulary, self.card.get("class_template", "{}"))  # as it was trained
 
@@ -124,8 +124,3 @@ class GroundingHead(TrainedBoxHead):
 
         return clip_rescored(out, images, self.clip, self.clip_text, self.seen, self.image_size,
                              self.params.clip_weight)
-
-
-def _spelling(name: str) -> str:
-    """A class name as the text encoders read it: case and underscores do not make another class."""
-    return name.replace("_", " ").strip().lower()

@@ -70,7 +70,7 @@ class TrainedBoxHead(Head, StepObserver):
         if params.weights is None and model != "embedded:shapes":
             return [f"label_head.params.weights: expected the folder of a {cls.name} head trained for {model!r} "
                     f"(`dde train {cls.name} --model {model}`), got none (the shipped one is for embedded:shapes)"]
-        card = os.path.join(params.weights or cls.shipped, f"{cls.load_stem(params)}.json")
+        card = cls.card_path(params)
         if not os.path.exists(card):
             return [f"label_head.params.weights: expected a trained {cls.name} head ({os.path.basename(card)} and its "
                     f".safetensors), got none at {os.path.dirname(card)}; run `dde train {cls.name}`"]
@@ -84,6 +84,11 @@ class TrainedBoxHead(Head, StepObserver):
     def load_stem(cls, params) -> str:
         """The weights' file stem in the folder."""
         return cls.stem
+
+    @classmethod
+    def card_path(cls, params) -> str:
+        """The weights' card (``STEM.json`` beside ``STEM.safetensors``)."""
+        return os.path.join(params.weights or cls.shipped, f"{cls.load_stem(params)}.json")
 
     @classmethod
     def load(cls, params):
@@ -145,10 +150,10 @@ class TrainedBoxHead(Head, StepObserver):
         names, text = self.vocabulary()
         with torch.no_grad():
             out = self.rescore(self.detector(pyramid, text), [generated[k].image for k in todo])
-            found = detections(out, self.params.threshold, self.image_size, self.nms_iou, decoding=self.params.decoding)
+            found = detections(out, self.params.threshold, self.image_size, self.nms_iou, decoding=self.params.decoding,
+                               named=[n is not None for n in names])
         for k, image in zip(todo, found):
-            labels[k] = Labels([Instance(names[c], score=s, box=tuple(box)) for c, s, box in image
-                                if names[c] is not None])
+            labels[k] = Labels([Instance(names[c], score=s, box=tuple(box)) for c, s, box in image])
             if self.params.empty_images == "skip" and not labels[k].instances:
                 generated[k].reject = (f"{self.name}: no box of the job's classes scored {self.params.threshold} or "
                                        f"more (empty_images: skip)")

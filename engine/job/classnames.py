@@ -10,16 +10,10 @@ from __future__ import annotations
 
 import re
 
+from ..records import normalise_name as normalise
 from ..spec import ClassSpec
 
 __all__ = ["normalise", "ClassMatcher", "closest"]
-
-_SEPARATORS = re.compile(r"[\s_\-]+")
-
-
-def normalise(name: str) -> str:
-    return _SEPARATORS.sub(" ", name.strip().lower())
-
 
 def _plurals(word: str) -> set[str]:
     forms = {word + "s", word + "es"}

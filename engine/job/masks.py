@@ -37,6 +37,7 @@ import os
 
 import numpy as np
 
+from .classnames import normalise
 from .selection import EMBEDDED_SEGMENTER
 
 __all__ = ["MaskGenerator", "mask_generator_problems", "resize_array", "EMBEDDED_SEGMENTER", "HEAD_DETECTORS"]
@@ -115,10 +116,6 @@ def mask_generator_problems(spec, params) -> list[str]:
     return problems
 
 
-def _normalise(text: str) -> str:
-    return " ".join(text.replace("_", " ").replace("-", " ").lower().split())
-
-
 def _clip(box, height: int, width: int) -> Box | None:
     """A box clipped to the image; None if nothing of it is left."""
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -173,10 +170,10 @@ class MaskGenerator:
         extra = {"input_ids": inputs.get("input_ids"), "text_threshold": self.params.threshold}  # Grounding DINO's
         result = post(outputs, threshold=self.params.threshold, target_sizes=[image.shape[:2]],
                       text_labels=[self.names], **{k: v for k, v in extra.items() if k in accepted})[0]
-        by_word = {_normalise(w): c.name for c in self.classes for w in c.words}
+        by_word = {normalise(w): c.name for c in self.classes for w in c.words}
         texts = result.get("text_labels") or [self.names[int(k)] for k in result["labels"]]
-        return [(by_word[_normalise(text)], tuple(box.tolist()), float(score))
-                for text, box, score in zip(texts, result["boxes"], result["scores"]) if _normalise(text) in by_word]
+        return [(by_word[normalise(text)], tuple(box.tolist()), float(score))
+                for text, box, score in zip(texts, result["boxes"], result["scores"]) if normalise(text) in by_word]
 
     def _head_boxes(self, image: np.ndarray) -> list[tuple[str, Box, float]]:
         from PIL import Image

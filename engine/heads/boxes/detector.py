@@ -234,7 +234,7 @@ DECODINGS = ("best_class", "topk")
 
 
 def detections(out: dict, threshold: float, image_size: int, nms_iou: float = NMS_IOU, decoding: str = "best_class",
-               top_k: int = 100) -> list[list[tuple]]:
+               top_k: int = 100, named: list[bool] | None = None) -> list[list[tuple]]:
     """Per image, ``(class index, score, [x, y, w, h] in pixels, clipped to the image)`` of the
     kept (query, class) pairs, by ``decoding``:
 
@@ -242,6 +242,11 @@ def detections(out: dict, threshold: float, image_size: int, nms_iou: float = NM
       box per query);
     - ``topk``: DINO's post-processing, the ``top_k`` best (query, class) pairs over all queries
       and classes, those scoring ``threshold`` or more (a query may give boxes of two classes).
+
+    ``named`` (one bool per class column, default all True) marks the columns whose boxes are
+    wanted; the others only compete. Under ``best_class`` a query whose best class is unnamed
+    gives no box; under ``topk`` unnamed pairs are left out before the ``top_k`` are taken, so
+    they never use up its slots.
 
     A class-wise NMS at ``nms_iou`` then drops the rare duplicate that one-to-one matching leaves
     early in training. Scores are sigmoid probabilities (float in [0, 1]).
@@ -256,17 +261,20 @@ def detections(out: dict, threshold: float, image_size: int, nms_iou: float = NM
         raise ValueError(f"decoding: expected one of {DECODINGS}, got {decoding!r}")
     probs = out["logits"].detach().float().sigmoid()
     boxes = box_convert(out["boxes"].detach().float() * image_size, "cxcywh", "xyxy").clamp(0, image_size)
+    wanted = torch.ones(probs.shape[2], dtype=torch.bool, device=probs.device) if named is None else \
+        torch.tensor(named, dtype=torch.bool, device=probs.device)
     if decoding == "best_class":
         scores, classes = probs.max(-1)
         queries = torch.arange(probs.shape[1], device=probs.device).expand(len(probs), -1)
     else:
+        probs = probs.masked_fill(~wanted, -1.0)  # below any threshold: an unnamed pair is never kept
         scores, flat = probs.flatten(1).topk(min(top_k, probs.shape[1] * probs.shape[2]), dim=-1)
         queries, classes = flat // probs.shape[2], flat % probs.shape[2]
     found = []
     for b in range(len(scores)):
         picked = boxes[b, queries[b]]
         sides = picked[:, 2:] - picked[:, :2]
-        keep = torch.nonzero((scores[b] >= threshold) & (sides > 0).all(-1)).flatten()
+        keep = torch.nonzero((scores[b] >= threshold) & wanted[classes[b]] & (sides > 0).all(-1)).flatten()
         keep = keep[batched_nms(picked[keep], scores[b, keep], classes[b, keep], nms_iou)]
         xywh = box_convert(picked[keep], "xyxy", "xywh")
         found.append([(int(c), float(s), [float(v) for v in box])

@@ -150,10 +150,18 @@ def _box_heads(backend) -> dict:
              "grounding_self_trained_head_only": GroundingHead(
                  params=GroundingHead.Params(threshold=0.05, region_clip="none"), classes=classes)}
     heads = {name: head for name, head in heads.items()
-             if os.path.exists(os.path.join(head.shipped, f"{head.load_stem(head.params)}.json"))}
+             if os.path.exists(head.card_path(head.params))}
     for head in heads.values():
         head.attach(backend)
     return heads
+
+
+def _card_val(head) -> dict:
+    """The head's card val as the head labels here: a grounding head that classifies regions with
+    a CLIP is scored by the card's ``clip_*`` metrics, not its head-alone ones."""
+    val = head.card["val"]
+    with_clip = {k.removeprefix("clip_"): v for k, v in val.items() if k.startswith("clip_")}
+    return with_clip if getattr(head, "clip", None) is not None and with_clip else val
 
 
 def _generate(backend, requests: list[ImageRequest], batch: int):
@@ -208,7 +216,7 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
                     "timesteps": list(config.timesteps), "blocks": list(config.blocks),
                     "cross_keys": config.cross_keys},
         "oracle_rendered_val": oracle_card.get("rendered_val"),
-        "trained_heads_val": {name: h.card["val"] for name, h in box_heads.items()}}
+        "trained_heads_val": {name: _card_val(h) for name, h in box_heads.items()}}
     started = time.time()
 
     requests = _txt2img_requests(images, seed)
@@ -272,7 +280,7 @@ def markdown_tables(result: dict) -> str:
     lines += ["", "## Boxes (COCOeval bbox)", "",
               "Last column, from each trained head's card: the adapter's rendered val (exact boxes, Eq. 4 "
               "features); the grounding head's val (img2img at strength 0.2-0.35 from references of all six "
-              "classes, the references' exact boxes).", "",
+              "classes, the references' exact boxes; scored with the region CLIP where the row labels with it).", "",
               "| head | AP txt2img | AP50 txt2img | AP img2img | AP50 img2img | AP50 card val |",
               "|---|---|---|---|---|---|"]
     for head in result["txt2img"]["boxes"]:
