@@ -21,7 +21,7 @@ from ...records import Generated, ImageRequest, Instance, Labels, category_ids, 
 from ...spec import JobSpec, require_ordered
 from ..base import Head
 
-__all__ = ["AttentionHead", "AttentionCaptureHead", "CaptureParams"]
+__all__ = ["AttentionHead", "AttentionCaptureHead", "CaptureParams", "default_tau"]
 
 
 class CaptureParams(StrictParams):
@@ -31,8 +31,10 @@ class CaptureParams(StrictParams):
     self_resolution: int | None = Field(
         default=None, description="Latent side of the self-attention used for refinement. Default: 32 for SD "
                                   "512-px models, the largest attention side for smaller latents.")
-    timesteps: tuple[float, float] = Field(
-        default=(0.0, 1.0), description="Share of the denoising schedule to average over; 0 is the noisiest step.")
+    timesteps: tuple[float, float] | None = Field(
+        default=None, description="Share of the denoising schedule to average over; 0 is the noisiest step. Default: "
+                                  "all of it (0, 1) for SD 512-px models, as Dataset Diffusion; the later half "
+                                  "(0.5, 1) for smaller latents (embedded:shapes: +0.04 mIoU txt2img, BENCHMARKS.md).")
     blocks: list[Literal["down", "mid", "up"]] = Field(
         default=["down", "mid", "up"], min_length=1, description="UNet parts whose attention layers are captured.")
     cross_keys: Literal["start_and_classes", "prompt"] = Field(
@@ -42,25 +44,44 @@ class CaptureParams(StrictParams):
 
     @model_validator(mode="after")
     def _timestep_range(self) -> "CaptureParams":
+        if self.timesteps is None:
+            return self
         lo, hi = self.timesteps
         if not 0 <= lo < hi <= 1:
             raise ValueError(f"expected 0 <= timesteps[0] < timesteps[1] <= 1, got {list(self.timesteps)}")
         return self
 
 
+def _sd_scale(unet_config: dict) -> bool:
+    """An SD 512-px UNet (latent 64 or more), the scale Dataset Diffusion's settings were chosen at."""
+    return unet_config["sample_size"] >= 64
+
+
 def capture_config(params: CaptureParams, unet_config: dict, with_self: bool):
-    """The resolutions to capture: the configured ones, or defaults for the model's latent size."""
+    """What to capture: the configured resolutions and timesteps, or defaults for the model's latent size."""
     from . import CaptureConfig, attention_resolutions
 
     sides = attention_resolutions(unet_config)
-    if unet_config["sample_size"] >= 64:  # SD 512-px: Dataset Diffusion's Table 4 best
+    if _sd_scale(unet_config):  # Dataset Diffusion's Table 4 best, averaged over every timestep (its Table 6)
         cross_default, self_default = [unet_config["sample_size"] // 4], unet_config["sample_size"] // 2
-    else:  # small latents: the finest layers still hold only a few cells per object
-        cross_default, self_default = sides[:2], sides[0]
+        timesteps_default = (0.0, 1.0)
+    else:  # small latents: the finest layers still hold only a few cells per object, and the noisier half of
+        # the schedule blurs the class maps of a 16x16 latent (measured on embedded:shapes, BENCHMARKS.md)
+        cross_default, self_default, timesteps_default = sides[:2], sides[0], (0.5, 1.0)
     return CaptureConfig(
         cross_resolutions=tuple(params.cross_resolutions or cross_default),
         self_resolution=(params.self_resolution or self_default) if with_self else None,
-        timesteps=tuple(params.timesteps), blocks=tuple(params.blocks), cross_keys=params.cross_keys)
+        timesteps=tuple(params.timesteps or timesteps_default), blocks=tuple(params.blocks),
+        cross_keys=params.cross_keys)
+
+
+def default_tau(params, unet_config: dict) -> int:
+    """``params.tau``, else the self-attention exponent for the model's scale: Dataset Diffusion's 4 on SD
+    512-px models; 1 on smaller latents, where each step of Eq. 3 spreads a map over a larger share of the
+    image (the best of tau 0-5 on embedded:shapes, BENCHMARKS.md)."""
+    if params.tau is not None:
+        return params.tau
+    return 4 if _sd_scale(unet_config) else 1
 
 
 def _local_unet_config(model: str) -> dict | None:
@@ -129,7 +150,9 @@ class AttentionCaptureHead(Head, StepObserver):
 
 
 class AttentionParams(CaptureParams):
-    tau: int = Field(default=4, ge=0, le=16, description="Self-attention exponent (Eq. 3); 0 is cross-attention only.")
+    tau: int | None = Field(default=None, ge=0, le=16,
+                            description="Self-attention exponent (Eq. 3); 0 is cross-attention only. Default: 4 "
+                                        "(the paper's) for SD 512-px models, 1 for smaller latents.")
     alpha: float = Field(default=0.5, ge=0, le=1, description="At or below: background (Eq. 5).")
     beta: float = Field(default=0.6, ge=0, le=1,
                         description="At or above: the class; between: uncertain (255; 65535 over 254 classes).")
@@ -142,12 +165,16 @@ class AttentionParams(CaptureParams):
 class AttentionHead(AttentionCaptureHead):
     Params = AttentionParams
 
+    def attach(self, backend) -> None:
+        super().attach(backend)
+        self.tau = default_tau(self.params, backend.pipe.unet.config)
+
     def label_one(self, generated: Generated) -> Labels:
         from . import class_maps, components, semantic_mask
 
         captured, p = generated.extras["attention"], self.params
         names = captured["classes"]
-        maps = class_maps(captured, generated.image.shape[0], p.tau)
+        maps = class_maps(captured, generated.image.shape[0], self.tau)
         mask, objectness = semantic_mask(maps, [self.category_id[n] for n in names], p.alpha, p.beta,
                                          semantic_dtype(len(self.category_id)))
         instances = [Instance(name, region, score) for name in names

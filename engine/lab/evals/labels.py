@@ -9,7 +9,8 @@ Two ground-truth sources, on images the model generates with attention captured:
 
 Measured on the same images: mIoU (background and the six classes) of cross-attention alone
 and refined by self-attention for tau 1-5, with and without the uncertainty band (uncertain
-pixels ignored; their share reported), alpha/beta bands, per-class IoU, and the box AP and
+pixels ignored; their share reported), alpha/beta bands and per-class IoU at the head's tau
+(its default for the model unless ``--head-params`` sets one), and the box AP and
 AP50 (pycocotools COCOeval) of ``bca``, of the ``attention`` head's connected components and,
 for embedded:shapes, of the shipped trained box heads (``adapter`` with both feature sources,
 ``grounding`` before and after self-training, with base and novel classes apart).
@@ -103,7 +104,7 @@ class _Scores:
 
 
 def _evaluate(generated, truths: list[np.ndarray], truth_instances: list[list[Instance]], min_area: int,
-              requests: list[ImageRequest], box_heads: dict) -> dict:
+              requests: list[ImageRequest], box_heads: dict, tau: int) -> dict:
     from ...heads.attention import bca_instances, class_maps, components, semantic_mask
 
     scores = _Scores()
@@ -111,13 +112,13 @@ def _evaluate(generated, truths: list[np.ndarray], truth_instances: list[list[In
     for gen, truth in zip(generated, truths):
         captured = gen.extras["attention"]
         ids = [CATEGORY_ID[c] for c in captured["classes"]]
-        maps = {tau: class_maps(captured, truth.shape[0], tau) for tau in TAUS}
-        for tau in TAUS:
-            scores.add(f"tau{tau}", semantic_mask(maps[tau], ids, 0.6, 0.6)[0], truth)
-            scores.add(f"tau{tau}_band", semantic_mask(maps[tau], ids, 0.5, 0.6)[0], truth)
+        maps = {t: class_maps(captured, truth.shape[0], t) for t in sorted({*TAUS, tau})}
+        for t in TAUS:
+            scores.add(f"tau{t}", semantic_mask(maps[t], ids, 0.6, 0.6)[0], truth)
+            scores.add(f"tau{t}_band", semantic_mask(maps[t], ids, 0.5, 0.6)[0], truth)
         for alpha, beta in BANDS:
-            scores.add(f"band{alpha}-{beta}", semantic_mask(maps[4], ids, alpha, beta)[0], truth)
-        mask, objectness = semantic_mask(maps[4], ids, 0.5, 0.6)
+            scores.add(f"band{alpha}-{beta}", semantic_mask(maps[tau], ids, alpha, beta)[0], truth)
+        mask, objectness = semantic_mask(maps[tau], ids, 0.5, 0.6)
         attention.append([Instance(c, region, score) for c in captured["classes"]
                           for region, score in components(mask == CATEGORY_ID[c], objectness, min_area)])
         bca.append([Instance(captured["classes"][m], region, score)
@@ -212,6 +213,7 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
     config = head.store.config
     result: dict = {
         "model": model, "steps": steps, "guidance_scale": guidance_scale, "seed": seed, "reference_world": world,
+        "tau": head.tau,
         "capture": {"cross_resolutions": list(config.cross_resolutions), "self_resolution": config.self_resolution,
                     "timesteps": list(config.timesteps), "blocks": list(config.blocks),
                     "cross_keys": config.cross_keys},
@@ -223,13 +225,14 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
     kept, generated = _generate(backend, requests, batch_size)
     truths = list(segment(oracle, np.stack([g.image for g in generated])))
     result["txt2img"] = _evaluate(generated, truths, [_truth_instances(t, min_area) for t in truths], min_area,
-                                  [requests[k] for k in kept], box_heads)
+                                  [requests[k] for k in kept], box_heads, head.tau)
 
     requests, scenes = _img2img_requests(images, seed, world, backend.size)
     kept, generated = _generate(backend, requests, batch_size)
     truths = [scenes[k].semantic for k in kept]
     result["img2img"] = _evaluate(generated, truths, [[Instance(i.category, i.mask) for i in scenes[k].instances]
-                                                      for k in kept], min_area, [requests[k] for k in kept], box_heads)
+                                                      for k in kept], min_area, [requests[k] for k in kept], box_heads,
+                                  head.tau)
     result["img2img"]["strength"] = [0.2, 0.35]
     result["img2img"]["oracle_vs_reference_truth"] = _oracle_agreement(oracle, generated, truths)
     result["seconds"] = round(time.time() - started, 1)
@@ -252,6 +255,7 @@ def _oracle_agreement(oracle, generated, truths) -> dict:
 def markdown_tables(result: dict) -> str:
     """Tables shaped like Dataset Diffusion's Tables 3 and 5, the box table and per-class IoU."""
     sources = ("txt2img", "img2img")
+    tau = result.get("tau", 4)  # results written before the head's tau became model-dependent used 4
 
     def miou(source, name):
         return f"{100 * result[source]['segmentation'][name]['mIoU']:.1f}"
@@ -264,16 +268,16 @@ def markdown_tables(result: dict) -> str:
              f"{100 * result['img2img']['oracle_vs_reference_truth']['mIoU']:.1f}). mIoU over background and the six "
              f"classes, in %.", "",
              "## Table 3 shape: what each step adds", "",
-             "| cross-attention | self-attention (tau 4) | uncertainty (0.5-0.6) | mIoU txt2img | mIoU img2img | "
+             f"| cross-attention | self-attention (tau {tau}) | uncertainty (0.5-0.6) | mIoU txt2img | mIoU img2img | "
              "uncertain pixels img2img |", "|---|---|---|---|---|---|"]
-    for name, row in (("tau0", "✓ | | "), ("tau4", "✓ | ✓ | "), ("tau4_band", "✓ | ✓ | ✓")):
+    for name, row in (("tau0", "✓ | | "), (f"tau{tau}", "✓ | ✓ | "), (f"tau{tau}_band", "✓ | ✓ | ✓")):
         share = result["img2img"]["segmentation"][name]["uncertain_share"]
         lines.append(f"| {row} | {miou('txt2img', name)} | {miou('img2img', name)} | {100 * share:.1f}% |")
     lines += ["", "## Table 5a shape: tau (alpha 0.5, beta 0.6, uncertain pixels ignored)", "",
               "| tau | " + " | ".join(str(t) for t in TAUS) + " |", "|---" * (len(TAUS) + 1) + "|"]
     for source in sources:
         lines.append(f"| {source} | " + " | ".join(miou(source, f"tau{t}_band") for t in TAUS) + " |")
-    lines += ["", "## Table 5b shape: alpha-beta (tau 4)", "",
+    lines += ["", f"## Table 5b shape: alpha-beta (tau {tau})", "",
               "| alpha-beta | " + " | ".join(f"{a}-{b}" for a, b in BANDS) + " |", "|---" * (len(BANDS) + 1) + "|"]
     for source in sources:
         lines.append(f"| {source} | " + " | ".join(miou(source, f"band{a}-{b}") for a, b in BANDS) + " |")
@@ -295,10 +299,10 @@ def markdown_tables(result: dict) -> str:
         for head in grounding:
             cells = [f"{100 * result[s]['boxes'][head][k]:.1f}" for s in sources for k in ("base_AP50", "novel_AP50")]
             lines.append(f"| {head} | " + " | ".join(cells) + " |")
-    lines += ["", "## Per-class IoU (tau 4, uncertain pixels ignored)", "",
+    lines += ["", f"## Per-class IoU (tau {tau}, uncertain pixels ignored)", "",
               "| source | background | " + " | ".join(CLASSES) + " |", "|---" * (len(CLASSES) + 2) + "|"]
     for source in sources:
-        per_class = result[source]["segmentation"]["tau4_band"]["per_class_IoU"]
+        per_class = result[source]["segmentation"][f"tau{tau}_band"]["per_class_IoU"]
         lines.append(f"| {source} | " + " | ".join("-" if v is None else f"{100 * v:.1f}"
                                                    for v in per_class.values()) + " |")
     return "\n".join(lines) + "\n"
