@@ -33,6 +33,45 @@ def requests():
             ImageRequest(2, 13, "a photograph")]
 
 
+def test_generation_keys_are_the_prompts_own_class_tokens(tiny_model):
+    """cross_keys 'generation': each class column averages the tokens that name it in the prompt
+    the image is generated from (plurals and synonyms too); a class the prompt does not name is
+    appended after it; the softmax runs over those tokens and the start token only."""
+    from engine.heads.attention import encode_class_prompts
+
+    backend, _ = attached(tiny_model)
+    pipe, tok = backend.pipe, backend.pipe.tokenizer
+    prompt = "two red circles and a square on grass"
+    embeds, weights, bias = encode_class_prompts(
+        pipe, [["circle", "square", "triangle"]], "generation", [prompt], {"square": ["square", "box"]})
+    row = [tok.bos_token_id, *tok(prompt, add_special_tokens=False).input_ids]
+    where = {}
+    for m, name in enumerate(["circles", "square"]):
+        piece = tok(name, add_special_tokens=False).input_ids
+        start = next(i for i in range(len(row)) if row[i:i + len(piece)] == piece)
+        where[m] = range(start, start + len(piece))
+        assert float(weights[0, start:start + len(piece), m].sum()) == pytest.approx(1.0)
+    appended = tok("triangle", add_special_tokens=False).input_ids
+    assert float(weights[0, len(row):len(row) + len(appended), 2].sum()) == pytest.approx(1.0)
+    assert torch.allclose(weights[0].sum(0), torch.ones(3))
+    allowed = {0, *where[0], *where[1], *range(len(row), len(row) + len(appended))}
+    assert {int(i) for i in torch.nonzero(bias[0, 0] == 0).flatten()} == allowed
+    # CLIP is causal: the prompt's tokens are what the generation sees, whatever is appended after them
+    ids = torch.full((1, tok.model_max_length), tok.pad_token_id)
+    ids[0, :len(row) + 1] = torch.tensor([*row, tok.eos_token_id])
+    with torch.no_grad():
+        alone = pipe.text_encoder(ids)[0]
+    assert torch.allclose(embeds[0, :len(row)], alone[0, :len(row)], atol=1e-5)
+    # a synonym names its class; a prompt too long to append to falls back to the class-only prompt
+    _, weights, _ = encode_class_prompts(pipe, [["square"]], "generation", ["a box"], {"square": ["square", "box"]})
+    box = tok("box", add_special_tokens=False).input_ids
+    assert float(weights[0, 2:2 + len(box), 0].sum()) == pytest.approx(1.0)
+    long_prompt = " ".join(["grass"] * tok.model_max_length)
+    fallback = encode_class_prompts(pipe, [["circle"]], "generation", [long_prompt])
+    class_only = encode_class_prompts(pipe, [["circle"]], "start_and_classes")
+    assert all(torch.equal(a, b) for a, b in zip(fallback, class_only))
+
+
 def test_capture_shapes_and_leaves_images_unchanged(tiny_model):
     from diffusers.models.attention_processor import AttnProcessor2_0
 

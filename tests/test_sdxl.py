@@ -68,7 +68,7 @@ def test_class_prompt_keys_come_from_both_encoders(tiny_sdxl):
     from engine.heads.attention import encode_class_prompts
 
     pipe = backend_for(tiny_sdxl).pipe
-    embeds, weights, bias = encode_class_prompts(pipe, [["circle", "square"], ["triangle"]])
+    embeds, weights, bias = encode_class_prompts(pipe, [["circle", "square"], ["triangle"]], "start_and_classes")
     assert embeds.shape == (2, 32, 64) == (2, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim)
     # what SDXL's cross-attention sees: both encoders' penultimate states, concatenated
     ids = torch.full((1, 32), pipe.tokenizer.pad_token_id)

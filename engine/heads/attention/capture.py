@@ -29,7 +29,7 @@ class CaptureConfig:
     self_resolution: int | None
     timesteps: tuple[float, float] = (0.0, 1.0)  # share of the denoising schedule, 0 = the noisiest step
     blocks: tuple[str, ...] = ("down", "mid", "up")  # UNet parts whose layers are captured
-    cross_keys: str = "start_and_classes"  # see encode_class_prompts
+    cross_keys: str = "generation"  # see encode_class_prompts
 
 
 def _layer_resolution(name: str, latent_size: int, levels: int) -> int:
@@ -62,14 +62,27 @@ def check_resolutions(unet_config: dict, config: CaptureConfig) -> str | None:
             f"set cross_resolutions and self_resolution to some of {available}")
 
 
-def encode_class_prompts(pipe, class_lists: list[list[str]], keys: str = "start_and_classes"):
-    """Class-only prompts ``[BOS c1 ... cM EOS pad...]`` through the pipeline's own text encoder(s).
+def encode_class_prompts(pipe, class_lists: list[list[str]], keys: str = "generation",
+                         prompts: list[str] | None = None, class_words: dict[str, list[str]] | None = None):
+    """The keys of the class cross-attention, through the pipeline's own text encoder(s).
 
-    Returns their embeddings (B, L, D), token weights (B, L, Mmax) whose column m averages the
-    sub-tokens of class m (so "traffic light" counts once), and a key bias (B, 1, L) that
-    limits the softmax to ``keys``: ``"start_and_classes"`` (the class tokens, with the start
-    token as the place attention goes when no class is there: a softmax over one class token
-    alone would be constant), or ``"prompt"`` (every token, as Dataset Diffusion's code does).
+    Returns token embeddings (B, L, D), token weights (B, L, Mmax) whose column m averages the
+    tokens of class m (its sub-tokens, and each place it is named), and a key bias (B, 1, L)
+    that limits the softmax to those tokens and the start token (the place attention goes when
+    no class is there: a softmax over one class token alone would be constant).
+
+    ``keys``:
+    - ``"generation"`` (default): the prompt each image is generated from (``prompts``), as
+      Dataset Diffusion reads its class tokens in the prompt that made the image. A class is
+      found by any of its ``class_words`` (default: its name) or their plurals; a class the prompt
+      does not name is appended after it, as the paper appends class names. CLIP's text encoders
+      are causal, so what the backend appends (a quality suffix) does not change these tokens.
+      An image whose classes do not all fit in the encoder's length falls back to the class-only
+      prompt.
+    - ``"start_and_classes"``: a class-only prompt ``[BOS c1 ... cM EOS]`` encoded beside the
+      generation prompt.
+    - ``"prompt"``: the same class-only prompt, softmax over all of its tokens (Dataset
+      Diffusion's code).
 
     SDXL: the prompt goes through both tokenizers and encoders and the keys come from their
     concatenated penultimate hidden states (``models.conditioning.encode_token_ids``), D = 2048,
@@ -80,35 +93,105 @@ def encode_class_prompts(pipe, class_lists: list[list[str]], keys: str = "start_
 
     from ...models.conditioning import encode_token_ids, text_encoders
 
+    if keys == "generation" and (prompts is None or len(prompts) != len(class_lists)):
+        raise ValueError(f"cross_keys 'generation': expected one prompt per image ({len(class_lists)}), got "
+                         f"{None if prompts is None else len(prompts)}")
     tokenizers = [tokenizer for tokenizer, _ in text_encoders(pipe)]
     length = min(t.model_max_length for t in tokenizers)
     widest = max((len(c) for c in class_lists), default=0)
     ids = [torch.full((len(class_lists), length), t.pad_token_id, dtype=torch.long) for t in tokenizers]
     weights = torch.zeros(len(class_lists), length, max(widest, 1))
     for b, names in enumerate(class_lists):
-        rows = [[t.bos_token_id] for t in tokenizers]
-        for m, name in enumerate(names):
-            pieces = [t(name.replace("_", " "), add_special_tokens=False).input_ids for t in tokenizers]
-            if len({len(p) for p in pieces}) > 1:
-                raise ValueError(f"the text encoders' tokenizers split {name!r} differently ({pieces}): class "
-                                 f"cross-attention cannot line their keys up")
-            if len(rows[0]) + len(pieces[0]) >= length:  # no room left (prompt_limits refuses such items before a job)
-                break
-            weights[b, len(rows[0]):len(rows[0]) + len(pieces[0]), m] = 1.0 / len(pieces[0])
-            for row, piece in zip(rows, pieces):
-                row += piece
-        for k, (t, row) in enumerate(zip(tokenizers, rows)):
-            row.append(t.eos_token_id)
+        placed = None
+        if keys == "generation":
+            placed = _generation_row(tokenizers, prompts[b], names, class_words or {}, length)
+        rows, columns = placed or _class_only_row(tokenizers, names, length)
+        for k, row in enumerate(rows):
             ids[k][b, :len(row)] = torch.tensor(row)
+        weights[b, :columns.shape[0], :columns.shape[1]] = columns
     device = pipe.unet.device
     with torch.no_grad():
         embeds = encode_token_ids(pipe, ids)
     bias = torch.zeros(len(class_lists), 1, length)
-    if keys == "start_and_classes":
+    if keys != "prompt":
         keep = weights.sum(-1) > 0
         keep[:, 0] = True
         bias[~keep[:, None, :]] = float("-inf")
     return embeds.to(pipe.unet.dtype), weights.to(device), bias.to(device)
+
+
+def _pieces(tokenizers, text: str) -> list[list[int]]:
+    """``text``'s token ids under each tokenizer (no special tokens); ValueError where they differ in count."""
+    pieces = [t(text.replace("_", " "), add_special_tokens=False).input_ids for t in tokenizers]
+    if len({len(p) for p in pieces}) > 1:
+        raise ValueError(f"the text encoders' tokenizers split {text!r} differently ({pieces}): class "
+                         f"cross-attention cannot line their keys up")
+    return pieces
+
+
+def _class_only_row(tokenizers, names: list[str], length: int):
+    """``[BOS c1 ... cM EOS]`` per tokenizer and its (tokens, M) weight columns."""
+    import torch
+
+    rows = [[t.bos_token_id] for t in tokenizers]
+    columns = torch.zeros(length, max(len(names), 1))
+    for m, name in enumerate(names):
+        pieces = _pieces(tokenizers, name)
+        if len(rows[0]) + len(pieces[0]) >= length:  # no room left (prompt_limits refuses such items before a job)
+            break
+        columns[len(rows[0]):len(rows[0]) + len(pieces[0]), m] = 1.0 / len(pieces[0])
+        for row, piece in zip(rows, pieces):
+            row += piece
+    for t, row in zip(tokenizers, rows):
+        row.append(t.eos_token_id)
+    return rows, columns
+
+
+def _forms(word: str) -> list[str]:
+    """A class word and its plural forms, as a prompt may name it."""
+    forms = [word, word + "s", word + "es"]
+    if word.endswith("y"):
+        forms.append(word[:-1] + "ies")
+    return forms
+
+
+def _outermost(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, size) token spans without those inside another ("circle" inside "circle s")."""
+    kept: list[tuple[int, int]] = []
+    for start, size in sorted(set(spans), key=lambda span: (span[0], -span[1])):
+        if not kept or start >= kept[-1][0] + kept[-1][1]:
+            kept.append((start, size))
+    return kept
+
+
+def _generation_row(tokenizers, prompt: str, names: list[str], class_words: dict[str, list[str]], length: int):
+    """The generation prompt's tokens (``[BOS prompt... appended classes EOS]``) per tokenizer and
+    the weight columns of each class's mentions, or None when the classes do not all fit."""
+    import torch
+
+    rows = [t(prompt, add_special_tokens=False).input_ids for t in tokenizers]
+    if len({len(r) for r in rows}) > 1 or len(rows[0]) + 2 > length:
+        return None
+    rows = [[t.bos_token_id] + r for t, r in zip(tokenizers, rows)]
+    columns = torch.zeros(length, max(len(names), 1))
+    for m, name in enumerate(names):
+        spans = [(start, len(piece[0])) for word in class_words.get(name, [name]) for form in _forms(word)
+                 for piece in [_pieces(tokenizers, form)]
+                 for start in range(1, len(rows[0]) - len(piece[0]) + 1)
+                 if all(row[start:start + len(p)] == p for row, p in zip(rows, piece))]
+        if not spans:  # not named in the prompt: appended, as Dataset Diffusion appends class names
+            pieces = _pieces(tokenizers, name)
+            if len(rows[0]) + len(pieces[0]) + 1 > length:
+                return None
+            spans = [(len(rows[0]), len(pieces[0]))]
+            for row, piece in zip(rows, pieces):
+                row += piece
+        mentions = _outermost(spans)
+        for start, size in mentions:
+            columns[start:start + size, m] += 1.0 / (size * len(mentions))
+    for t, row in zip(tokenizers, rows):
+        row.append(t.eos_token_id)
+    return rows, columns
 
 
 class _CaptureProcessor:
@@ -131,7 +214,7 @@ class AttentionStore:
     Use::
 
         store = AttentionStore(config); store.install(unet)
-        store.begin(*encode_class_prompts(pipe, class_lists, config.cross_keys), start_steps, steps)
+        store.begin(*encode_class_prompts(pipe, class_lists, config.cross_keys, prompts), start_steps, steps)
         pipe(...)                         # one UNet call per denoising step
         maps = store.end()                # per image: {"cross": {res: (res*res, M)}, "self": (r*r, r*r)}
     """

@@ -37,9 +37,11 @@ class CaptureParams(StrictParams):
                                   "(0.5, 1) for smaller latents (embedded:shapes: +0.04 mIoU txt2img, BENCHMARKS.md).")
     blocks: list[Literal["down", "mid", "up"]] = Field(
         default=["down", "mid", "up"], min_length=1, description="UNet parts whose attention layers are captured.")
-    cross_keys: Literal["start_and_classes", "prompt"] = Field(
-        default="start_and_classes", description="Keys of the class cross-attention softmax: the class tokens with "
-                                                  "the start token, or the whole class-only prompt.")
+    cross_keys: Literal["generation", "start_and_classes", "prompt"] = Field(
+        default="generation", description="Keys of the class cross-attention softmax: the class tokens of the prompt "
+                                          "the image is generated from, with its start token (classes it does not "
+                                          "name appended, as Dataset Diffusion); or those of a separate class-only "
+                                          "prompt (start_and_classes), or all of its tokens (prompt).")
     min_area: float = Field(default=0.005, gt=0, lt=1, description="Smallest instance, as a share of the image.")
 
     @model_validator(mode="after")
@@ -126,13 +128,15 @@ class AttentionCaptureHead(Head, StepObserver):
         self.store.install(unet)
         backend.observers.append(self)
         self.category_id = category_ids(c.name for c in self.classes)
+        self.class_words = {c.name: c.words for c in self.classes}
 
     # ---- StepObserver
     def begin_batch(self, pipe, requests: list[ImageRequest], start_steps: list[int], steps: int) -> None:
         from . import encode_class_prompts
 
         self._classes = [list(dict.fromkeys(r.classes)) for r in requests]
-        self.store.begin(*encode_class_prompts(pipe, self._classes, self.store.config.cross_keys), start_steps, steps)
+        self.store.begin(*encode_class_prompts(pipe, self._classes, self.store.config.cross_keys,
+                                               [r.prompt for r in requests], self.class_words), start_steps, steps)
 
     def end_batch(self) -> list[dict]:
         return [{"attention": {**maps, "classes": names}} for maps, names in zip(self.store.end(), self._classes)]
