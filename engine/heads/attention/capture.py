@@ -104,7 +104,10 @@ def encode_class_prompts(pipe, class_lists: list[list[str]], keys: str = "genera
     for b, names in enumerate(class_lists):
         placed = None
         if keys == "generation":
-            placed = _generation_row(tokenizers, prompts[b], names, class_words or {}, length)
+            try:
+                placed = _generation_row(tokenizers, prompts[b], names, class_words or {}, length)
+            except ValueError:  # a word form the tokenizers split differently: the class-only prompt says which
+                placed = None
         rows, columns = placed or _class_only_row(tokenizers, names, length)
         for k, row in enumerate(rows):
             ids[k][b, :len(row)] = torch.tensor(row)
