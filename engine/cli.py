@@ -618,7 +618,7 @@ def _stored_recipe(out: str, recipe_type):
 
 def _train_diffusion(args) -> int:
     import shutil
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from .lab.train.diffusion import DiffusionRecipe, train_diffusion
     from .models.embedded import EMBEDDED_MODELS
@@ -652,11 +652,11 @@ def _cmd_probe(args) -> int:
 
 def _train_controlnet(args) -> int:
     import shutil
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from .models.embedded import EMBEDDED_CONTROLNETS
     from .lab.evals.controlnet import measure
-    from .lab.train.controlnet import ControlNetRecipe, train_controlnet, write_card
+    from .lab.train.controlnet import ControlNetRecipe, recipe_flags, train_controlnet, write_card
 
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
                                    "init_from": args.init_from, "worlds": args.worlds}.items() if v is not None}
@@ -668,7 +668,7 @@ def _train_controlnet(args) -> int:
     agreement = measure(args.out, args.eval_images)
     better = agreement["trained"]["mIoU"] > agreement["untrained (from_unet)"]["mIoU"]
     write_card(args.out, {"agreement": agreement, "command": f"dde train controlnet --out {args.out} "
-                          f"--eval-images {args.eval_images}", "note": "segmentation-oracle mIoU between the "
+                          f"{recipe_flags(asdict(recipe))} --eval-images {args.eval_images}", "note": "segmentation-oracle mIoU between the "
                           "condition and the generated image (txt2img, 25 steps, guidance 7.5, class_index "
                           "palette), on the same val scenes and seeds"})
     print(json.dumps({**status, "agreement": agreement, "beats_untrained": better}, indent=1))
@@ -684,7 +684,7 @@ def _train_controlnet(args) -> int:
 
 def _train_clip(args) -> int:
     import shutil
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from .lab.train.clip import ClipRecipe, train_clip
     from .models.embedded import CLIP_DIR

@@ -553,3 +553,19 @@ def test_downstream_bench_has_controlnet_sources_with_and_without_selection(refe
         spec = parse_spec(data)
         assert spec.generator.name == "controlnet" and spec.label_head.name == "condition"
         assert len(build_pool(spec)) == 6 * data["prompts"]["variants"]
+
+
+def test_card_commands_reproduce_the_recipe(tmp_path):
+    """The card's GPU command carries the recipe's warm start and worlds, so it reproduces the run."""
+    from engine.lab.train.controlnet import write_card
+
+    recipe = {"steps": 1200, "batch_size": 32, "cfg_dropout": 0.1, "init_from": "engine/models/controlnet",
+              "worlds": ["model", "default"]}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    (tmp_path / "sessions.json").write_text(json.dumps([{"hardware": "cpu", "minutes": 1.0, "step": 1200}]))
+    (tmp_path / "controlnet").mkdir()
+    write_card(str(tmp_path), {"agreement": {"trained": {"images": 1, "mIoU": 0.5, "mean_image_mIoU": 0.5,
+                                                         "seconds": 1.0}}, "command": "c", "note": "n"})
+    card = (tmp_path / "controlnet" / "README.md").read_text()
+    assert ("dde train controlnet --out training/controlnet --steps 1200 --init-from engine/models/controlnet "
+            "--worlds model,default --export") in card

@@ -25,7 +25,7 @@ from .checkpoint import drop_origin_paths, load_checkpoint, save_checkpoint
 from .data import prompt_variant, scene_classes
 from .diffusion import _Log, _lr, _record_session, _step_generator, _to_tensor, hardware
 
-__all__ = ["ControlNetRecipe", "train_controlnet", "write_card", "components", "CONDITIONING_CHANNELS"]
+__all__ = ["ControlNetRecipe", "train_controlnet", "write_card", "recipe_flags", "components", "CONDITIONING_CHANNELS"]
 
 CONDITIONING_CHANNELS = (16, 32, 64)  # downsamples by 4: 64 px conditions, 16 px latents
 
@@ -158,6 +158,14 @@ def train_controlnet(out: str, recipe: ControlNetRecipe = ControlNetRecipe(), *,
     return {"step": step, "trained": step - start, "exported": True}
 
 
+def recipe_flags(recipe: dict) -> str:
+    """The `dde train controlnet` flags that reproduce ``recipe`` (a recipe.json) beyond the defaults."""
+    worlds = recipe.get("worlds", list(ControlNetRecipe.worlds))
+    return " ".join([f"--steps {recipe['steps']}",
+                     *([f"--init-from {recipe['init_from']}"] if recipe.get("init_from") else []),
+                     *([f"--worlds {','.join(worlds)}"] if list(worlds) != list(ControlNetRecipe.worlds) else [])])
+
+
 def write_card(out: str, measured: dict) -> None:
     """``out/controlnet/README.md``: recipe, sessions (hardware, minutes, step), the GPU command and
     the measured agreement against an untrained ControlNet."""
@@ -174,7 +182,6 @@ def write_card(out: str, measured: dict) -> None:
     origin = (f"warm-started from the ControlNet in `{recipe['init_from']}` (trained for the previous embedded "
               f"model, which the shipped UNet continues)" if recipe.get("init_from") else
               "made by `ControlNetModel.from_unet` of the shipped UNet")
-    warm = f" --init-from {recipe['init_from']}" if recipe.get("init_from") else ""
     text = f"""# embedded:shapes ControlNet
 {state}
 A segmentation ControlNet for `embedded:shapes` (diffusers `ControlNetModel`, {origin}, conditioning
@@ -194,7 +201,7 @@ v-prediction with min-SNR weighting, caption dropout {recipe['cfg_dropout']}.
 {rows}
 
 On a GPU (one command, about {recipe['steps']} steps in under 10 minutes on one H100-class GPU, not measured here):
-`dde train controlnet --out training/controlnet --steps {recipe['steps']}{warm} --export`
+`dde train controlnet --out training/controlnet {recipe_flags(recipe)} --export`
 
 ## Condition-image agreement (measured)
 `{measured['command']}`: {measured['note']}
