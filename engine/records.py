@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 __all__ = ["Unit", "UnitImage", "ImageRequest", "Generated", "Instance", "Labels", "semantic_dtype", "uncertain_value",
-           "category_ids", "MAX_CATEGORIES", "normalise_name"]
+           "category_ids", "MAX_CATEGORIES", "normalise_name", "plural_forms"]
 
 MAX_CATEGORIES = 65534  # a uint16 semantic mask holds 0 (background), 1..65534 and 65535 (uncertain)
 
@@ -34,6 +34,14 @@ def normalise_name(name: str) -> str:
     and spaces one space (``Traffic_Light`` is ``traffic light``). The one place this rule is
     written; ``job.classnames`` adds plural forms on top."""
     return _SEPARATORS.sub(" ", name.strip().lower())
+
+
+def plural_forms(word: str) -> set[str]:
+    """The plurals a prompt or category may name ``word`` by (``s``, ``es``, ``y`` -> ``ies``)."""
+    forms = {word + "s", word + "es"}
+    if word.endswith("y"):
+        forms.add(word[:-1] + "ies")
+    return forms
 
 
 def semantic_dtype(categories: int) -> np.dtype:

@@ -10,17 +10,10 @@ from __future__ import annotations
 
 import re
 
-from ..records import normalise_name as normalise
+from ..records import normalise_name as normalise, plural_forms
 from ..spec import ClassSpec
 
 __all__ = ["normalise", "ClassMatcher", "closest"]
-
-def _plurals(word: str) -> set[str]:
-    forms = {word + "s", word + "es"}
-    if word.endswith("y"):
-        forms.add(word[:-1] + "ies")
-    return forms
-
 
 def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:
     """The candidates most like ``name`` (difflib), for 'did you mean' hints."""
@@ -36,7 +29,7 @@ class ClassMatcher:
     def __init__(self, classes: list[ClassSpec]):
         self.by_word = {normalise(w): c.name for c in classes for w in c.words}
         # exact forms first: a job with classes 'glass' and 'glasses' keeps them apart
-        self.by_plural = {p: name for w, name in self.by_word.items() for p in _plurals(w) if p not in self.by_word}
+        self.by_plural = {p: name for w, name in self.by_word.items() for p in plural_forms(w) if p not in self.by_word}
         words = sorted(self.by_word, key=len, reverse=True)
         alternatives = (r"[\s_\-]+".join(re.escape(part) for part in w.split(" ")) for w in words)
         self.pattern = re.compile(r"\b(" + "|".join(alternatives) + r")(?:e?s)?\b", re.IGNORECASE)
@@ -54,5 +47,5 @@ class ClassMatcher:
     def category(self, name: str) -> str | None:
         """The class a category name names: the same word, its plural, or its singular."""
         key = normalise(name)
-        singular = next((self.by_word[p] for p in sorted(_plurals(key)) if p in self.by_word), None)
+        singular = next((self.by_word[p] for p in sorted(plural_forms(key)) if p in self.by_word), None)
         return self.by_word.get(key) or self.by_plural.get(key) or singular

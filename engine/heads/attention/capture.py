@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...records import plural_forms
+
 __all__ = ["CaptureConfig", "AttentionStore", "attention_resolutions", "check_resolutions", "encode_class_prompts"]
 
 
@@ -150,14 +152,6 @@ def _class_only_row(tokenizers, names: list[str], length: int):
     return rows, columns
 
 
-def _forms(word: str) -> list[str]:
-    """A class word and its plural forms, as a prompt may name it."""
-    forms = [word, word + "s", word + "es"]
-    if word.endswith("y"):
-        forms.append(word[:-1] + "ies")
-    return forms
-
-
 def _outermost(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """(start, size) token spans without those inside another ("circle" inside "circle s")."""
     kept: list[tuple[int, int]] = []
@@ -178,7 +172,7 @@ def _generation_row(tokenizers, prompt: str, names: list[str], class_words: dict
     rows = [[t.bos_token_id] + r for t, r in zip(tokenizers, rows)]
     columns = torch.zeros(length, max(len(names), 1))
     for m, name in enumerate(names):
-        spans = [(start, len(piece[0])) for word in class_words.get(name, [name]) for form in _forms(word)
+        spans = [(start, len(piece[0])) for word in class_words.get(name, [name]) for form in [word, *sorted(plural_forms(word))]
                  for piece in [_pieces(tokenizers, form)]
                  for start in range(1, len(rows[0]) - len(piece[0]) + 1)
                  if all(row[start:start + len(p)] == p for row, p in zip(rows, piece))]
