@@ -21,7 +21,7 @@ from ...records import Generated, ImageRequest, Instance, Labels, category_ids, 
 from ...spec import JobSpec, require_ordered
 from ..base import Head
 
-__all__ = ["AttentionHead", "AttentionCaptureHead", "CaptureParams", "default_tau"]
+__all__ = ["AttentionHead", "AttentionCaptureHead", "CaptureParams"]
 
 
 class CaptureParams(StrictParams):
@@ -34,7 +34,7 @@ class CaptureParams(StrictParams):
     timesteps: tuple[float, float] | None = Field(
         default=None, description="Share of the denoising schedule to average over; 0 is the noisiest step. Default: "
                                   "all of it (0, 1) for SD 512-px models, as Dataset Diffusion; the later half "
-                                  "(0.5, 1) for smaller latents (embedded:shapes: +0.04 mIoU txt2img, BENCHMARKS.md).")
+                                  "(0.5, 1) for smaller latents (embedded:shapes: up to +0.04 mIoU on txt2img, BENCHMARKS.md).")
     blocks: list[Literal["down", "mid", "up"]] = Field(
         default=["down", "mid", "up"], min_length=1, description="UNet parts whose attention layers are captured.")
     cross_keys: Literal["generation", "start_and_classes", "prompt"] = Field(
