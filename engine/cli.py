@@ -257,8 +257,9 @@ def _parser() -> argparse.ArgumentParser:
     segmenter.add_argument("--steps", type=_at_least(1), default=3000)
 
     adapter = train_sub.add_parser("adapter", help="the Detection-Adapter box head on a COCO folder (Ray Train)")
-    adapter.add_argument("--data", required=True, help="COCO folder: annotations/instances_train.json, images/train/ "
-                                                       "(and a val split, else part of train is held out)")
+    adapter.add_argument("--data", required=True, action="append",
+                         help="COCO folder: annotations/instances_train.json, images/train/ (and a val split, else "
+                              "part of train is held out); repeat it to pool several (e.g. two rendered worlds)")
     adapter.add_argument("--model", default="embedded:shapes", help="the diffusion model whose features it reads")
     adapter.add_argument("--out", required=True, help="training folder; rerun the command to resume")
     adapter.add_argument("--steps", type=_at_least(1), default=3000)

@@ -122,6 +122,30 @@ def test_bad_coco_folder_is_one_clear_error(tmp_path):
     assert main(["train", "adapter", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
 
 
+def test_adapter_pools_several_coco_folders(tiny_world, tmp_path):
+    from engine.lab.train.adapter import _check_folders, _split
+    from engine.world import WorldConfig, export_coco
+
+    other = tmp_path / "default-world"
+    export_coco(other, 10, "train", config=WorldConfig(size=32))  # no val split: its last 2 images are held out
+    _check_folders([tiny_world, str(other)])
+    (train, train_instances), (val, val_instances), classes = _split([tiny_world, str(other)], val_images=500)
+    assert train.shape == (24 + 8, 32, 32, 3) and len(train_instances) == 32
+    assert val.shape[0] == len(val_instances) == 8 + 2 and classes[:2] == ["circle", "square"]
+
+
+def test_adapter_folders_that_disagree_are_refused_before_anything_is_written(tiny_world, tmp_path, capsys):
+    from engine.cli import main
+    from engine.world import WorldConfig, export_coco
+
+    larger = tmp_path / "larger"
+    export_coco(larger, 4, "train", config=WorldConfig(size=48))
+    out = tmp_path / "out"
+    assert main(["train", "adapter", "--data", tiny_world, "--data", str(larger), "--out", str(out)]) == 2
+    message = capsys.readouterr().err
+    assert "--data" in message and "32 px" in message and "48 px" in message and not out.exists()
+
+
 @pytest.mark.parametrize("args, field", [
     (["--base", "circle,zebra", "--novel", "star"], "--base/--novel"),
     (["--base", "circle", "--novel", "circle"], "--base/--novel"),

@@ -40,33 +40,66 @@ class AdapterRecipe:
         return dict(vars(self))
 
 
-def train_adapter(data: str, model: str, out: str, recipe: AdapterRecipe, workers: int = 1, gpus: bool = False,
-                  device: str | None = None) -> dict:
+def train_adapter(data: str | list[str], model: str, out: str, recipe: AdapterRecipe, workers: int = 1,
+                  gpus: bool = False, device: str | None = None) -> dict:
     """Train on Ray Train (see ``run_on_ray``; ``device`` set: directly on that device, for
-    benchmark sweeps); returns the model card."""
+    benchmark sweeps); returns the model card. ``data``: one COCO folder or several (e.g. two
+    rendered worlds), whose train splits are pooled and whose val splits are pooled; they must
+    name the same categories in the same order and hold images of one size.
+
+    Raises ``UserError`` (before Ray starts) for a missing split, folders that disagree, a
+    detector size out of range or a missing local ``model``."""
     from ...errors import UserError
     from ...heads.boxes.detector import check_capacity
-    from .detection import check_model, coco_annotations, launch
+    from .detection import check_model, launch
 
     problem = check_capacity(recipe.queries, recipe.layers, recipe.width)
     if problem:
         raise UserError(problem)
-    coco_annotations(data, "train")  # wrong inputs fail here, each with its message, before Ray starts
+    folders = [os.path.abspath(folder) for folder in ([data] if isinstance(data, str) else data)]
+    _check_folders(folders)
     check_model(model)
-    config = {"data": os.path.abspath(data), "model": model, "out": os.path.abspath(out), "recipe": recipe.to_json()}
+    config = {"data": folders, "model": model, "out": os.path.abspath(out), "recipe": recipe.to_json()}
     return launch(_adapter_loop, config, "adapter", workers, gpus, device)
 
 
-def _split(data: str, val_images: int):
-    """Train and val: the folder's val split if it has one, else the last ``val_images`` of train."""
+def _check_folders(folders: list[str]) -> None:
+    """Every folder a COCO train split, all with the first one's categories and image side."""
+    from ...errors import UserError
+    from .detection import coco_annotations, read_categories
+
+    if not folders:
+        raise UserError("--data: expected one or more COCO folders, got none")
+    first, _, side = read_categories(coco_annotations(folders[0], "train"), "--data")
+    for folder in folders[1:]:
+        theirs, _, their_side = read_categories(coco_annotations(folder, "train"), "--data")
+        if (list(theirs.items()), their_side) != (list(first.items()), side):
+            raise UserError(f"--data: expected folders with the same categories and image size as {folders[0]!r} "
+                            f"({', '.join(first.values())}; {side} px), got {folder!r} with "
+                            f"{', '.join(theirs.values())}; {their_side} px; export them with the same classes and --size")
+
+
+def _split(folders: list[str], val_images: int):
+    """Train and val pooled over the folders: each folder's val split if it has one (its first
+    ``val_images``), else the last ``val_images`` of its train split (at most a fifth)."""
+    import numpy as np
+
     from .detection import load_coco
 
-    images, instances, classes = load_coco(data, "train")
-    if os.path.exists(os.path.join(data, "annotations", "instances_val.json")):
-        val_images_, val_instances, _ = load_coco(data, "val")
-        return (images, instances), (val_images_[:val_images], val_instances[:val_images]), classes
-    cut = len(images) - min(val_images, len(images) // 5)
-    return (images[:cut], instances[:cut]), (images[cut:], instances[cut:]), classes
+    parts = []
+    for folder in folders:
+        images, instances, classes = load_coco(folder, "train")
+        if os.path.exists(os.path.join(folder, "annotations", "instances_val.json")):
+            val, val_instances, _ = load_coco(folder, "val")
+            parts.append(((images, instances), (val[:val_images], val_instances[:val_images])))
+            continue
+        cut = len(images) - min(val_images, len(images) // 5)
+        parts.append(((images[:cut], instances[:cut]), (images[cut:], instances[cut:])))
+
+    def pooled(k: int):
+        return np.concatenate([p[k][0] for p in parts]), [i for p in parts for i in p[k][1]]
+
+    return pooled(0), pooled(1), classes
 
 
 def _adapter_loop(config: dict) -> None:

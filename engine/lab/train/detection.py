@@ -18,7 +18,7 @@ from ...errors import UserError
 from ...records import Instance
 from . import flushed_print
 
-__all__ = ["check_model", "coco_annotations", "load_coco", "FeatureExtractor", "cached", "fingerprint", "Schedule", "train_schedule", "evaluate_boxes",
+__all__ = ["check_model", "coco_annotations", "read_categories", "load_coco", "FeatureExtractor", "cached", "fingerprint", "Schedule", "train_schedule", "evaluate_boxes",
            "write_curve", "launch", "run_on_ray", "worker_share", "targets_batch", "WorkerContext"]
 
 
@@ -40,6 +40,18 @@ def coco_annotations(folder: str, split: str, field: str = "--data") -> str:
         raise UserError(f"{field}: expected a COCO folder with annotations/instances_{split}.json and images/{split}/ "
                         f"(as `dde world export --out DIR --split {split}` writes), got {folder!r}")
     return path
+
+
+def read_categories(path: str, field: str) -> tuple[dict[int, str], int, int]:
+    """A COCO instances file's {category id: name}, its image count and largest image side (px)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        side = max([max(i["width"], i["height"]) for i in data["images"]], default=0)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{field}: expected a readable COCO instances file, got {path!r} ({e})") from e
+    return names, len(data["images"]), side
 
 
 def load_coco(folder: str, split: str) -> tuple[np.ndarray, list[list[Instance]], list[str]]:

@@ -20,7 +20,7 @@ from ...errors import UserError
 from ...records import category_ids
 from .segprobe import TRUNKS
 
-__all__ = ["ProbeRecipe", "probe", "read_categories", "load_detection", "build_fcos"]
+__all__ = ["ProbeRecipe", "probe", "load_detection", "build_fcos"]
 
 # MobileNetV3-Large stages at strides 8, 16 and 32 feed the FPN (its max-pool adds 64): the
 # default (two stride-32 maps) would see a 64-px scene as 2x2 cells
@@ -61,18 +61,6 @@ class ProbeRecipe:
 
 
 # ---- inputs, checked before anything is written
-def read_categories(path: str, field: str) -> tuple[dict[int, str], int, int]:
-    """A COCO instances file's {category id: name}, its image count and largest image side (px)."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        names = {c["id"]: c["name"] for c in data["categories"]}
-        side = max([max(i["width"], i["height"]) for i in data["images"]], default=0)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{field}: expected a readable COCO instances file, got {path!r} ({e})") from e
-    return names, len(data["images"]), side
-
-
 def _dde_output(out: str) -> str:
     from ...output.layout import COCO_FILE, JOB_FILE
 
@@ -85,7 +73,7 @@ def _dde_output(out: str) -> str:
 
 def _check(out: str, val: str, real: str | None, folder: str, alpha: float) -> dict:
     """Every input read and checked: the classes shared by the dde output and val, val's image side."""
-    from .detection import coco_annotations
+    from .detection import coco_annotations, read_categories
 
     synthetic, synthetic_images, _ = read_categories(_dde_output(out), "OUT")
     val_names, val_images, side = read_categories(coco_annotations(val, "val", "--val"), "--val")
