@@ -33,7 +33,7 @@ def main() -> None:
     from engine.backends.diffusion import DiffusionBackend, DiffusionParams
     from engine.heads.attention.head import AttentionHead
     from engine.job.prompts import class_append_prompt
-    from engine.lab.evals.labels import _evaluate, _generate, _truth_instances
+    from engine.lab.evals.labels import generate_kept, score_heads, truth_instances
     from engine.lab.train.segmenter import load_segmenter, segment
     from engine.models.embedded import model_world
     from engine.output.layout import derive_seed
@@ -57,12 +57,12 @@ def main() -> None:
             prompt = scene.caption if arm == "caption" else class_append_prompt(scene.caption, named)
             requests.append(ImageRequest(k, derive_seed(args.seed, 10**6 + k), prompt, classes=named))
         result["example"][arm] = requests[0].prompt
-        kept, generated = _generate(backend, requests, 16)
+        kept, generated = generate_kept(backend, requests, 16)
         requests = [requests[k] for k in kept]
         truths = list(segment(oracle, np.stack([g.image for g in generated])))
-        scored = _evaluate(generated, truths, [_truth_instances(t, min_area) for t in truths], min_area,
-                           requests, {})
-        found = [{i.category for i in _truth_instances(t, min_area)} for t in truths]
+        scored = score_heads(generated, truths, [truth_instances(t, min_area) for t in truths], min_area,
+                             requests, {}, tau=4)  # the table reports tau 4 (the paper's); the call needs one
+        found = [{i.category for i in truth_instances(t, min_area)} for t in truths]
         fidelity = float(np.mean([len(set(r.classes) & f) / len(r.classes) for r, f in zip(requests, found)]))
         seg = scored["segmentation"]
         result[arm] = {"mIoU_tau0": seg["tau0"]["mIoU"], "mIoU_tau4_band": seg["tau4_band"]["mIoU"],

@@ -51,11 +51,11 @@ def captures(model: str, images: int, params: dict, cache_dir: str) -> dict:
                                                       strength=(0.2, 0.35)), classes=[])
     head = AttentionHead(params=labels._head_params(params), classes=[ClassSpec(name=c) for c in labels.CLASSES])
     head.attach(backend)
-    _, generated = labels._generate(backend, labels._txt2img_requests(images, 0), 16)
+    _, generated = labels.generate_kept(backend, labels.txt2img_requests(images, 0), 16)
     truths = segment(load_segmenter(), np.stack([g.image for g in generated]))
     data = {"txt2img": [(g.extras["attention"], t) for g, t in zip(generated, truths)]}
-    requests, scenes = labels._img2img_requests(images, 0, "model", backend.size)
-    kept, generated = labels._generate(backend, requests, 16)
+    requests, scenes = labels.img2img_requests(images, 0, "model", backend.size)
+    kept, generated = labels.generate_kept(backend, requests, 16)
     data["img2img"] = [(g.extras["attention"], scenes[k].semantic) for g, k in zip(generated, kept)]
     os.makedirs(cache_dir, exist_ok=True)
     with open(path, "wb") as f:

@@ -73,7 +73,7 @@ def main() -> None:
     from engine.backends.diffusion import DiffusionBackend, DiffusionParams
     from engine.heads.adapter import AdapterHead
     from engine.heads.grounding import GroundingHead
-    from engine.lab.evals.labels import _generate, _img2img_requests, _truth_instances, _txt2img_requests
+    from engine.lab.evals.labels import generate_kept, img2img_requests, truth_instances, txt2img_requests
     from engine.lab.metrics.boxes import box_ap
     from engine.lab.train.segmenter import load_segmenter, segment
     from engine.records import Instance
@@ -99,12 +99,12 @@ def main() -> None:
               "model": "embedded:shapes", "steps": 25}
     for source in ("txt2img", "img2img"):
         if source == "txt2img":
-            requests = _txt2img_requests(args.images, 0)
-            kept, generated = _generate(backend, requests, 16)
-            truth = [_truth_instances(t, min_area) for t in segment(oracle, np.stack([g.image for g in generated]))]
+            requests = txt2img_requests(args.images, 0)
+            kept, generated = generate_kept(backend, requests, 16)
+            truth = [truth_instances(t, min_area) for t in segment(oracle, np.stack([g.image for g in generated]))]
         else:
-            requests, scenes = _img2img_requests(args.images, 0)
-            kept, generated = _generate(backend, requests, 16)
+            requests, scenes = img2img_requests(args.images, 0)
+            kept, generated = generate_kept(backend, requests, 16)
             truth = [[Instance(i.category, i.mask) for i in scenes[k].instances] for k in kept]
         requests = [requests[k] for k in kept]
         rows = {}

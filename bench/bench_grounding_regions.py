@@ -68,7 +68,7 @@ def main() -> None:
     from engine.backends.diffusion import DiffusionBackend, DiffusionParams
     from engine.heads.boxes.detector import NMS_IOU, detections
     from engine.heads.grounding import GroundingHead
-    from engine.lab.evals.labels import _generate, _img2img_requests
+    from engine.lab.evals.labels import generate_kept, img2img_requests
     from engine.lab.metrics.boxes import box_ap
     from engine.records import Instance
     from engine.spec import ClassSpec
@@ -82,8 +82,8 @@ def main() -> None:
     started = time.time()
     backend = DiffusionBackend(params=DiffusionParams(model="embedded:shapes", steps=25, guidance_scale=7.5,
                                                       batch_size=16, strength=(0.2, 0.35)), classes=[])
-    requests, scenes = _img2img_requests(args.images, args.seed, "model", backend.size)
-    kept, generated = _generate(backend, requests, 16)
+    requests, scenes = img2img_requests(args.images, args.seed, "model", backend.size)
+    kept, generated = generate_kept(backend, requests, 16)
     truth = [[Instance(i.category, i.mask) for i in scenes[k].instances] for k in kept]
     requests = [requests[k] for k in kept]
     weights = f"--weights {args.weights} " if args.weights else ""

@@ -20,7 +20,7 @@ import time
 def main() -> None:
     from engine.backends.diffusion import DiffusionBackend, DiffusionParams
     from engine.heads.grounding import GroundingHead
-    from engine.lab.evals.labels import _generate, _img2img_requests
+    from engine.lab.evals.labels import generate_kept, img2img_requests
     from engine.lab.metrics.boxes import box_ap
     from engine.records import Instance
     from engine.spec import ClassSpec
@@ -44,8 +44,8 @@ def main() -> None:
         head.attach(backend)
     rows = []
     for world in args.worlds:
-        requests, scenes = _img2img_requests(args.images, args.seed, world, backend.size)
-        kept, generated = _generate(backend, requests, 16)
+        requests, scenes = img2img_requests(args.images, args.seed, world, backend.size)
+        kept, generated = generate_kept(backend, requests, 16)
         truth = [[Instance(i.category, i.mask) for i in scenes[k].instances] for k in kept]
         requests = [requests[k] for k in kept]
         for (folder, stage, clip), head in heads.items():

@@ -144,12 +144,12 @@ def test_fidelity_benchmark_reports_every_metric(tiny_model, tmp_path):
 def test_labels_benchmark_takes_img2img_references_from_either_world(tiny_model, tmp_path):
     """--reference-world default: the img2img references are `dde world export`'s default scenes (up to
     4 smaller objects), scored against their own masks and written apart from the model-world result."""
-    from engine.lab.evals.labels import _img2img_requests, labels_benchmark
+    from engine.lab.evals.labels import img2img_requests, labels_benchmark
     from engine.models.embedded import MODEL_WORLD
     from engine.models.shipped import SEGMENTER_DIR
 
-    _, model_scenes = _img2img_requests(24, 0, "model")
-    _, default_scenes = _img2img_requests(24, 0, "default")
+    _, model_scenes = img2img_requests(24, 0, "model")
+    _, default_scenes = img2img_requests(24, 0, "default")
     assert max(len(s.instances) for s in model_scenes) <= MODEL_WORLD["max_objects"] < max(
         len(s.instances) for s in default_scenes)
     if not os.path.exists(os.path.join(SEGMENTER_DIR, "segmenter.safetensors")):

@@ -31,7 +31,8 @@ from ...world import CLASSES
 from ..metrics.boxes import box_ap
 from .results import save_result
 
-__all__ = ["labels_benchmark", "markdown_tables", "result_name"]
+__all__ = ["labels_benchmark", "markdown_tables", "result_name", "txt2img_requests", "img2img_requests",
+           "generate_kept", "truth_instances", "score_heads"]
 
 TAUS = (0, 1, 2, 3, 4, 5)
 BANDS = ((0.4, 0.5), (0.5, 0.6), (0.4, 0.6))
@@ -39,7 +40,8 @@ NUM_CLASSES = len(CLASSES) + 1  # background and the world's classes; ids as Sce
 CATEGORY_ID = category_ids(CLASSES)
 
 
-def _txt2img_requests(count: int, seed: int) -> list[ImageRequest]:
+def txt2img_requests(count: int, seed: int) -> list[ImageRequest]:
+    """``count`` txt2img requests naming one class, then two, in turn (classes drawn with ``seed``)."""
     rng = np.random.default_rng(seed)
     requests = []
     for k in range(count):
@@ -54,7 +56,9 @@ def result_name(world: str) -> str:
     return "labels" if world == "model" else f"labels-{world}-world"
 
 
-def _img2img_requests(count: int, seed: int, world: str = "model", size: int = 64) -> tuple[list[ImageRequest], list]:
+def img2img_requests(count: int, seed: int, world: str = "model", size: int = 64) -> tuple[list[ImageRequest], list]:
+    """``count`` img2img requests on rendered scenes of ``world`` ("model" or "default", ``size`` px),
+    each captioned and classed as its scene, and the scenes (their masks are the truth)."""
     from ...models.embedded import named_world
     from ...world import render_scene
 
@@ -66,7 +70,7 @@ def _img2img_requests(count: int, seed: int, world: str = "model", size: int = 6
     return requests, scenes
 
 
-def _truth_instances(semantic: np.ndarray, min_area: int) -> list[Instance]:
+def truth_instances(semantic: np.ndarray, min_area: int) -> list[Instance]:
     """Instances of an oracle mask: each class's connected components."""
     from ...heads.attention import components
 
@@ -103,8 +107,11 @@ class _Scores:
         return out
 
 
-def _evaluate(generated, truths: list[np.ndarray], truth_instances: list[list[Instance]], min_area: int,
-              requests: list[ImageRequest], box_heads: dict, tau: int) -> dict:
+def score_heads(generated, truths: list[np.ndarray], instances: list[list[Instance]], min_area: int,
+                requests: list[ImageRequest], box_heads: dict, tau: int) -> dict:
+    """Every head's labels on ``generated`` against the truth: the attention head's semantic masks
+    (mIoU per tau and threshold band, ``truths``: (H, W) int class-id masks) and box AP of BCA, the
+    attention head's components and each of ``box_heads`` against ``instances`` (per image)."""
     from ...heads.attention import bca_instances, class_maps, components, semantic_mask
 
     scores = _Scores()
@@ -124,11 +131,11 @@ def _evaluate(generated, truths: list[np.ndarray], truth_instances: list[list[In
         bca.append([Instance(captured["classes"][m], region, score)
                     for m, region, score in bca_instances(maps[0], min_area)])
     size = truths[0].shape[0]
-    boxes = {"bca": box_ap(truth_instances, bca, size), "attention_components": box_ap(truth_instances, attention, size)}
+    boxes = {"bca": box_ap(instances, bca, size), "attention_components": box_ap(instances, attention, size)}
     for name, head in box_heads.items():
         found = [labels.instances for labels in head.label(requests, generated)]
         seen = head.card.get("classes_seen")  # grounding: base and novel apart
-        boxes[name] = box_ap(truth_instances, found, size, groups=seen and {
+        boxes[name] = box_ap(instances, found, size, groups=seen and {
             "novel": seen["novel"], "base": [c for c in CLASSES if c not in seen["novel"]]})
     return {"images": len(truths), "segmentation": scores.table(), "boxes": boxes}
 
@@ -165,7 +172,9 @@ def _card_val(head) -> dict:
     return with_clip if getattr(head, "clip", None) is not None and with_clip else val
 
 
-def _generate(backend, requests: list[ImageRequest], batch: int):
+def generate_kept(backend, requests: list[ImageRequest], batch: int):
+    """Generates ``requests`` in batches of ``batch``: the indices of the requests that gave an
+    image, and those generations."""
     kept, generated = [], []
     for start in range(0, len(requests), batch):
         chunk = requests[start:start + batch]
@@ -221,16 +230,16 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
         "trained_heads_val": {name: _card_val(h) for name, h in box_heads.items()}}
     started = time.time()
 
-    requests = _txt2img_requests(images, seed)
-    kept, generated = _generate(backend, requests, batch_size)
+    requests = txt2img_requests(images, seed)
+    kept, generated = generate_kept(backend, requests, batch_size)
     truths = list(segment(oracle, np.stack([g.image for g in generated])))
-    result["txt2img"] = _evaluate(generated, truths, [_truth_instances(t, min_area) for t in truths], min_area,
+    result["txt2img"] = score_heads(generated, truths, [truth_instances(t, min_area) for t in truths], min_area,
                                   [requests[k] for k in kept], box_heads, head.tau)
 
-    requests, scenes = _img2img_requests(images, seed, world, backend.size)
-    kept, generated = _generate(backend, requests, batch_size)
+    requests, scenes = img2img_requests(images, seed, world, backend.size)
+    kept, generated = generate_kept(backend, requests, batch_size)
     truths = [scenes[k].semantic for k in kept]
-    result["img2img"] = _evaluate(generated, truths, [[Instance(i.category, i.mask) for i in scenes[k].instances]
+    result["img2img"] = score_heads(generated, truths, [[Instance(i.category, i.mask) for i in scenes[k].instances]
                                                       for k in kept], min_area, [requests[k] for k in kept], box_heads,
                                   head.tau)
     result["img2img"]["strength"] = [0.2, 0.35]
