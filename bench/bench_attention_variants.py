@@ -7,6 +7,9 @@ capture setting (``--params``, the head's params as JSON) and cached; then, at t
 
 - ``pixel``: the head's masks (Eq. 3-5, arg-max class per pixel);
 - ``vote``: each connected foreground region takes the class whose map is highest on it;
+- ``clip_prompt`` / ``clip_all``: each region takes the class, among the prompt's / all six, whose
+  "a photograph of a <class>" the shipped small CLIP scores highest on a crop around it (the
+  region about 0.45 of the crop's side, as the CLIP's training scenes draw objects);
 - ``oracle_class``: each region takes the truth's majority class (localisation alone);
 
 on all images and on those naming two classes or more (``multi``). ``--ceiling`` instead scores
@@ -31,12 +34,13 @@ import time
 import numpy as np
 
 TAUS = (0, 1, 4)
+VARIANTS = ("pixel", "vote", "clip_prompt", "clip_all", "oracle_class")
 OUT = os.path.join(os.path.dirname(__file__), "results", "attention-variants.jsonl")
 
 
 def captures(model: str, images: int, params: dict, cache_dir: str) -> dict:
     """{"txt2img"|"img2img": [(captured maps, truth mask)]}, generated once per setting."""
-    key = hashlib.sha1(json.dumps([model, images, params], sort_keys=True).encode()).hexdigest()[:10]
+    key = hashlib.sha1(json.dumps([model, images, params, "images"], sort_keys=True).encode()).hexdigest()[:10]
     path = os.path.join(cache_dir, f"attention-{key}.pkl")
     if os.path.exists(path):
         with open(path, "rb") as f:
@@ -53,10 +57,10 @@ def captures(model: str, images: int, params: dict, cache_dir: str) -> dict:
     head.attach(backend)
     _, generated = labels.generate_kept(backend, labels.txt2img_requests(images, 0), 16)
     truths = segment(load_segmenter(), np.stack([g.image for g in generated]))
-    data = {"txt2img": [(g.extras["attention"], t) for g, t in zip(generated, truths)]}
+    data = {"txt2img": [(g.extras["attention"], t, g.image) for g, t in zip(generated, truths)]}
     requests, scenes = labels.img2img_requests(images, 0, "model", backend.size)
     kept, generated = labels.generate_kept(backend, requests, 16)
-    data["img2img"] = [(g.extras["attention"], scenes[k].semantic) for g, k in zip(generated, kept)]
+    data["img2img"] = [(g.extras["attention"], scenes[k].semantic, g.image) for g, k in zip(generated, kept)]
     os.makedirs(cache_dir, exist_ok=True)
     with open(path, "wb") as f:
         pickle.dump(data, f)
@@ -77,13 +81,44 @@ def _regions(maps: np.ndarray, ids: list[int], assign) -> np.ndarray:
     return mask
 
 
-def variant_mask(name: str, maps: np.ndarray, ids: list[int], truth: np.ndarray) -> np.ndarray:
+def _crop(image: np.ndarray, region: np.ndarray, scale: float = 0.45) -> np.ndarray:
+    """A square crop around ``region`` in which the region spans about ``scale`` of the side
+    (the CLIP's training scenes draw objects at 0.3-0.55 of the canvas), edge-padded."""
+    ys, xs = np.nonzero(region)
+    side = max(int(round((max(np.ptp(ys), np.ptp(xs)) + 1) / scale)), 16)
+    cy, cx = (ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2
+    padded = np.pad(image, ((side, side), (side, side), (0, 0)), mode="edge")
+    y0, x0 = cy - side // 2 + side, cx - side // 2 + side
+    return padded[y0:y0 + side, x0:x0 + side]
+
+
+_CLIP = {}
+
+
+def _clip_class(image: np.ndarray, region: np.ndarray, candidates: list[int]) -> int:
+    from engine.lab.evals.labels import CLASSES
+    from engine.models.clip_embeddings import EMBEDDED_CLIP, image_embeddings, load_clip, text_embeddings
+    from engine.job.phrases import objects_phrase
+
+    if not _CLIP:
+        _CLIP["clip"] = load_clip(EMBEDDED_CLIP)
+        _CLIP["texts"] = text_embeddings(_CLIP["clip"], [f"a photograph of {objects_phrase([c])}" for c in CLASSES])
+    crop = _crop(image, region)
+    scores = (image_embeddings(_CLIP["clip"], [crop]) @ _CLIP["texts"].T)[0].numpy()
+    return max(candidates, key=lambda i: scores[i - 1])
+
+
+def variant_mask(name: str, maps: np.ndarray, ids: list[int], truth: np.ndarray, image: np.ndarray) -> np.ndarray:
     from engine.heads.attention import semantic_mask
 
     if name == "pixel":
         return semantic_mask(maps, ids, 0.5, 0.6)[0]
     if name == "vote":
         return _regions(maps, ids, lambda region: ids[int(maps[:, region].mean(1).argmax())])
+    if name == "clip_prompt":
+        return _regions(maps, ids, lambda region: _clip_class(image, region, ids))
+    if name == "clip_all":
+        return _regions(maps, ids, lambda region: _clip_class(image, region, list(range(1, 7))))
 
     def majority(region):
         found = truth[region][truth[region] > 0]
@@ -100,12 +135,12 @@ def score(data: dict) -> dict:
     result = {}
     for source, items in data.items():
         conf: dict = {}
-        for captured, truth in items:
+        for captured, truth, image in items:
             ids = [CATEGORY_ID[c] for c in captured["classes"]]
             for tau in TAUS:
                 maps = class_maps(captured, truth.shape[0], tau)
-                for name in ("pixel", "vote", "oracle_class"):
-                    c = confusion(variant_mask(name, maps, ids, truth), truth, NUM_CLASSES)
+                for name in VARIANTS:
+                    c = confusion(variant_mask(name, maps, ids, truth, image), truth, NUM_CLASSES)
                     for subset in ("all", "multi") if len(ids) > 1 else ("all",):
                         conf[(name, tau, subset)] = conf.get((name, tau, subset), 0) + c
         result[source] = {f"{name} tau{tau} {subset}": round(iou_table(c)[0], 4)

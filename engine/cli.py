@@ -340,6 +340,9 @@ def _parser() -> argparse.ArgumentParser:
     labels.add_argument("--head-params", type=json.loads, default=None,
                         help='attention head params as JSON, e.g. \'{"cross_resolutions": [8]}\'')
     labels.add_argument("--out", default="bench/results")
+    labels.add_argument("--seed", type=_at_least(0), default=0,
+                        help="draws the prompts, the img2img references and the generation seeds (a second seed "
+                             "checks that a difference between settings is not the draw)")
     labels.add_argument("--reference-world", choices=["model", "default"], default="model",
                         help="img2img references: the model's training world (model) or `dde world export`'s "
                              "default scenes (default: more and smaller objects, what the demo uses)")
@@ -595,7 +598,8 @@ def _cmd_bench(args) -> int:
         from .lab.evals.labels import labels_benchmark, result_name
 
         result = labels_benchmark(args.model, args.images, args.steps, args.guidance_scale,
-                                  head_params=args.head_params, out_dir=args.out, world=args.reference_world)
+                                  seed=args.seed, head_params=args.head_params, out_dir=args.out,
+                                  world=args.reference_world)
         print(open(os.path.join(args.out, f"{result_name(args.reference_world)}.md")).read())
         return 0 if result else 1
     from .lab.evals.fidelity import fidelity_benchmark

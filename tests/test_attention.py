@@ -129,6 +129,31 @@ def test_bad_resolution_lists_the_valid_ones(spec_data, tiny_model):
         parse_spec(spec_data)
 
 
+def test_default_blocks_follow_the_head_and_the_model(spec_data, tiny_model):
+    """The attention head captures the up blocks alone on a small latent whose up blocks hold every
+    default side (embedded:shapes); bca, SD-scale models and UNets with a side only in the mid
+    block (the tiny one) capture every block; an explicit list that misses a side is one error."""
+    from engine.heads.attention.head import AttentionParams, CaptureParams, capture_config
+    from engine.models import resolve_model
+
+    shapes = json.load(open(os.path.join(resolve_model("embedded:shapes"), "unet", "config.json")))
+    tiny = json.load(open(os.path.join(tiny_model, "unet", "config.json")))
+    sd = {**shapes, "sample_size": 64, "block_out_channels": [320, 640, 1280, 1280],
+          "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+          "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
+    config = capture_config(AttentionParams(), shapes, with_self=True)
+    assert config.blocks == ("up",) and config.cross_resolutions == (16, 8) and config.self_resolution == 16
+    assert capture_config(CaptureParams(), shapes, with_self=False).blocks == ("down", "mid", "up")
+    assert capture_config(AttentionParams(), tiny, with_self=True).blocks == ("down", "mid", "up")
+    assert capture_config(AttentionParams(), sd, with_self=True).blocks == ("down", "mid", "up")
+    assert capture_config(AttentionParams(blocks=["down"]), shapes, with_self=True).blocks == ("down",)
+
+    spec_data["generator"] = {"name": "diffusion", "params": {"model": tiny_model}}
+    spec_data["label_head"] = {"name": "attention", "params": {"blocks": ["up"], "cross_resolutions": [8, 4]}}
+    with pytest.raises(SpecError, match=r"among \[8\] for this model in its up blocks, got \[4\].*or add blocks"):
+        parse_spec(spec_data)
+
+
 # ---- the maths on hand-made maps
 def two_region_attention(side: int, blob: np.ndarray):
     """Self-attention that is uniform within the blob and within the rest: an ideal affinity."""

@@ -158,3 +158,4 @@ def test_labels_benchmark_takes_img2img_references_from_either_world(tiny_model,
     assert result["reference_world"] == "default" and result["img2img"]["images"] == 2
     assert json.load(open(tmp_path / "labels-default-world.json")) == result
     assert "default-world references" in (tmp_path / "labels-default-world.md").read_text()
+    assert list(result["txt2img"]["boxes"]) == ["bca", "attention_components"]  # bca on its own capture

@@ -194,6 +194,20 @@ def test_adapter_job_writes_boxes_that_load_in_pycocotools(spec_data, tiny_model
     classes = ["circle", "square", "star"]
     rows, coco = box_job(spec_data, tiny_model, "adapter", {"weights": tiny_adapter[0], "threshold": 0.0}, classes)
     check_boxes(rows, coco, classes)
+    check_finished_output_is_a_train_split(spec_data["output"], coco, classes)
+
+
+def check_finished_output_is_a_train_split(out, coco, classes):
+    """The engine's own data trains a head (`dde train adapter --data OUT`): a finished output is a
+    train split, and has no val split."""
+    from engine.errors import UserError
+    from engine.lab.train.detection import load_coco
+
+    images, instances, names = load_coco(out, "train")
+    assert images.shape == (len(coco.getImgIds()), 32, 32, 3) and names == classes
+    assert sum(map(len, instances)) == len(coco.getAnnIds())
+    with pytest.raises(UserError, match="instances_val.json"):
+        load_coco(out, "val")
 
 
 def test_adapter_rejects_classes_it_was_not_trained_on(spec_data, tiny_model, tiny_adapter):

@@ -13,11 +13,12 @@ __all__ = ["BinarisedCrossAttentionHead"]
 
 class BinarisedCrossAttentionHead(AttentionCaptureHead):
     uses_self_attention = False
+    extras_key = "bca_attention"  # beside an attention head's capture when both label one generation (the labels bench)
 
     def label_one(self, generated: Generated) -> Labels:
         from .attention import bca_instances, class_maps
 
-        captured = generated.extras["attention"]
+        captured = generated.extras[self.extras_key]
         maps = class_maps(captured, generated.image.shape[0], tau=0)
         names = captured["classes"]
         return Labels([Instance(names[m], region, score)

@@ -1,7 +1,7 @@
 """Training-free labels from a diffusion model's own attention (Dataset Diffusion, DiffusionEngine BCA)."""
 
-from .capture import AttentionStore, CaptureConfig, attention_resolutions, check_resolutions, encode_class_prompts
+from .capture import ALL_BLOCKS, AttentionStore, CaptureConfig, attention_resolutions, check_resolutions, encode_class_prompts
 from .maps import bca_instances, class_maps, components, semantic_mask
 
-__all__ = ["AttentionStore", "CaptureConfig", "attention_resolutions", "check_resolutions", "encode_class_prompts",
+__all__ = ["ALL_BLOCKS", "AttentionStore", "CaptureConfig", "attention_resolutions", "check_resolutions", "encode_class_prompts",
            "class_maps", "semantic_mask", "components", "bca_instances"]

@@ -22,7 +22,10 @@ from dataclasses import dataclass
 
 from ...records import plural_forms
 
-__all__ = ["CaptureConfig", "AttentionStore", "attention_resolutions", "check_resolutions", "encode_class_prompts"]
+__all__ = ["ALL_BLOCKS", "CaptureConfig", "AttentionStore", "attention_resolutions", "check_resolutions", "encode_class_prompts"]
+
+
+ALL_BLOCKS = ("down", "mid", "up")
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class CaptureConfig:
     cross_resolutions: tuple[int, ...]
     self_resolution: int | None
     timesteps: tuple[float, float] = (0.0, 1.0)  # share of the denoising schedule, 0 = the noisiest step
-    blocks: tuple[str, ...] = ("down", "mid", "up")  # UNet parts whose layers are captured
+    blocks: tuple[str, ...] = ALL_BLOCKS  # UNet parts whose layers are captured
     cross_keys: str = "generation"  # see encode_class_prompts
 
 
@@ -43,25 +46,28 @@ def _layer_resolution(name: str, latent_size: int, levels: int) -> int:
     return latent_size >> (index if block == "down_blocks" else levels - 1 - index)
 
 
-def attention_resolutions(unet_config: dict) -> list[int]:
-    """Latent sides at which the UNet has (self and cross) attention, largest first."""
+def attention_resolutions(unet_config: dict, parts: tuple[str, ...] = ALL_BLOCKS) -> list[int]:
+    """Latent sides at which the UNet has (self and cross) attention in ``parts`` (of "down", "mid",
+    "up"), largest first."""
     latent, levels = unet_config["sample_size"], len(unet_config["block_out_channels"])
-    blocks = [f"{kind}.{i}" for kind, key in (("down_blocks", "down_block_types"), ("up_blocks", "up_block_types"))
-              for i, block_type in enumerate(unet_config[key]) if "CrossAttn" in block_type]
-    if "CrossAttn" in (unet_config.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
+    blocks = [f"{kind}_blocks.{i}" for kind in ("down", "up") if kind in parts
+              for i, block_type in enumerate(unet_config[f"{kind}_block_types"]) if "CrossAttn" in block_type]
+    if "mid" in parts and "CrossAttn" in (unet_config.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
         blocks.append("mid_block")
     return sorted({_layer_resolution(b, latent, levels) for b in blocks}, reverse=True)
 
 
 def check_resolutions(unet_config: dict, config: CaptureConfig) -> str | None:
     """One message if the configured resolutions are not among the model's attention layers."""
-    available = attention_resolutions(unet_config)
+    available = attention_resolutions(unet_config, config.blocks)
     wanted = set(config.cross_resolutions) | ({config.self_resolution} - {None})
     missing = sorted(wanted - set(available))
     if not missing:
         return None
-    return (f"label_head.params: expected attention resolutions among {available} for this model, got {missing}; "
-            f"set cross_resolutions and self_resolution to some of {available}")
+    where = "" if set(config.blocks) == set(ALL_BLOCKS) else f" in its {'/'.join(config.blocks)} blocks"
+    return (f"label_head.params: expected attention resolutions among {available} for this model{where}, got "
+            f"{missing}; set cross_resolutions and self_resolution to some of {available}"
+            + (" or add blocks" if where else ""))
 
 
 def encode_class_prompts(pipe, class_lists: list[list[str]], keys: str = "generation",

@@ -35,8 +35,12 @@ class CaptureParams(StrictParams):
         default=None, description="Share of the denoising schedule to average over; 0 is the noisiest step. Default: "
                                   "all of it (0, 1) for SD 512-px models, as Dataset Diffusion; the later half "
                                   "(0.5, 1) for smaller latents (embedded:shapes: up to +0.04 mIoU on txt2img, BENCHMARKS.md).")
-    blocks: list[Literal["down", "mid", "up"]] = Field(
-        default=["down", "mid", "up"], min_length=1, description="UNet parts whose attention layers are captured.")
+    blocks: list[Literal["down", "mid", "up"]] | None = Field(
+        default=None, min_length=1,
+        description="UNet parts whose attention layers are captured. Default: all of them (Dataset Diffusion, and "
+                    "the bca head); for the attention head on smaller latents the up blocks alone when they hold "
+                    "the captured sides (embedded:shapes: self-attention's gain +0.050 to +0.064 mIoU, mean of two "
+                    "seeds; all blocks +0.035 to +0.039; BENCHMARKS.md).")
     cross_keys: Literal["generation", "start_and_classes", "prompt"] = Field(
         default="generation", description="Keys of the class cross-attention softmax: the class tokens of the prompt "
                                           "the image is generated from, with its start token (classes it does not "
@@ -70,11 +74,27 @@ def capture_config(params: CaptureParams, unet_config: dict, with_self: bool):
     else:  # small latents: the finest layers still hold only a few cells per object, and the noisier half of
         # the schedule blurs the class maps of a 16x16 latent (measured on embedded:shapes, BENCHMARKS.md)
         cross_default, self_default, timesteps_default = sides[:2], sides[0], (0.5, 1.0)
-    return CaptureConfig(
-        cross_resolutions=tuple(params.cross_resolutions or cross_default),
-        self_resolution=(params.self_resolution or self_default) if with_self else None,
-        timesteps=tuple(params.timesteps or timesteps_default), blocks=tuple(params.blocks),
-        cross_keys=params.cross_keys)
+    cross = tuple(params.cross_resolutions or cross_default)
+    self_side = (params.self_resolution or self_default) if with_self else None
+    return CaptureConfig(cross_resolutions=cross, self_resolution=self_side,
+                         timesteps=tuple(params.timesteps or timesteps_default),
+                         blocks=tuple(params.blocks or _default_blocks(unet_config, cross, self_side)),
+                         cross_keys=params.cross_keys)
+
+
+def _default_blocks(unet_config: dict, cross: tuple[int, ...], self_side: int | None) -> tuple[str, ...]:
+    """Every block, but for self-attention refinement on small latents the decoder (up) blocks alone where
+    they hold every captured side: there the encoder's and the bottleneck's maps blur the class maps that
+    self-attention then spreads (embedded:shapes, two seeds: tau 1's gain over tau 0, mean of seeds 0 and 1,
+    +0.050 / +0.056 / +0.064 on txt2img / img2img / default-world img2img, all blocks +0.035 / +0.038 / +0.039;
+    BENCHMARKS.md). Cross
+    attention alone (bca) keeps every block: its boxes lose up to 0.04 AP50 with the up blocks alone."""
+    from . import ALL_BLOCKS, attention_resolutions
+
+    wanted = {*cross, self_side} - {None}
+    if self_side is None or _sd_scale(unet_config) or not wanted <= set(attention_resolutions(unet_config, ("up",))):
+        return ALL_BLOCKS
+    return ("up",)
 
 
 def default_tau(params, unet_config: dict) -> int:
@@ -108,6 +128,7 @@ class AttentionCaptureHead(Head, StepObserver):
     requires = frozenset({DIFFUSERS_PIPELINE, ATTENTION_CAPTURE, STEP_CALLBACKS})
     uses_self_attention = True
     builds_class_prompts = True
+    extras_key = "attention"  # where the captured maps go in Generated.extras (one key per capturing head)
 
     @classmethod
     def check_spec(cls, spec: JobSpec) -> list[str]:
@@ -139,11 +160,11 @@ class AttentionCaptureHead(Head, StepObserver):
                                                [r.prompt for r in requests], self.class_words), start_steps, steps)
 
     def end_batch(self) -> list[dict]:
-        return [{"attention": {**maps, "classes": names}} for maps, names in zip(self.store.end(), self._classes)]
+        return [{self.extras_key: {**maps, "classes": names}} for maps, names in zip(self.store.end(), self._classes)]
 
     # ---- labelling
     def label(self, requests: list[ImageRequest], generated: list[Generated]) -> list[Labels]:
-        return [self.label_one(g) if g.image is not None and g.extras.get("attention", {}).get("classes")
+        return [self.label_one(g) if g.image is not None and g.extras.get(self.extras_key, {}).get("classes")
                 else Labels([]) for g in generated]
 
     def label_one(self, generated: Generated) -> Labels:
@@ -176,7 +197,7 @@ class AttentionHead(AttentionCaptureHead):
     def label_one(self, generated: Generated) -> Labels:
         from . import class_maps, components, semantic_mask
 
-        captured, p = generated.extras["attention"], self.params
+        captured, p = generated.extras[self.extras_key], self.params
         names = captured["classes"]
         maps = class_maps(captured, generated.image.shape[0], self.tau)
         mask, objectness = semantic_mask(maps, [self.category_id[n] for n in names], p.alpha, p.beta,

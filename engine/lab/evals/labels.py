@@ -110,12 +110,13 @@ class _Scores:
 def score_heads(generated, truths: list[np.ndarray], instances: list[list[Instance]], min_area: int,
                 requests: list[ImageRequest], box_heads: dict, tau: int) -> dict:
     """Every head's labels on ``generated`` against the truth: the attention head's semantic masks
-    (mIoU per tau and threshold band, ``truths``: (H, W) int class-id masks) and box AP of BCA, the
-    attention head's components and each of ``box_heads`` against ``instances`` (per image)."""
-    from ...heads.attention import bca_instances, class_maps, components, semantic_mask
+    (mIoU per tau and threshold band, ``truths``: (H, W) int class-id masks) and box AP of each of
+    ``box_heads`` (bca among them, on its own capture) and the attention head's components against
+    ``instances`` (per image)."""
+    from ...heads.attention import class_maps, components, semantic_mask
 
     scores = _Scores()
-    bca, attention = [], []
+    attention = []
     for gen, truth in zip(generated, truths):
         captured = gen.extras["attention"]
         ids = [CATEGORY_ID[c] for c in captured["classes"]]
@@ -128,15 +129,14 @@ def score_heads(generated, truths: list[np.ndarray], instances: list[list[Instan
         mask, objectness = semantic_mask(maps[tau], ids, 0.5, 0.6)
         attention.append([Instance(c, region, score) for c in captured["classes"]
                           for region, score in components(mask == CATEGORY_ID[c], objectness, min_area)])
-        bca.append([Instance(captured["classes"][m], region, score)
-                    for m, region, score in bca_instances(maps[0], min_area)])
     size = truths[0].shape[0]
-    boxes = {"bca": box_ap(instances, bca, size), "attention_components": box_ap(instances, attention, size)}
+    boxes = {}
     for name, head in box_heads.items():
         found = [labels.instances for labels in head.label(requests, generated)]
-        seen = head.card.get("classes_seen")  # grounding: base and novel apart
+        seen = getattr(head, "card", {}).get("classes_seen")  # grounding: base and novel apart
         boxes[name] = box_ap(instances, found, size, groups=seen and {
             "novel": seen["novel"], "base": [c for c in CLASSES if c not in seen["novel"]]})
+    boxes["attention_components"] = box_ap(instances, attention, size)
     return {"images": len(truths), "segmentation": scores.table(), "boxes": boxes}
 
 
@@ -162,6 +162,18 @@ def _box_heads(backend) -> dict:
     for head in heads.values():
         head.attach(backend)
     return heads
+
+
+def _bca_head(backend):
+    """DiffusionEngine's BCA baseline with its own capture (every block), as a job with ``label_head: bca``
+    labels, beside the attention head's."""
+    from ...heads.bca import BinarisedCrossAttentionHead
+    from ...spec import ClassSpec
+
+    head = BinarisedCrossAttentionHead(params=BinarisedCrossAttentionHead.Params(),
+                                       classes=[ClassSpec(name=c) for c in CLASSES])
+    head.attach(backend)
+    return head
 
 
 def _card_val(head) -> dict:
@@ -217,7 +229,8 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
                                                       batch_size=batch_size, strength=(0.2, 0.35)), classes=[])
     head = AttentionHead(params=labeller_params, classes=[ClassSpec(name=c) for c in CLASSES])
     head.attach(backend)
-    box_heads = _box_heads(backend) if model == "embedded:shapes" else {}
+    trained = _box_heads(backend) if model == "embedded:shapes" else {}
+    box_heads = {"bca": _bca_head(backend), **trained}
     min_area = head.min_pixels(backend.size, backend.size)
     config = head.store.config
     result: dict = {
@@ -227,7 +240,7 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
                     "timesteps": list(config.timesteps), "blocks": list(config.blocks),
                     "cross_keys": config.cross_keys},
         "oracle_rendered_val": oracle_card.get("rendered_val"),
-        "trained_heads_val": {name: _card_val(h) for name, h in box_heads.items()}}
+        "trained_heads_val": {name: _card_val(h) for name, h in trained.items()}}
     started = time.time()
 
     requests = txt2img_requests(images, seed)

@@ -18,7 +18,7 @@ from ...errors import UserError
 from ...records import Instance
 from . import flushed_print
 
-__all__ = ["check_model", "coco_annotations", "read_categories", "load_coco", "FeatureExtractor", "cached", "fingerprint", "Schedule", "train_schedule", "evaluate_boxes",
+__all__ = ["check_model", "coco_split", "coco_annotations", "read_categories", "load_coco", "FeatureExtractor", "cached", "fingerprint", "Schedule", "train_schedule", "evaluate_boxes",
            "write_curve", "launch", "run_on_ray", "worker_share", "targets_batch", "WorkerContext"]
 
 
@@ -33,13 +33,25 @@ def check_model(model: str) -> None:
 
 
 # ---- data
+def coco_split(folder: str, split: str, field: str = "--data") -> tuple[str, str]:
+    """(instances file, image folder) of a split, or one clear error naming ``field``: a COCO folder
+    as `dde world export` writes it (annotations/instances_SPLIT.json, images/SPLIT/), or, as the
+    train split, a finished dde output (coco/instances.json, coco/images/: the engine's own data)."""
+    exported = os.path.join(folder, "annotations", f"instances_{split}.json"), os.path.join(folder, "images", split)
+    if os.path.exists(exported[0]):
+        return exported
+    output = os.path.join(folder, "coco", "instances.json"), os.path.join(folder, "coco", "images")
+    if split == "train" and os.path.exists(output[0]):
+        return output
+    raise UserError(f"{field}: expected a COCO folder with annotations/instances_{split}.json and images/{split}/ "
+                    f"(as `dde world export --out DIR --split {split}` writes)"
+                    + (" or a finished dde output (coco/instances.json)" if split == "train" else "")
+                    + f", got {folder!r}")
+
+
 def coco_annotations(folder: str, split: str, field: str = "--data") -> str:
-    """The split's instances file of a COCO folder, or one clear error naming ``field``."""
-    path = os.path.join(folder, "annotations", f"instances_{split}.json")
-    if not os.path.exists(path):
-        raise UserError(f"{field}: expected a COCO folder with annotations/instances_{split}.json and images/{split}/ "
-                        f"(as `dde world export --out DIR --split {split}` writes), got {folder!r}")
-    return path
+    """The split's instances file (``coco_split``)."""
+    return coco_split(folder, split, field)[0]
 
 
 def read_categories(path: str, field: str) -> tuple[dict[int, str], int, int]:
@@ -56,7 +68,7 @@ def read_categories(path: str, field: str) -> tuple[dict[int, str], int, int]:
 
 def load_coco(folder: str, split: str) -> tuple[np.ndarray, list[list[Instance]], list[str]]:
     """uint8 images (N,H,W,3), each image's box instances and the category names of a COCO
-    folder laid out as ``dde world export`` writes it (annotations/instances_SPLIT.json, images/SPLIT/)."""
+    folder (``coco_split``)."""
     import contextlib
     import io
     from pathlib import Path
@@ -65,11 +77,12 @@ def load_coco(folder: str, split: str) -> tuple[np.ndarray, list[list[Instance]]
 
     from ...images import decode_rgb
 
+    annotations, image_folder = coco_split(folder, split)
     with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(coco_annotations(folder, split))
+        coco = COCO(annotations)
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     ids = sorted(coco.getImgIds())
-    root = Path(folder, "images", split)  # images decoded as references are: orientation, bit depth, transparency
+    root = Path(image_folder)  # images decoded as references are: orientation, bit depth, transparency
     images = np.stack([decode_rgb((root / coco.imgs[i]["file_name"]).read_bytes()) for i in ids])
     instances = [[Instance(names[a["category_id"]], box=tuple(a["bbox"]))
                   for a in coco.loadAnns(coco.getAnnIds(imgIds=[i], iscrowd=False))] for i in ids]

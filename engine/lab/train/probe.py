@@ -310,7 +310,7 @@ def probe(out: str, val: str, recipe: ProbeRecipe, real: str | None = None, fold
           workers: int = 1, gpus: bool = False, device: str | None = None) -> dict:
     """Train and score the probe (``device`` set: directly on it, without Ray); returns probe.json's
     content. Every input is checked, and refused with one line, before anything is written."""
-    from .detection import fingerprint, launch
+    from .detection import coco_split, fingerprint, launch
 
     if real is None and recipe.alpha != 1:
         raise UserError(f"--alpha: expected it only with --real (synthetic-only probes use alpha 1), "
@@ -320,8 +320,8 @@ def probe(out: str, val: str, recipe: ProbeRecipe, real: str | None = None, fold
     semantic = _masks(out, val, real) if recipe.task == "segmentation" else None
 
     def coco(root: str, split: str) -> list[str]:
-        return [os.path.abspath(os.path.join(root, "images", split)),
-                os.path.abspath(os.path.join(root, "annotations", f"instances_{split}.json"))]
+        annotations, images = coco_split(root, split)
+        return [os.path.abspath(images), os.path.abspath(annotations)]
 
     config = {"out": folder, "classes": checked["classes"], "ignored": checked["ignored"], "size": checked["size"],
               "recipe": recipe.to_json(), "val": coco(val, "val"),
