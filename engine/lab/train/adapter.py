@@ -86,20 +86,20 @@ def _split(folders: list[str], val_images: int):
 
     from .detection import load_coco
 
-    parts = []
+    train_parts, train_boxes, val_parts, val_boxes = [], [], [], []
     for folder in folders:
         images, instances, classes = load_coco(folder, "train")
         if os.path.exists(os.path.join(folder, "annotations", "instances_val.json")):
-            val, val_instances, _ = load_coco(folder, "val")
-            parts.append(((images, instances), (val[:val_images], val_instances[:val_images])))
-            continue
-        cut = len(images) - min(val_images, len(images) // 5)
-        parts.append(((images[:cut], instances[:cut]), (images[cut:], instances[cut:])))
-
-    def pooled(k: int):
-        return np.concatenate([p[k][0] for p in parts]), [i for p in parts for i in p[k][1]]
-
-    return pooled(0), pooled(1), classes
+            held, held_instances, _ = load_coco(folder, "val")
+            held, held_instances = held[:val_images], held_instances[:val_images]
+        else:
+            cut = len(images) - min(val_images, len(images) // 5)
+            images, instances, held, held_instances = images[:cut], instances[:cut], images[cut:], instances[cut:]
+        train_parts.append(images)
+        train_boxes += instances
+        val_parts.append(held)
+        val_boxes += held_instances
+    return (np.concatenate(train_parts), train_boxes), (np.concatenate(val_parts), val_boxes), classes
 
 
 def _adapter_loop(config: dict) -> None:
