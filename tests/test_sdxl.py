@@ -93,7 +93,10 @@ def test_attention_capture_on_the_sdxl_unet(tiny_sdxl):
     # SDXL's layout: no attention at the top level; the defaults take the two finest sides there are
     assert head.store.config.cross_resolutions == (8, 4) and head.store.config.self_resolution == 8
     wrapped = [n for n, p in backend.pipe.unet.attn_processors.items() if type(p).__name__ == "_CaptureProcessor"]
-    assert any(n.startswith("down_blocks.2.attentions.0.transformer_blocks.1.attn2") for n in wrapped)
+    # a small latent whose up blocks hold both sides: the head's default captures them alone, SDXL's
+    # two-transformer blocks included
+    assert wrapped and all(n.startswith("up_blocks.") for n in wrapped)
+    assert any(".transformer_blocks.1.attn2" in n for n in wrapped)
     out = backend.generate(requests())
     maps = [g.extras["attention"] for g in out]
     assert maps[1]["classes"] == ["circle", "square"]
