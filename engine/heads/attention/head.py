@@ -85,10 +85,10 @@ def capture_config(params: CaptureParams, unet_config: dict, with_self: bool):
 def _default_blocks(unet_config: dict, cross: tuple[int, ...], self_side: int | None) -> tuple[str, ...]:
     """Every block, but for self-attention refinement on small latents the decoder (up) blocks alone where
     they hold every captured side: there the encoder's and the bottleneck's maps blur the class maps that
-    self-attention then spreads (embedded:shapes, two seeds: tau 1's gain over tau 0, mean of seeds 0 and 1,
+    self-attention then spreads (embedded:shapes: tau 1's gain over tau 0, mean of seeds 0 and 1,
     +0.050 / +0.056 / +0.064 on txt2img / img2img / default-world img2img, all blocks +0.035 / +0.038 / +0.039;
-    BENCHMARKS.md). Cross
-    attention alone (bca) keeps every block: its boxes lose up to 0.04 AP50 with the up blocks alone."""
+    BENCHMARKS.md). Cross-attention alone (bca) keeps every block: its boxes lose up to 0.04 AP50 with the up
+    blocks alone."""
     from . import ALL_BLOCKS, attention_resolutions
 
     wanted = {*cross, self_side} - {None}

@@ -84,12 +84,19 @@ def _split(folders: list[str], val_images: int):
     ``val_images``), else the last ``val_images`` of its train split (at most a fifth)."""
     import numpy as np
 
-    from .detection import load_coco
+    from ...errors import UserError
+    from .detection import coco_split, load_coco
+
+    def has_val(folder: str) -> bool:
+        try:
+            return bool(coco_split(folder, "val"))
+        except UserError:
+            return False
 
     train_parts, train_boxes, val_parts, val_boxes = [], [], [], []
     for folder in folders:
         images, instances, classes = load_coco(folder, "train")
-        if os.path.exists(os.path.join(folder, "annotations", "instances_val.json")):
+        if has_val(folder):
             held, held_instances, _ = load_coco(folder, "val")
             held, held_instances = held[:val_images], held_instances[:val_images]
         else:
