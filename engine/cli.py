@@ -227,6 +227,10 @@ def _parser() -> argparse.ArgumentParser:
     clip.add_argument("--out", required=True, help="training folder (checkpoints resume from here)")
     clip.add_argument("--steps", type=_at_least(1))
     clip.add_argument("--batch-size", type=_at_least(1))
+    clip.add_argument("--lr", type=_at_least(0.0, float), help="peak learning rate (recipe default 1e-3)")
+    clip.add_argument("--freeze-text", action="store_true",
+                      help="train the image tower alone: the text tower, which is the embedded UNet's text encoder, "
+                           "stays bit-identical (for continuing from a shipped CLIP with --init-from)")
     clip.add_argument("--max-minutes", type=_at_least(0.0, float), help="stop cleanly after this long; rerun to continue")
     clip.add_argument("--export-unfinished", action="store_true", help="export the weights reached so far")
     clip.add_argument("--export", action="store_true", help="when exported, install the model at engine/models/clip")
@@ -321,6 +325,9 @@ def _parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--steps", type=_at_least(1), default=25)
     fidelity.add_argument("--guidance-scale", type=_at_least(0.0, float), default=7.5)
     fidelity.add_argument("--out", default="bench/results")
+    fidelity.add_argument("--seed", type=_at_least(0), default=0,
+                          help="draws the two-class prompts and the generation seeds (a second seed checks that a "
+                               "difference between models is not the draw)")
     downstream = bench_sub.add_parser("downstream", help="the papers' downstream tables on the shapes world: "
                                                          "probes trained on each dde source against real data")
     downstream.add_argument("--quick", action="store_true", help="small sets and few steps: checks the pipeline "
@@ -605,7 +612,7 @@ def _cmd_bench(args) -> int:
     from .lab.evals.fidelity import fidelity_benchmark
 
     print(json.dumps(fidelity_benchmark(args.model, args.per_class, args.steps, args.guidance_scale,
-                                        out_dir=args.out), indent=1))
+                                        seed=args.seed, out_dir=args.out), indent=1))
     return 0
 
 
@@ -694,8 +701,9 @@ def _train_clip(args) -> int:
     from .lab.train.clip import ClipRecipe, train_clip
     from .models.embedded import CLIP_DIR
 
-    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
-    status = train_clip(args.out, replace(ClipRecipe(), **overrides), max_minutes=args.max_minutes,
+    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                                   "freeze_text": args.freeze_text or None}.items() if v is not None}
+    status = train_clip(args.out, replace(_stored_recipe(args.out, ClipRecipe), **overrides), max_minutes=args.max_minutes,
                         export_unfinished=args.export_unfinished, init_from=args.init_from)
     print(json.dumps(status))
     if args.export and status["exported"]:

@@ -129,6 +129,21 @@ def test_a_run_without_checkpoint_warm_starts_from_an_exported_folder(trained, t
     assert "warm start" in open(os.path.join(out, "sessions.json")).read()
 
 
+def test_freeze_text_trains_the_image_tower_and_keeps_the_text_tower_bit_identical(trained, tmp_path):
+    from dataclasses import replace
+
+    from transformers import CLIPModel
+
+    start = os.path.join(trained, "model")
+    out = str(tmp_path / "frozen")
+    assert train_clip(out, replace(TINY, freeze_text=True), init_from=start, echo=quiet)["exported"]
+    before, after = (CLIPModel.from_pretrained(f).state_dict() for f in (start, os.path.join(out, "model")))
+    text = [k for k in before if k.startswith(("text_model.", "text_projection."))]
+    assert text and all(before[k].equal(after[k]) for k in text), "a frozen text tower must export unchanged"
+    moved = [k for k in before if k.startswith("vision_model.") and not before[k].equal(after[k])]
+    assert moved, "the image tower did not train"
+
+
 def test_a_missing_init_folder_is_refused_with_exit_2(tmp_path):
     import subprocess
 

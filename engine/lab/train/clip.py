@@ -62,6 +62,10 @@ class ClipRecipe:
     min_scale: float = 0.18
     max_scale: float = 0.55
     eval_images: int = 100  # single-object val scenes per class for the card's zero-shot accuracy
+    # Train the image tower (and the temperature) alone: the text tower is the embedded UNet's frozen
+    # text encoder, so a continuation with it frozen sharpens zero-shot scores without moving the
+    # conditioning the UNet was trained on (its exported text weights stay bit-identical).
+    freeze_text: bool = False
     seed: int = 0
 
     def world(self):
@@ -139,7 +143,10 @@ def _fit(out: str, recipe: ClipRecipe, model, tokenizer, log: _Log, deadline: fl
             modules["feature_head"] = torch.nn.Linear(width, teacher[1].in_features)
         if recipe.dense_weight:
             modules["dense_head"] = torch.nn.Linear(model.config.vision_config.hidden_size, teacher[1].in_features)
-    named = [(n, p) for name, m in modules.items() for n, p in m.named_parameters()]
+    if recipe.freeze_text:
+        model.text_model.requires_grad_(False)
+        model.text_projection.requires_grad_(False)
+    named = [(n, p) for name, m in modules.items() for n, p in m.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
