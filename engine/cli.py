@@ -366,7 +366,7 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--val", required=True, help="COCO folder: annotations/instances_val.json, images/val/ "
                                                     "(as `dde world export --split val` writes)")
     probe.add_argument("--real", help="COCO folder of real training data: annotations/instances_train.json, "
-                                      "images/train/; mixed in by --alpha")
+                                      "images/train/ (or another finished dde output); mixed in by --alpha")
     probe.add_argument("--alpha", type=_unit, help="with --real: each sample is synthetic with this probability "
                                                    "(Diffusion Synthesis Eq. 3; default 0.4, the paper's best)")
     probe.add_argument("--task", choices=["detection", "segmentation"], default="detection",

@@ -127,6 +127,10 @@ def test_probe_mixes_real_data_by_alpha(probe_inputs, tmp_path):
     result = probe(out, val, ProbeRecipe(steps=1, batch=2, alpha=0.5), real=str(real), folder=str(tmp_path / "p"),
                    device="cpu")
     assert result["alpha"] == 0.5 and result["images"]["real"] == 8
+    # --real also takes a finished dde output (coco/instances.json), as `dde train adapter --data` does
+    other = probe(out, val, ProbeRecipe(steps=1, batch=2, alpha=0.5), real=out, folder=str(tmp_path / "o"),
+                  device="cpu")
+    assert other["images"]["real"] == 32
     first = probe(out, val, ProbeRecipe(steps=1, batch=2, synthetic_images=10), folder=str(tmp_path / "q"),
                   device="cpu")
     assert first["images"]["synthetic"] == 10  # the output's first 10 images: sources compared at equal counts
