@@ -1,6 +1,7 @@
 """The small shapes CLIP: a tiny random one trains, resumes exactly, exports as a standard
 transformers CLIP folder, and the zero-shot eval and scores run on it."""
 
+import json
 import os
 
 import numpy as np
@@ -142,6 +143,15 @@ def test_freeze_text_trains_the_image_tower_and_keeps_the_text_tower_bit_identic
     assert text and all(before[k].equal(after[k]) for k in text), "a frozen text tower must export unchanged"
     moved = [k for k in before if k.startswith("vision_model.") and not before[k].equal(after[k])]
     assert moved, "the image tower did not train"
+    tokenizer = json.load(open(os.path.join(out, "model", "tokenizer.json")))
+    assert tokenizer["padding"] is None and tokenizer["truncation"] is None, "exported with training's padding"
+    # a continuation's recipe kept beside the first run's is listed in the card
+    from engine.lab.train.clip import write_clip_card
+
+    with open(os.path.join(out, "recipe-stage2.json"), "w") as f:
+        f.write('{"freeze_text": true}')
+    write_clip_card(out)
+    assert 'Continued by `recipe-stage2.json`' in open(os.path.join(out, "model", "README.md")).read()
 
 
 def test_a_missing_init_folder_is_refused_with_exit_2(tmp_path):

@@ -264,7 +264,7 @@ def train_clip(out: str, recipe: ClipRecipe = ClipRecipe(), *, max_minutes: floa
                                                    if init_from and trained == step else {}))
     status = {"step": step, "exported": False}
     if step >= recipe.steps or (export_unfinished and step > 0):
-        export_clip(os.path.join(out, "model"), model.eval(), tokenizer)
+        export_clip(os.path.join(out, "model"), model.eval(), build_tokenizer())  # not the one padded in training
         write_clip_card(out)
         status["exported"] = True
     return status
@@ -290,6 +290,8 @@ def write_clip_card(out: str) -> dict:
     rows = "\n".join(f"| {i + 1} | {s['hardware']} | {s['minutes']} | {s['step']} | {s.get('note', '')} |"
                      for i, s in enumerate(sessions))
     reached = sessions[-1]["step"] if sessions else 0
+    stages = "".join(f"\nContinued by `{name}` (its sessions below):\n```json\n{open(os.path.join(out, name)).read().strip()}\n```"
+                     for name in sorted(n for n in os.listdir(out) if n.startswith("recipe-stage")))
     notes_path = os.path.join(out, "notes.md")  # the trainer's own findings, kept across re-exports
     notes = "\n" + open(notes_path).read() if os.path.exists(notes_path) else ""
     state = ("" if reached >= recipe["steps"] else
@@ -321,7 +323,7 @@ draws), prompt "a photograph of a <class>" against the 6 classes, measured by
 ## Training recipe
 ```json
 {json.dumps(recipe, indent=1)}
-```
+```{stages}
 Plus, each weighted as the recipe says: a multi-label "which classes are present" loss on the
 image embedding through a linear head (`class_loss_weight`); the same head on the text embedding,
 predicting the classes the prompt names (`text_class_loss_weight`); and knowledge distillation
@@ -342,7 +344,9 @@ and `--steps N` above the recipe's trains further (the cosine schedule stretches
 `--max-minutes` stops cleanly at any point; `--export` installs the result at `engine/models/clip`.
 The checkpoint (about 14 MB with AdamW's moments) is not in the repository; on a machine without
 it, `dde train clip --out DIR --init-from engine/models/clip --steps N` warm-starts from these
-weights (fresh class heads, AdamW and schedule: a continuation, not a replay of the same run).
+weights (fresh class heads, AdamW and schedule: a continuation, not a replay of the same run);
+add `--freeze-text` to train the image tower alone, which keeps the text tower (the embedded UNet's
+text encoder) bit-identical, so the UNet's conditioning does not move.
 
 ## Sessions (hardware, minutes, step reached)
 | session | hardware | minutes | step | note |
