@@ -253,7 +253,8 @@ def _parser() -> argparse.ArgumentParser:
     controlnet.add_argument("--eval-images", type=_at_least(2), default=64,
                             help="val scenes for the agreement measured against an untrained ControlNet")
     controlnet.add_argument("--export", action="store_true",
-                            help="install at engine/models/controlnet, only if it beats the untrained one")
+                            help="install at engine/models/controlnet, only if it beats the untrained one and, "
+                                 "warm-started, the one it started from")
 
     oracle = train_sub.add_parser("oracle", help="the fidelity oracle (multi-label classifier) on rendered scenes")
     oracle.add_argument("--steps", type=_at_least(1), default=1500)
@@ -667,7 +668,7 @@ def _train_controlnet(args) -> int:
     from dataclasses import asdict, replace
 
     from .models.embedded import EMBEDDED_CONTROLNETS
-    from .lab.evals.controlnet import measure
+    from .lab.evals.controlnet import measure, strongest_baseline
     from .lab.train.controlnet import ControlNetRecipe, recipe_flags, train_controlnet, write_card
 
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
@@ -678,19 +679,20 @@ def _train_controlnet(args) -> int:
         raise UserError(f"--{e}") from e
     status = train_controlnet(args.out, recipe, max_minutes=args.max_minutes)
     agreement = measure(args.out, args.eval_images)
-    better = agreement["trained"]["mIoU"] > agreement["untrained (from_unet)"]["mIoU"]
+    rival = strongest_baseline(agreement)
+    better = agreement["trained"]["mIoU"] > agreement[rival]["mIoU"]
     write_card(args.out, {"agreement": agreement, "command": f"dde train controlnet --out {args.out} "
                           f"{recipe_flags(asdict(recipe))} --eval-images {args.eval_images}", "note": "segmentation-oracle mIoU between the "
                           "condition and the generated image (txt2img, 25 steps, guidance 7.5, class_index "
                           "palette), on the same val scenes and seeds"})
-    print(json.dumps({**status, "agreement": agreement, "beats_untrained": better}, indent=1))
+    print(json.dumps({**status, "agreement": agreement, "beats_untrained_and_start": better}, indent=1))
     if args.export and better:
         target = EMBEDDED_CONTROLNETS["shapes"]
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(f"{args.out}/controlnet", target)
         print(f"installed as the embedded ControlNet at {target}")
     elif args.export:
-        print("not installed: it does not beat the untrained ControlNet")
+        print(f"not installed: it does not beat {rival} (mIoU {agreement[rival]['mIoU']})")
     return 0
 
 

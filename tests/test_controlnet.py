@@ -569,3 +569,12 @@ def test_card_commands_reproduce_the_recipe(tmp_path):
     card = (tmp_path / "controlnet" / "README.md").read_text()
     assert ("dde train controlnet --out training/controlnet --steps 1200 --init-from engine/models/controlnet "
             "--worlds model,default --export") in card
+
+
+def test_a_refit_is_installed_only_above_the_controlnet_it_started_from():
+    from engine.lab.evals.controlnet import strongest_baseline
+
+    measured = {"untrained (from_unet)": {"mIoU": 0.17}, "start (engine/models/controlnet)": {"mIoU": 0.749},
+                "trained": {"mIoU": 0.703}}
+    assert strongest_baseline(measured) == "start (engine/models/controlnet)"
+    assert strongest_baseline({"untrained (from_unet)": {"mIoU": 0.17}, "trained": {"mIoU": 0.7}}) == "untrained (from_unet)"
