@@ -137,6 +137,8 @@ def test_fidelity_benchmark_reports_every_metric(tiny_model, tmp_path):
     assert result["oracle_ceiling_exact_single"] > 0.7, "rendered single-class scenes hold no other class"
     assert set(result["fidelity_single_per_class"]) == {"circle", "square", "triangle", "star", "ring", "cross"}
     assert result["frechet_oracle_generated_vs_rendered"] > result["frechet_oracle_rendered_vs_rendered"] >= 0
+    assert (result["frechet_oracle_generated_vs_prompted_rendered"]
+            > result["frechet_oracle_prompted_rendered_vs_rendered"] >= 0)
     assert json.load(open(tmp_path / "fidelity.json")) == result
     assert (tmp_path / "fidelity_preview.png").stat().st_size > 0
 

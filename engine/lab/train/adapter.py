@@ -84,19 +84,12 @@ def _split(folders: list[str], val_images: int):
     ``val_images``), else the last ``val_images`` of its train split (at most a fifth)."""
     import numpy as np
 
-    from ...errors import UserError
-    from .detection import coco_split, load_coco
-
-    def has_val(folder: str) -> bool:
-        try:
-            return bool(coco_split(folder, "val"))
-        except UserError:
-            return False
+    from .detection import has_split, load_coco
 
     train_parts, train_boxes, val_parts, val_boxes = [], [], [], []
     for folder in folders:
         images, instances, classes = load_coco(folder, "train")
-        if has_val(folder):
+        if has_split(folder, "val"):
             held, held_instances, _ = load_coco(folder, "val")
             held, held_instances = held[:val_images], held_instances[:val_images]
         else:

@@ -18,7 +18,7 @@ from ...errors import UserError
 from ...records import Instance
 from . import flushed_print
 
-__all__ = ["check_model", "coco_split", "coco_annotations", "read_categories", "load_coco", "FeatureExtractor", "cached", "fingerprint", "Schedule", "train_schedule", "evaluate_boxes",
+__all__ = ["check_model", "coco_split", "has_split", "coco_annotations", "read_categories", "load_coco", "FeatureExtractor", "cached", "fingerprint", "Schedule", "train_schedule", "evaluate_boxes",
            "write_curve", "launch", "run_on_ray", "worker_share", "targets_batch", "WorkerContext"]
 
 
@@ -33,16 +33,28 @@ def check_model(model: str) -> None:
 
 
 # ---- data
-def coco_split(folder: str, split: str, field: str = "--data") -> tuple[str, str]:
-    """(instances file, image folder) of a split, or one clear error naming ``field``: a COCO folder
-    as `dde world export` writes it (annotations/instances_SPLIT.json, images/SPLIT/), or, as the
-    train split, a finished dde output (coco/instances.json, coco/images/: the engine's own data)."""
+def _split_paths(folder: str, split: str) -> tuple[str, str] | None:
     exported = os.path.join(folder, "annotations", f"instances_{split}.json"), os.path.join(folder, "images", split)
     if os.path.exists(exported[0]):
         return exported
     output = os.path.join(folder, "coco", "instances.json"), os.path.join(folder, "coco", "images")
     if split == "train" and os.path.exists(output[0]):
         return output
+    return None
+
+
+def has_split(folder: str, split: str) -> bool:
+    """Whether ``coco_split(folder, split)`` finds the split."""
+    return _split_paths(folder, split) is not None
+
+
+def coco_split(folder: str, split: str, field: str = "--data") -> tuple[str, str]:
+    """(instances file, image folder) of a split, or one clear error naming ``field``: a COCO folder
+    as `dde world export` writes it (annotations/instances_SPLIT.json, images/SPLIT/), or, as the
+    train split, a finished dde output (coco/instances.json, coco/images/: the engine's own data)."""
+    paths = _split_paths(folder, split)
+    if paths:
+        return paths
     raise UserError(f"{field}: expected a COCO folder with annotations/instances_{split}.json and images/{split}/ "
                     f"(as `dde world export --out DIR --split {split}` writes)"
                     + (" or a finished dde output (coco/instances.json)" if split == "train" else "")
