@@ -115,9 +115,9 @@ def _classes_found(images: np.ndarray, conditions: list[Condition]) -> float:
     """Share of images in which the fidelity oracle finds every class of the condition (an independent
     check: it is not the segmenter that selects)."""
     from ..train.oracle import load_oracle
-    from .fidelity import _oracle_outputs
+    from .fidelity import oracle_outputs
 
-    probs, _ = _oracle_outputs(load_oracle(), images)
+    probs, _ = oracle_outputs(load_oracle(), images)
     return float(np.mean([all(probs[k, CLASSES.index(c)] > 0.5 for c in set(cond.categories))
                           for k, cond in enumerate(conditions)]))
 

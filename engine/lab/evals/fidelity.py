@@ -22,7 +22,7 @@ from ...records import ImageRequest
 from ...world import CLASSES
 from .results import save_result
 
-__all__ = ["fidelity_benchmark", "frechet_distance"]
+__all__ = ["fidelity_benchmark", "frechet_distance", "prompted_scenes", "prompt_sets", "oracle_outputs"]
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -34,7 +34,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * np.real(root)))
 
 
-def _oracle_outputs(oracle, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def oracle_outputs(oracle, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     from ..train.oracle import to_input
@@ -44,7 +44,7 @@ def _oracle_outputs(oracle, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         return torch.sigmoid(oracle[1](features)).numpy(), features.numpy()
 
 
-def _prompt_sets(per_class: int, seed: int) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+def prompt_sets(per_class: int, seed: int) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
     rng = np.random.default_rng(seed)
     pairs = list(itertools.combinations(CLASSES, 2))
     chosen = [pairs[i] for i in rng.integers(len(pairs), size=per_class * len(CLASSES))]
@@ -69,20 +69,18 @@ def _per_class(hit: np.ndarray, prompts: list[tuple[str, tuple[str, ...]]]) -> d
     return {c: round(float(np.mean([h for h, (_, cl) in zip(hit, prompts) if c in cl])), 4) for c in CLASSES}
 
 
-def _prompted_rendered(oracle, prompts: list[tuple[str, tuple[str, ...]]], seed: int,
-                       draw: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The oracle's (probs, features) of rendered scenes holding exactly the prompted classes, one per
-    prompt: what a perfect generator would draw. ``draw`` picks an independent set of scenes."""
+def prompted_scenes(prompts: list[tuple[str, tuple[str, ...]]], seed: int, draw: int = 0) -> np.ndarray:
+    """(N, 64, 64, 3) uint8 rendered scenes of the model's world holding exactly the prompted classes,
+    one per prompt: what a perfect generator would draw. ``draw`` picks an independent set."""
     from dataclasses import replace
 
     from ...models.embedded import model_world
     from ...world import render_scene
 
     world = model_world()
-    images = np.stack([render_scene(derive_seed(seed, (7 + draw) * 10**6 + k), classes,
-                                    replace(world, min_objects=len(classes), max_objects=len(classes))).image
-                       for k, (_, classes) in enumerate(prompts)])
-    return _oracle_outputs(oracle, images)
+    return np.stack([render_scene(derive_seed(seed, (7 + draw) * 10**6 + k), classes,
+                                  replace(world, min_objects=len(classes), max_objects=len(classes))).image
+                     for k, (_, classes) in enumerate(prompts)])
 
 
 def _preview(path: str, images: np.ndarray, prompts: list[str], columns: int = 8, scale: int = 2) -> None:
@@ -113,21 +111,21 @@ def fidelity_benchmark(model: str = "embedded:shapes", per_class: int = 50, step
                     "oracle_rendered_val": json.load(open(os.path.join(ORACLE_DIR, "classifier.json")))["rendered_val"]}
     all_features, previews, prompted_a, prompted_b = [], [], [], []
     started = time.time()
-    for name, prompts in _prompt_sets(per_class, seed).items():
+    for name, prompts in prompt_sets(per_class, seed).items():
         requests = [ImageRequest(k, derive_seed(seed, k + (0 if name == "single" else 10**6)), p)
                     for k, (p, _) in enumerate(prompts)]
         images = np.stack([g.image for start in range(0, len(requests), batch_size)
                            for g in backend.generate(requests[start:start + batch_size])])
-        probs, features = _oracle_outputs(oracle, images)
+        probs, features = oracle_outputs(oracle, images)
         hit, exact = _all_found(probs, prompts), _exactly_found(probs, prompts)
         result[f"fidelity_{name}"] = round(float(hit.mean()), 4)
         result[f"exact_{name}"] = round(float(exact.mean()), 4)
         # the rendered ceiling: the same scores for a perfect generator, to read the generated ones against
-        ceiling_probs, ceiling_features = _prompted_rendered(oracle, prompts, seed)
+        ceiling_probs, ceiling_features = oracle_outputs(oracle, prompted_scenes(prompts, seed))
         result[f"oracle_ceiling_{name}"] = round(float(_all_found(ceiling_probs, prompts).mean()), 4)
         result[f"oracle_ceiling_exact_{name}"] = round(float(_exactly_found(ceiling_probs, prompts).mean()), 4)
         prompted_a.append(ceiling_features)
-        prompted_b.append(_prompted_rendered(oracle, prompts, seed, draw=1)[1])
+        prompted_b.append(oracle_outputs(oracle, prompted_scenes(prompts, seed, draw=1))[1])
         result[f"classes_found_per_image_{name}"] = round(float((probs > 0.5).sum(1).mean()), 3)
         result[f"fidelity_{name}_per_class"] = _per_class(hit, prompts)
         result[f"exact_{name}_per_class"] = _per_class(exact, prompts)
@@ -136,7 +134,7 @@ def fidelity_benchmark(model: str = "embedded:shapes", per_class: int = 50, step
     generated = np.concatenate(all_features)
     rendered_a, _ = rendered_set(424_242, len(generated))
     rendered_b, _ = rendered_set(535_353, len(generated))
-    feats_a, feats_b = _oracle_outputs(oracle, rendered_a)[1], _oracle_outputs(oracle, rendered_b)[1]
+    feats_a, feats_b = oracle_outputs(oracle, rendered_a)[1], oracle_outputs(oracle, rendered_b)[1]
     result["frechet_oracle_generated_vs_rendered"] = round(frechet_distance(generated, feats_a), 3)
     result["frechet_oracle_rendered_vs_rendered"] = round(frechet_distance(feats_b, feats_a), 3)
     # Against scenes holding exactly the prompted classes: the reference above draws 1-3 random
