@@ -207,16 +207,9 @@ def _parser() -> argparse.ArgumentParser:
     diffusion = train_sub.add_parser("diffusion", help="the embedded diffusion model, on the shapes world")
     diffusion.add_argument("--out", required=True, help="training folder (checkpoints resume from here)")
     diffusion.add_argument("--vae-steps", type=_at_least(1))
-    diffusion.add_argument("--unet-steps", type=_at_least(0),
-                           help="UNet steps of this run's schedule (0 with --init-from: keep its UNet as it is)")
+    diffusion.add_argument("--unet-steps", type=_at_least(1))
     diffusion.add_argument("--batch-size", type=_at_least(1))
     diffusion.add_argument("--unet-lr", type=_at_least(1e-8, float))
-    diffusion.add_argument("--decoder-steps", type=_at_least(0),
-                           help="then fine-tune the VAE decoder alone for this many steps (L1 on rendered scenes), "
-                                "before the UNet: the encoder and its latent space stay as they are, so a warm "
-                                "start's UNet still fits (0: none)")
-    diffusion.add_argument("--decoder-lr", type=_at_least(1e-8, float), help="peak learning rate of --decoder-steps "
-                                                                            "(recipe default 2e-4)")
     diffusion.add_argument("--text-encoder", choices=("train", "frozen-clip"),
                            help="train: a text encoder trained with the UNet (v1); frozen-clip: the small shapes "
                                 "CLIP's text tower, frozen (v2)")
@@ -645,7 +638,6 @@ def _train_diffusion(args) -> int:
 
     overrides = {k: v for k, v in {"vae_steps": args.vae_steps, "unet_steps": args.unet_steps,
                                    "batch_size": args.batch_size, "unet_lr": args.unet_lr,
-                                   "decoder_steps": args.decoder_steps, "decoder_lr": args.decoder_lr,
                                    "text_encoder": args.text_encoder, "init_from": args.init_from}.items()
                  if v is not None}
     recipe = _stored_recipe(args.out, DiffusionRecipe)

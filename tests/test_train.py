@@ -66,38 +66,6 @@ def test_warm_start_with_the_frozen_clip_text_encoder_resumes(tmp_path):
         assert "_name_or_path" not in json.load(open(os.path.join(v2, "model", part, "config.json")))
 
 
-def test_a_decoder_stage_keeps_the_encoder_and_the_unet_and_resumes(tmp_path):
-    """`--decoder-steps N --unet-steps 0 --init-from MODEL`: only the VAE decoder trains (the latent
-    space the UNet was trained in stays bit-identical), a stopped stage continues, and the export
-    carries the warm start's UNet unchanged."""
-    v1 = str(tmp_path / "v1")
-    assert train_diffusion(v1, TINY, echo=lambda *_: None)["exported"]
-    recipe = DiffusionRecipe(**{**vars(TINY), "unet_steps": 0, "decoder_steps": 4, "init_from": f"{v1}/model"})
-    stage = str(tmp_path / "stage")
-    assert train_diffusion(stage, recipe, max_minutes=1e-6, echo=lambda *_: None)["vae_done"] is False
-    assert train_diffusion(stage, recipe, echo=lambda *_: None) == {"vae_done": True, "unet_step": 0, "exported": True}
-
-    def weights(folder, part, name):
-        return load_file(os.path.join(folder, "model", part, name))
-
-    before = weights(v1, "vae", "diffusion_pytorch_model.safetensors")
-    after = weights(stage, "vae", "diffusion_pytorch_model.safetensors")
-    changed = {k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy())}
-    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), sorted(changed)[:3]
-    unet = "diffusion_pytorch_model.safetensors"
-    assert all(np.array_equal(v.numpy(), weights(stage, "unet", unet)[k].numpy())
-               for k, v in weights(v1, "unet", unet).items())
-    assert "decoder fine-tuned for 4 steps" in open(os.path.join(stage, "model", "README.md")).read()
-
-
-def test_unet_steps_0_needs_a_warm_start(tmp_path):
-    from engine.errors import UserError
-
-    with pytest.raises(UserError, match="unet_steps"):
-        train_diffusion(str(tmp_path / "run"), DiffusionRecipe(unet_steps=0), echo=lambda *_: None)
-    assert not os.path.exists(tmp_path / "run")
-
-
 def test_an_unknown_text_encoder_is_refused_before_anything_is_written(tmp_path):
     from engine.errors import UserError
 

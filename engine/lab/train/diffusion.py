@@ -44,9 +44,6 @@ class DiffusionRecipe:
     cfg_dropout: float = 0.1
     min_snr_gamma: float = 5.0
     kl_weight: float = 1e-6
-    # After the VAE (or the warm start's VAE): the decoder alone, encoder frozen (0: none)
-    decoder_steps: int = 0
-    decoder_lr: float = 2e-4
     # The training world (``models.embedded.MODEL_WORLD``)
     max_objects: int = MODEL_WORLD["max_objects"]
     min_scale: float = MODEL_WORLD["min_scale"]
@@ -114,59 +111,38 @@ def _to_tensor(images: np.ndarray):
 
 
 def _train_vae(out: str, recipe: DiffusionRecipe, log: _Log, deadline: float):
+    import torch
     from diffusers import AutoencoderKL
 
     from ...models.embedded import vae_config
 
-    vae = AutoencoderKL(**vae_config())
-    return _fit_vae(out, recipe, vae, "vae", list(vae.parameters()), log, deadline)[:2]
-
-
-def _finetune_decoder(out: str, recipe: DiffusionRecipe, vae, log: _Log, deadline: float):
-    """The decoder alone, on rendered scenes: the encoder, and so the latent space any UNet was
-    trained in, stays bit-identical, as Stable Diffusion's ft-EMA/ft-MSE VAE decoders were made."""
-    trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    return _fit_vae(out, recipe, vae, "decoder", trainable, log, deadline)
-
-
-def _fit_vae(out: str, recipe: DiffusionRecipe, vae, phase: str, trainable: list, log: _Log, deadline: float):
-    """L1 reconstruction (+ KL when the encoder trains) of rendered scenes; checkpointed in
-    ``out/ckpt-PHASE``, resumable. Returns (vae in eval mode, whether the phase is done, steps run
-    by this call)."""
-    import torch
-
-    steps, peak = (recipe.vae_steps, recipe.vae_lr) if phase == "vae" else (recipe.decoder_steps, recipe.decoder_lr)
-    data_seed = recipe.seed * 7919 + (1 if phase == "vae" else 3)
-    encoder_trains = phase == "vae"
-    vae.train().requires_grad_(False)
-    for p in trainable:
-        p.requires_grad_(True)
     config = recipe.world()
-    optimizer = torch.optim.AdamW(trainable, lr=peak, weight_decay=0.0)
-    folder = os.path.join(out, f"ckpt-{phase}")
-    step = start = (load_checkpoint(folder, {"vae": vae}, optimizer) or {"step": 0})["step"]
-    while step < steps and time.time() < deadline:
-        images, _ = render_batch(data_seed, step * recipe.vae_batch_size, recipe.vae_batch_size, config)
+    vae = AutoencoderKL(**vae_config())
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    folder = os.path.join(out, "ckpt-vae")
+    meta = load_checkpoint(folder, {"vae": vae}, optimizer) or {"step": 0}
+    step = meta["step"]
+    while step < recipe.vae_steps and time.time() < deadline:
+        images, _ = render_batch(recipe.seed * 7919 + 1, step * recipe.vae_batch_size, recipe.vae_batch_size, config)
         x = _to_tensor(images)
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, steps, peak, recipe.warmup)
-        with torch.set_grad_enabled(encoder_trains):
-            posterior = vae.encode(x).latent_dist
-            latents = posterior.sample(generator=_step_generator(recipe.seed, step))
-        l1 = (vae.decode(latents).sample - x).abs().mean()
-        loss = l1 + recipe.kl_weight * posterior.kl().mean() if encoder_trains else l1
+            group["lr"] = _lr(step, recipe.vae_steps, recipe.vae_lr, recipe.warmup)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=_step_generator(recipe.seed, step))).sample
+        l1 = (recon - x).abs().mean()
+        loss = l1 + recipe.kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         step += 1
         if step % 50 == 0:
-            log.row(phase=phase, step=step, loss=round(loss.item(), 5), l1=round(l1.item(), 5))
-        if step % recipe.checkpoint_every == 0 or step == steps:
+            log.row(phase="vae", step=step, loss=round(loss.item(), 5), l1=round(l1.item(), 5))
+        if step % recipe.checkpoint_every == 0 or step == recipe.vae_steps:
             save_checkpoint(folder, {"vae": vae}, optimizer, {"step": step})
-    if step < steps:  # stopped by the deadline: keep what was done
+    if step < recipe.vae_steps:  # stopped by the deadline: keep what was done
         save_checkpoint(folder, {"vae": vae}, optimizer, {"step": step})
-    return vae.eval().requires_grad_(False), step >= steps, step - start
+    return vae.eval(), step >= recipe.vae_steps
 
 
 def _latent_pool(out: str, vae, recipe: DiffusionRecipe, device: str = "cpu"):
@@ -300,14 +276,6 @@ def _train_unet(out: str, recipe: DiffusionRecipe, vae, tokenizer, log: _Log, de
     return ema_unet.module.cpu(), (ema_text.module if ema_text else text_encoder).cpu(), step, step - start
 
 
-def _warm_start_unet_and_text(folder: str):
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    return (UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet")),
-            CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder")))
-
-
 def hardware() -> str:
     import torch
 
@@ -346,9 +314,6 @@ def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, ma
 
     if recipe.text_encoder not in TEXT_ENCODERS:
         raise UserError(f"text_encoder: expected one of {', '.join(TEXT_ENCODERS)}, got {recipe.text_encoder!r}")
-    if not recipe.unet_steps and not recipe.init_from:
-        raise UserError("unet_steps: expected at least 1 without --init-from (0 keeps a warm start's UNet as it is), "
-                        "got 0; give --unet-steps N or --init-from MODEL")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "recipe.json"), "w") as f:
         json.dump(asdict(recipe), f, indent=1)
@@ -362,34 +327,21 @@ def train_diffusion(out: str, recipe: DiffusionRecipe = DiffusionRecipe(), *, ma
         vae, vae_done = AutoencoderKL.from_pretrained(os.path.join(recipe.init_from, "vae")).eval(), True
     else:
         vae, vae_done = _train_vae(out, recipe, log, deadline)
-    decoder_trained = 0
-    if vae_done and recipe.decoder_steps:
-        vae, vae_done, decoder_trained = _finetune_decoder(out, recipe, vae, log, deadline)
     status = {"vae_done": vae_done, "unet_step": 0, "exported": False}
-    decoder_run = {"decoder_steps_run": decoder_trained} if decoder_trained else {}
     if not vae_done:
-        if decoder_run:
-            _record_session(out, started, unet_step=0, **decoder_run)
         return status
-    vae.requires_grad_(False)
     tokenizer = build_tokenizer()
-    if recipe.unet_steps:
-        unet, text_encoder, step, trained = _train_unet(out, recipe, vae, tokenizer, log, deadline, until_step)
-    else:  # a decoder-only stage: the warm start's UNet and text encoder as they are
-        unet, text_encoder, step, trained = *_warm_start_unet_and_text(recipe.init_from), 0, 0
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    unet, text_encoder, step, trained = _train_unet(out, recipe, vae, tokenizer, log, deadline, until_step)
     status["unet_step"] = step
-    if trained or decoder_trained:
-        _record_session(out, started, unet_step=step, **decoder_run)
+    if trained:
+        _record_session(out, started, unet_step=step)
     if step >= recipe.unet_steps or (export_unfinished and step > 0):
         export_pipeline(os.path.join(out, "model"), vae, text_encoder, tokenizer, unet)
         write_model_card(out)
         status["exported"] = True
     return status
-
-
-def _session_note(session: dict) -> str:
-    decoder = f"VAE decoder: {session['decoder_steps_run']} steps" if session.get("decoder_steps_run") else ""
-    return "; ".join(part for part in (session.get("note", ""), decoder) if part)
 
 
 def write_model_card(out: str, fidelity: dict | None = None) -> None:
@@ -399,7 +351,7 @@ def write_model_card(out: str, fidelity: dict | None = None) -> None:
     recipe = json.load(open(os.path.join(out, "recipe.json")))
     sessions = json.load(open(os.path.join(out, "sessions.json")))
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(model) for f in fs)
-    rows = "\n".join(f"| {i + 1} | {s['hardware']} | {s['minutes']} | {s['unet_step']} | {_session_note(s)} |"
+    rows = "\n".join(f"| {i + 1} | {s['hardware']} | {s['minutes']} | {s['unet_step']} | {s.get('note', '')} |"
                      for i, s in enumerate(sessions))
     fidelity_text = ("\n".join(f"- {k}: {v}" for k, v in fidelity.items() if not isinstance(v, dict))
                      if fidelity else "not measured yet: run `dde bench fidelity`")
@@ -414,9 +366,8 @@ def write_model_card(out: str, fidelity: dict | None = None) -> None:
     frozen = recipe.get("text_encoder") == "frozen-clip"
     text_encoder = ("the small shapes CLIP's text tower (`engine/models/clip`), frozen, as SD freezes CLIP"
                     if frozen else "trained with the UNet")
-    decoder = (f"its VAE decoder fine-tuned for {recipe['decoder_steps']} steps, the encoder as it is"
-               if recipe.get("decoder_steps") else "its VAE as it is")
-    origin = f"warm-started from `{recipe['init_from']}` ({decoder})" if recipe.get("init_from") else "trained from scratch"
+    origin = (f"warm-started from `{recipe['init_from']}` (its VAE as it is)"
+              if recipe.get("init_from") else "trained from scratch")
     text = f"""# embedded:shapes
 {state}
 A Stable-Diffusion-architecture model (AutoencoderKL, CLIPTextModel, CLIPTokenizer over the
@@ -430,8 +381,7 @@ shapes world's vocabulary, UNet2DConditionModel), {origin} by
 ```json
 {json.dumps(recipe, indent=1)}
 ```
-VAE first (L1 + KL; skipped on a warm start), then, with `decoder_steps`, the decoder alone (L1;
-the encoder and its latent space frozen, as Stable Diffusion's ft-MSE decoder), then the UNet (and a trained text encoder) on a
+VAE first (L1 + KL; skipped on a warm start), then the UNet (and a trained text encoder) on a
 cached pool of encoded scenes, with EMA (the exported weights are the EMA), min-SNR weighting
 and caption-dropout for classifier-free guidance. Prompts mix the world's captions with the
 engine's prompt styles (class combinations, DiffusionEngine's generic prompt,
