@@ -228,9 +228,10 @@ def _parser() -> argparse.ArgumentParser:
     clip.add_argument("--steps", type=_at_least(1))
     clip.add_argument("--batch-size", type=_at_least(1))
     clip.add_argument("--lr", type=_at_least(0.0, float), help="peak learning rate (recipe default 1e-3)")
-    clip.add_argument("--freeze-text", action="store_true",
+    clip.add_argument("--freeze-text", action=argparse.BooleanOptionalAction,
                       help="train the image tower alone: the text tower, which is the embedded UNet's text encoder, "
-                           "stays bit-identical (for continuing from a shipped CLIP with --init-from)")
+                           "stays bit-identical (for continuing from a shipped CLIP with --init-from); a rerun keeps "
+                           "the folder's choice unless --freeze-text or --no-freeze-text is given")
     clip.add_argument("--max-minutes", type=_at_least(0.0, float), help="stop cleanly after this long; rerun to continue")
     clip.add_argument("--export-unfinished", action="store_true", help="export the weights reached so far")
     clip.add_argument("--export", action="store_true", help="when exported, install the model at engine/models/clip")
@@ -704,7 +705,7 @@ def _train_clip(args) -> int:
     from .models.embedded import CLIP_DIR
 
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                                   "freeze_text": args.freeze_text or None}.items() if v is not None}
+                                   "freeze_text": args.freeze_text}.items() if v is not None}
     status = train_clip(args.out, replace(_stored_recipe(args.out, ClipRecipe), **overrides), max_minutes=args.max_minutes,
                         export_unfinished=args.export_unfinished, init_from=args.init_from)
     print(json.dumps(status))

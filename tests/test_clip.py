@@ -163,3 +163,13 @@ def test_a_missing_init_folder_is_refused_with_exit_2(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "argument --init-from: expected a CLIP folder" in proc.stderr
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_freeze_text_is_kept_from_the_folder_unless_a_flag_says_otherwise():
+    from engine.cli import _parser
+
+    def freeze(*flags):
+        return _parser().parse_args(["train", "clip", "--out", "x", *flags]).freeze_text
+
+    assert (freeze(), freeze("--freeze-text"), freeze("--no-freeze-text")) == (None, True, False)
+
