@@ -609,7 +609,7 @@ def _cmd_bench(args) -> int:
         result = labels_benchmark(args.model, args.images, args.steps, args.guidance_scale,
                                   seed=args.seed, head_params=args.head_params, out_dir=args.out,
                                   world=args.reference_world)
-        print(open(os.path.join(args.out, f"{result_name(args.reference_world)}.md")).read())
+        print(open(os.path.join(args.out, f"{result_name(args.reference_world, args.seed)}.md")).read())
         return 0 if result else 1
     from .lab.evals.fidelity import fidelity_benchmark
 

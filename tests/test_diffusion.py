@@ -143,6 +143,13 @@ def test_fidelity_benchmark_reports_every_metric(tiny_model, tmp_path):
     assert (tmp_path / "fidelity_preview.png").stat().st_size > 0
 
 
+def test_bench_results_of_several_seeds_and_worlds_do_not_overwrite_each_other():
+    from engine.lab.evals.labels import result_name
+
+    names = [result_name(world, seed) for world in ("model", "default") for seed in (0, 1)]
+    assert names == ["labels", "labels-seed1", "labels-default-world", "labels-default-world-seed1"]
+
+
 def test_labels_benchmark_takes_img2img_references_from_either_world(tiny_model, tmp_path):
     """--reference-world default: the img2img references are `dde world export`'s default scenes (up to
     4 smaller objects), scored against their own masks and written apart from the model-world result."""

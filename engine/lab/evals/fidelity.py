@@ -145,7 +145,8 @@ def fidelity_benchmark(model: str = "embedded:shapes", per_class: int = 50, step
     result["frechet_oracle_prompted_rendered_vs_rendered"] = round(frechet_distance(prompted_b, prompted_a), 3)
     result["seconds"] = round(time.time() - started, 1)
     os.makedirs(out_dir, exist_ok=True)
-    _preview(os.path.join(out_dir, "fidelity_preview.png"), np.stack([p[0] for p in previews]),
+    stem = "fidelity" + (f"-seed{seed}" if seed else "")  # several seeds can share one out_dir
+    _preview(os.path.join(out_dir, f"{stem}_preview.png"), np.stack([p[0] for p in previews]),
              [p[1] for p in previews])
-    save_result(out_dir, "fidelity", result)
+    save_result(out_dir, stem, result)
     return result

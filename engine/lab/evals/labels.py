@@ -51,9 +51,10 @@ def txt2img_requests(count: int, seed: int) -> list[ImageRequest]:
     return requests
 
 
-def result_name(world: str) -> str:
-    """The result files' stem: ``labels`` for the model's world, ``labels-default-world`` else."""
-    return "labels" if world == "model" else f"labels-{world}-world"
+def result_name(world: str, seed: int = 0) -> str:
+    """The result files' stem: ``labels`` for the model's world, ``labels-default-world`` else, and
+    ``-seedN`` for a seed other than 0, so runs of several seeds can share one ``--out``."""
+    return "labels" + ("" if world == "model" else f"-{world}-world") + (f"-seed{seed}" if seed else "")
 
 
 def img2img_requests(count: int, seed: int, world: str = "model", size: int = 64) -> tuple[list[ImageRequest], list]:
@@ -214,7 +215,8 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
                      batch_size: int = 16, seed: int = 0, head_params: dict | None = None,
                      out_dir: str = "bench/results", world: str = "model") -> dict:
     """Writes ``labels.{json,md}`` (``labels-default-world`` when the img2img references come from
-    the default world); ``world`` names a ``models.embedded.NAMED_WORLDS`` entry."""
+    the default world, ``-seedN`` after either for a seed other than 0: ``result_name``); ``world``
+    names a ``models.embedded.NAMED_WORLDS`` entry."""
     from ...backends.diffusion import DiffusionBackend, DiffusionParams
     from ...heads.attention.head import AttentionHead
     from ...models.shipped import SEGMENTER_DIR
@@ -259,7 +261,7 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
     result["img2img"]["oracle_vs_reference_truth"] = _oracle_agreement(oracle, generated, truths)
     result["seconds"] = round(time.time() - started, 1)
 
-    save_result(out_dir, result_name(world), result, markdown_tables(result))
+    save_result(out_dir, result_name(world, seed), result, markdown_tables(result))
     return result
 
 
