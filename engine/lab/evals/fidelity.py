@@ -139,7 +139,7 @@ def fidelity_benchmark(model: str = "embedded:shapes", per_class: int = 50, step
     result["frechet_oracle_rendered_vs_rendered"] = round(frechet_distance(feats_b, feats_a), 3)
     # Against scenes holding exactly the prompted classes: the reference above draws 1-3 random
     # objects, which the prompt sets (one class, two classes) never ask for, so a perfect generator
-    # scores about 1.8 there; here it scores the rendered-vs-rendered value below it.
+    # scores about 1.7 there (bench/frechet_floor.py); here it scores the rendered-vs-rendered value below.
     prompted_a, prompted_b = np.concatenate(prompted_a), np.concatenate(prompted_b)
     result["frechet_oracle_generated_vs_prompted_rendered"] = round(frechet_distance(generated, prompted_a), 3)
     result["frechet_oracle_prompted_rendered_vs_rendered"] = round(frechet_distance(prompted_b, prompted_a), 3)
