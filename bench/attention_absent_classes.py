@@ -5,8 +5,11 @@ prompted class the oracle finds less than the head's smallest instance of:
 
     OMP_NUM_THREADS=1 python bench/attention_absent_classes.py SEED
 """
-import sys, json
+import json
+import sys
+
 import numpy as np
+
 from engine.backends.diffusion import DiffusionBackend, DiffusionParams
 from engine.heads.attention import class_maps, semantic_mask
 from engine.heads.attention.head import AttentionHead

@@ -15,15 +15,22 @@ import sys
 import numpy as np
 
 
-def reconstruct(vae_folder: str, images: np.ndarray, batch: int = 50) -> np.ndarray:
+def decode_encoded(vae_folder: str, images: np.ndarray, batch: int = 50):
+    """(input, reconstruction): (N, 3, H, W) float tensors in [-1, 1] (the reconstruction unclamped)
+    of uint8 (N, H, W, 3) ``images`` through the VAE at ``vae_folder`` (latent means)."""
     import torch
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(vae_folder).eval()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
         out = torch.cat([vae.decode(vae.encode(x[i:i + batch]).latent_dist.mode()).sample
                          for i in range(0, len(x), batch)])
+    return x, out
+
+
+def reconstruct(vae_folder: str, images: np.ndarray) -> np.ndarray:
+    out = decode_encoded(vae_folder, images)[1]
     return ((out.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 

@@ -44,20 +44,16 @@ def finetune(model: str, out: str, steps: int, lr: float, batch: int = 32) -> No
 
 
 def reconstruction_error(vae_folder: str, count: int = 400) -> dict:
-    import torch
-    from diffusers import AutoencoderKL
+    from frechet_floor import decode_encoded
 
     from engine.lab.train.oracle import rendered_set
 
-    x = torch.from_numpy(rendered_set(777_777, count)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    vae = AutoencoderKL.from_pretrained(vae_folder).eval()
-    with torch.no_grad():
-        r = torch.cat([vae.decode(vae.encode(x[i:i + 50]).latent_dist.mode()).sample for i in range(0, count, 50)])
+    x, r = decode_encoded(vae_folder, rendered_set(777_777, count)[0])
     return {"l1": round((r - x).abs().mean().item(), 5), "mse": round(((r - x) ** 2).mean().item(), 5)}
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, os.path.dirname(__file__))  # frechet_floor, beside this script
     from frechet_floor import floors
 
     model, out, steps, lr = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
