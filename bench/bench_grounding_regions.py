@@ -33,7 +33,7 @@ SHIPPED = ("in_place", 1.2, 2 / 3)
 
 
 def centred(image: np.ndarray, boxes: np.ndarray, padding: float) -> np.ndarray:
-    from engine.heads.boxes.regions import region_crops
+    from engine.heads.clip_regions import region_crops
 
     out = region_crops(image, boxes, padding)
     size = image.shape[0]
@@ -67,6 +67,7 @@ def main() -> None:
     import engine.heads.boxes.regions as regions
     from engine.backends.diffusion import DiffusionBackend, DiffusionParams
     from engine.heads.boxes.detector import NMS_IOU, detections
+    from engine.heads.clip_regions import region_crops
     from engine.heads.grounding import GroundingHead
     from engine.lab.evals.labels import generate_kept, img2img_requests
     from engine.lab.metrics.boxes import box_ap
@@ -104,7 +105,7 @@ def main() -> None:
         for crop, padding, weight in [("head_only", None, None), *(SETTINGS if stage == "base" else [SHIPPED])]:
             scored = out
             if crop != "head_only":
-                cut = {"in_place": regions.region_crops, "centred": centred, "resized": resized}[crop]
+                cut = {"in_place": region_crops, "centred": centred, "resized": resized}[crop]
                 scored = regions.clip_rescored(
                     out, images, head.clip, head.clip_text, head.seen, backend.size, weight,
                     crop=lambda image, boxes, _cut=cut, _pad=padding: _cut(image, boxes, _pad))

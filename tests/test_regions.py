@@ -14,7 +14,7 @@ BORDER = (10, 20, 30)
 
 
 def test_a_crop_keeps_the_widened_box_in_place_and_fills_the_rest_with_the_border_colour():
-    from engine.heads.boxes.regions import region_crops
+    from engine.heads.clip_regions import region_crops
 
     image = np.zeros((16, 16, 3), np.uint8)
     image[:] = BORDER
@@ -27,7 +27,8 @@ def test_a_crop_keeps_the_widened_box_in_place_and_fills_the_rest_with_the_borde
 
 
 def test_the_shapes_clip_names_unseen_shapes_that_the_detector_only_boxes():
-    from engine.heads.boxes.regions import clip_class_text, clip_ensemble
+    from engine.heads.boxes.regions import clip_ensemble
+    from engine.heads.clip_regions import clip_class_text
     from engine.models.clip_embeddings import load_clip
     from engine.models.embedded import model_world
     from engine.world import render_scene

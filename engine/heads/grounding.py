@@ -27,7 +27,8 @@ from pydantic import Field
 from ..models.shipped import GROUNDING_DIR
 from ..records import normalise_name
 from ..spec import JobSpec
-from .boxes.regions import CLIP_TEMPLATE, REGION_NMS_IOU, VILD_WEIGHT
+from .boxes.regions import REGION_NMS_IOU, VILD_WEIGHT
+from .clip_regions import CLIP_TEMPLATE
 from .trained import TrainedBoxHead, TrainedHeadParams
 
 __all__ = ["GroundingHead"]
@@ -61,13 +62,12 @@ class GroundingHead(TrainedBoxHead):
     @classmethod
     def check_spec(cls, spec: JobSpec) -> list[str]:
         from ..models.clip_embeddings import is_clip
+        from .clip_regions import check_region_clip
 
         params, problems = spec.label_head.config, super().check_spec(spec)
         if problems:
             return problems
-        if params.region_clip not in ("auto", "none") and not is_clip(params.region_clip):
-            problems.append(f"label_head.params.region_clip: expected 'auto', 'none', 'embedded:clip', a CLIPModel "
-                            f"folder (config.json, safetensors) or a hub id, got {params.region_clip!r}")
+        problems += [p for p in [check_region_clip("label_head.params.region_clip", params.region_clip)] if p]
         if params.region_clip == "auto":
             with open(cls.card_path(params)) as f:
                 trained_with = json.load(f).get("recipe", {}).get("region_clip")
@@ -98,7 +98,7 @@ class GroundingHead(TrainedBoxHead):
         vocabulary, self.clip, region_clip = list(self.names), None, self.region_clip()
         if region_clip:
             from ..models.clip_embeddings import load_clip
-            from .boxes.regions import clip_class_text
+            from .clip_regions import clip_class_text
 
             trained = self.card.get("classes_seen", {})
             seen = {normalise_name(c) for c in trained.get("base", [])}  # the classes it saw boxes of

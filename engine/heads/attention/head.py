@@ -1,6 +1,8 @@
 """``attention``: semantic masks with an uncertainty band from the model's own attention
 (Dataset Diffusion): class-prompt cross-attention refined by self-attention raised to tau,
-thresholded at alpha/beta (Eq. 5); instances are the connected components of each class.
+thresholded at alpha/beta (Eq. 5); instances are the connected components of each class. With a
+``region_clip`` (by default the shapes CLIP on embedded:shapes), each instance's class is then
+re-chosen among those its prompt names, from a crop of it (``maps.region_classes``; not in the paper).
 
 Works with any backend that offers ``diffusers_pipeline``, ``attention_capture`` and
 ``step_callbacks`` (the ``diffusion`` backend, on any SD-architecture model): the head attaches
@@ -181,18 +183,54 @@ class AttentionParams(CaptureParams):
     alpha: float = Field(default=0.5, ge=0, le=1, description="At or below: background (Eq. 5).")
     beta: float = Field(default=0.6, ge=0, le=1,
                         description="At or above: the class; between: uncertain (255; 65535 over 254 classes).")
+    region_clip: str = Field(
+        default="auto", description="A CLIP that re-chooses each instance's class among those its prompt names, "
+                                    "from a crop of the instance (maps.region_classes; not in Dataset Diffusion): "
+                                    "where the model drew another of the named shapes, the label follows the "
+                                    "drawing. 'auto': the shapes CLIP on embedded:shapes, none on other models; "
+                                    "'none'; 'embedded:clip'; or any CLIPModel folder or hub id. Prompts naming one "
+                                    "class are left as they are.")
+    clip_weight: float = Field(default=2 / 3, gt=0, le=1,
+                               description="The CLIP's share in the geometric ensemble with the attention's class "
+                                           "scores (ViLD's lambda).")
 
     @model_validator(mode="after")
     def _band(self) -> "AttentionParams":
         return require_ordered(self, "alpha", "beta")
 
 
+def region_clip(params: AttentionParams, model: str | None) -> str | None:
+    """The CLIP that re-chooses classes, or None: 'auto' is the shapes CLIP on embedded:shapes alone
+    (its text tower is that model's text encoder; other models' CLIPs are not shipped)."""
+    from ...models.clip_embeddings import EMBEDDED_CLIP
+
+    if params.region_clip == "auto":
+        return EMBEDDED_CLIP if model == "embedded:shapes" else None
+    return None if params.region_clip == "none" else params.region_clip
+
+
 class AttentionHead(AttentionCaptureHead):
     Params = AttentionParams
+
+    @classmethod
+    def check_spec(cls, spec: JobSpec) -> list[str]:
+        from ..clip_regions import check_region_clip
+
+        problem = check_region_clip("label_head.params.region_clip", spec.label_head.config.region_clip)
+        return super().check_spec(spec) + ([problem] if problem else [])
 
     def attach(self, backend) -> None:
         super().attach(backend)
         self.tau = default_tau(self.params, backend.pipe.unet.config)
+        self.clip, clip = None, region_clip(self.params, getattr(backend.params, "model", None))
+        if clip:
+            from ...models.clip_embeddings import load_clip
+            from ..clip_regions import clip_class_text
+
+            names = [c.name for c in self.classes]
+            self.clip = load_clip(clip)
+            self.clip[0].to(backend.pipe.device)
+            self.clip_text = dict(zip(names, clip_class_text(self.clip, names)))
 
     def label_one(self, generated: Generated) -> Labels:
         from . import class_maps, components, semantic_mask
@@ -205,4 +243,22 @@ class AttentionHead(AttentionCaptureHead):
         instances = [Instance(name, region, score) for name in names
                      for region, score in components(mask == self.category_id[name], objectness,
                                                      self.min_pixels(*generated.image.shape[:2]))]
+        if self.clip is not None and len(names) > 1 and instances:
+            instances, mask = self._reclassified(generated.image, maps, names, instances, mask)
         return Labels(instances, semantic=mask)
+
+    def _reclassified(self, image, maps, names: list[str], instances: list[Instance], mask):
+        """``instances`` and ``mask`` with each instance's class re-chosen by the CLIP (``region_classes``)."""
+        import torch
+
+        from . import region_classes
+
+        text = torch.stack([self.clip_text[n] for n in names])
+        picks = region_classes(image, maps[:len(names)],  # a batch pads its images' maps to its widest class list
+                               [i.mask for i in instances], self.clip, text, self.params.clip_weight)
+        mask = mask.copy()
+        relabelled = []
+        for instance, pick in zip(instances, picks):
+            relabelled.append(Instance(names[pick], instance.mask, instance.score))
+            mask[instance.mask] = self.category_id[names[pick]]
+        return relabelled, mask

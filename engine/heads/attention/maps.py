@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["class_maps", "semantic_mask", "components", "bca_instances"]
+__all__ = ["class_maps", "semantic_mask", "components", "region_classes", "bca_instances"]
 
 
 def _square(flat, side: int):
@@ -72,6 +72,25 @@ def components(binary: np.ndarray, values: np.ndarray, min_area: int) -> list[tu
         if region.sum() >= min_area:
             found.append((region, float(values[region].mean())))
     return found
+
+
+def region_classes(image: np.ndarray, maps: np.ndarray, regions: list[np.ndarray], clip, class_text,
+                   clip_weight: float) -> np.ndarray:
+    """(N,) int: each region's class among the image's M classes, re-chosen by a CLIP: the arg-max
+    over m of p_att(m) ** (1 - w) * p_clip(m) ** w, with p_att(m) the mean of class map m over the
+    region, p_clip the CLIP's softmax over the M names for the region's masked crop
+    (``clip_regions.masked_crops``) and w = ``clip_weight`` (ViLD's geometric ensemble).
+
+    ``image``: (H, W, 3) uint8; ``maps``: (M, H, W) in [0, 1] (``class_maps``); ``regions``: N
+    (H, W) bool masks; ``class_text``: (M, D) the CLIP's embeddings of the M names. Where the model
+    drew a different one of the prompt's classes than the attention gives, or two of them swapped,
+    the CLIP sees what was drawn (not in Dataset Diffusion; BENCHMARKS.md, session 14)."""
+    from ..clip_regions import clip_probabilities, masked_crops
+
+    crops = masked_crops(image, regions, dilation=max(1, round(image.shape[0] / 32)))
+    p_clip = clip_probabilities(clip, crops, class_text).cpu().numpy()
+    p_att = np.array([[m[region].mean() for m in maps] for region in regions])
+    return (p_att ** (1 - clip_weight) * p_clip ** clip_weight).argmax(axis=1)
 
 
 def bca_instances(maps: np.ndarray, min_area: int) -> list[tuple[int, np.ndarray, float]]:

@@ -12,55 +12,24 @@ uses ``o``: a detector trained on seen names only scores unseen names near zero 
 embedded:shapes v2 the grounding head trained without this gave 0.012 boxes per novel image),
 but its boxes, scored as the seen class they resemble, still find unseen objects.
 
-Regions are cropped in place: the box, widened by ``CROP_PADDING`` about its centre, keeps its
-pixels where it is in the image and everything else takes the image border's median colour, so
-the CLIP sees the object at the scale it was trained on. On the shipped shapes CLIP this beats
-crop-and-resize (``bench/bench_grounding_regions.py``; BENCHMARKS.md "Open-vocabulary grounding").
-Only the shapes CLIP has been measured: a CLIP trained on object-centred photographs may prefer
-crop-and-resize (``clip_ensemble``'s ``crop``), untested here.
+Regions are cropped in place (``heads.clip_regions.region_crops``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CLIP_TEMPLATE", "CROP_PADDING", "OBJECTNESS_FLOOR", "REGION_NMS_IOU", "VILD_WEIGHT", "clip_class_text",
-           "region_crops", "clip_ensemble", "clip_rescored"]
+from ..clip_regions import clip_probabilities, region_crops
 
-CROP_PADDING = 1.2  # measured best of 1.0, 1.2, 1.4, 1.7 (BENCHMARKS.md)
+__all__ = ["OBJECTNESS_FLOOR", "REGION_NMS_IOU", "VILD_WEIGHT", "clip_ensemble", "clip_rescored"]
+
 OBJECTNESS_FLOOR = 0.01  # regions below it are not cropped (scored 0): about 5 per image on the shipped head
 VILD_WEIGHT = 2 / 3
-CLIP_TEMPLATE = "a photograph of a {}"  # the shapes CLIP's zero-shot prompt (its card)
 # Class-wise NMS after the ensemble, ViLD's (and Mask R-CNN's) 0.5 rather than the detector's 0.7: the
 # ensemble lifts the low-scored near-duplicate queries that one-to-one matching had silenced. On the
 # shipped head (160 img2img images, a throwaway script): precision at score 0.3 0.36 -> 0.46, novel AP50
 # 0.61 -> 0.66.
 REGION_NMS_IOU = 0.5
-
-
-def clip_class_text(clip, names: list[str], template: str = CLIP_TEMPLATE):
-    """(C, D) float L2-normalised CLIP text embeddings of ``names`` in ``template`` ('{}': the name,
-    underscores read as spaces); ``clip``: ``models.clip_embeddings.load_clip``'s pair."""
-    from ...models.clip_embeddings import text_embeddings
-
-    return text_embeddings(clip, [template.replace("{}", name.replace("_", " ")) for name in names])
-
-
-def region_crops(image: np.ndarray, boxes_xyxy: np.ndarray, padding: float = CROP_PADDING) -> np.ndarray:
-    """(N, H, W, 3) uint8: ``image`` (H, W, 3 uint8) with only box n's pixels kept, the box widened
-    by ``padding`` about its centre and clipped to the image; ``boxes_xyxy`` (N, 4) in pixels."""
-    height, width = image.shape[:2]
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    fill = np.median(border, axis=0).astype(np.uint8)
-    crops = np.empty((len(boxes_xyxy), *image.shape), dtype=np.uint8)
-    for n, (x0, y0, x1, y1) in enumerate(np.asarray(boxes_xyxy, dtype=np.float64)):
-        cx, cy, half_w, half_h = (x0 + x1) / 2, (y0 + y1) / 2, padding * (x1 - x0) / 2, padding * (y1 - y0) / 2
-        left, top = max(int(round(cx - half_w)), 0), max(int(round(cy - half_h)), 0)
-        right = min(max(int(round(cx + half_w)), left + 1), width)
-        bottom = min(max(int(round(cy + half_h)), top + 1), height)
-        crops[n] = fill
-        crops[n, top:bottom, left:right] = image[top:bottom, left:right]
-    return crops
 
 
 def clip_ensemble(probs, boxes_xyxy, images: list[np.ndarray], clip, class_text, seen: list[bool],
@@ -76,8 +45,6 @@ def clip_ensemble(probs, boxes_xyxy, images: list[np.ndarray], clip, class_text,
     """
     import torch
 
-    from ...models.clip_embeddings import image_embeddings
-
     seen = torch.tensor(seen, dtype=torch.bool, device=probs.device)
     objectness = probs.max(-1).values
     scores = torch.zeros_like(probs)
@@ -88,8 +55,7 @@ def clip_ensemble(probs, boxes_xyxy, images: list[np.ndarray], clip, class_text,
     mask = kept.cpu().numpy()
     crops = np.concatenate([(crop or region_crops)(image, boxes[b][mask[b]]) for b, image in enumerate(images)
                             if mask[b].any()])  # one CLIP pass for the batch's regions, image order then query
-    scale = clip[0].logit_scale.exp().item()
-    p_clip = (scale * image_embeddings(clip, crops).to(probs.device) @ class_text.T.to(probs.device)).softmax(-1)
+    p_clip = clip_probabilities(clip, crops, class_text).to(probs.device)
     p_head, o = probs[kept], objectness[kept][:, None]
     scores[kept] = torch.where(seen, p_head ** weight * p_clip ** (1 - weight), o ** (1 - weight) * p_clip ** weight)
     return scores

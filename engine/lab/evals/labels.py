@@ -109,32 +109,33 @@ class _Scores:
 
 
 def score_heads(generated, truths: list[np.ndarray], instances: list[list[Instance]], min_area: int,
-                requests: list[ImageRequest], box_heads: dict, tau: int) -> dict:
+                requests: list[ImageRequest], box_heads: dict, head) -> dict:
     """Every head's labels on ``generated`` against the truth: the attention head's semantic masks
-    (mIoU per tau and threshold band, ``truths``: (H, W) int class-id masks) and box AP of each of
-    ``box_heads`` (bca among them, on its own capture) and the attention head's components against
-    ``instances`` (per image)."""
-    from ...heads.attention import class_maps, components, semantic_mask
+    (mIoU per tau and threshold band at ``head``'s tau, ``truths``: (H, W) int class-id masks; and
+    as ``head`` labels, "head": with its region CLIP where it has one) and box AP of each of
+    ``box_heads`` (bca among them, on its own capture) and of ``head``'s instances
+    ("attention_components") against ``instances`` (per image)."""
+    from ...heads.attention import class_maps, semantic_mask
 
     scores = _Scores()
     attention = []
     for gen, truth in zip(generated, truths):
         captured = gen.extras["attention"]
         ids = [CATEGORY_ID[c] for c in captured["classes"]]
-        maps = {t: class_maps(captured, truth.shape[0], t) for t in sorted({*TAUS, tau})}
+        maps = {t: class_maps(captured, truth.shape[0], t) for t in sorted({*TAUS, head.tau})}
         for t in TAUS:
             scores.add(f"tau{t}", semantic_mask(maps[t], ids, 0.6, 0.6)[0], truth)
             scores.add(f"tau{t}_band", semantic_mask(maps[t], ids, 0.5, 0.6)[0], truth)
         for alpha, beta in BANDS:
-            scores.add(f"band{alpha}-{beta}", semantic_mask(maps[tau], ids, alpha, beta)[0], truth)
-        mask, objectness = semantic_mask(maps[tau], ids, 0.5, 0.6)
-        attention.append([Instance(c, region, score) for c in captured["classes"]
-                          for region, score in components(mask == CATEGORY_ID[c], objectness, min_area)])
+            scores.add(f"band{alpha}-{beta}", semantic_mask(maps[head.tau], ids, alpha, beta)[0], truth)
+        labels = head.label_one(gen)
+        scores.add("head", labels.semantic, truth)
+        attention.append(labels.instances)
     size = truths[0].shape[0]
     boxes = {}
-    for name, head in box_heads.items():
-        found = [labels.instances for labels in head.label(requests, generated)]
-        seen = getattr(head, "card", {}).get("classes_seen")  # grounding: base and novel apart
+    for name, box_head in box_heads.items():
+        found = [labels.instances for labels in box_head.label(requests, generated)]
+        seen = getattr(box_head, "card", {}).get("classes_seen")  # grounding: base and novel apart
         boxes[name] = box_ap(instances, found, size, groups=seen and {
             "novel": seen["novel"], "base": [c for c in CLASSES if c not in seen["novel"]]})
     boxes["attention_components"] = box_ap(instances, attention, size)
@@ -218,7 +219,7 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
     the default world, ``-seedN`` after either for a seed other than 0: ``result_name``); ``world``
     names a ``models.embedded.NAMED_WORLDS`` entry."""
     from ...backends.diffusion import DiffusionBackend, DiffusionParams
-    from ...heads.attention.head import AttentionHead
+    from ...heads.attention.head import AttentionHead, region_clip
     from ...models.shipped import SEGMENTER_DIR
     from ...spec import ClassSpec
     from ..train.segmenter import load_segmenter, segment
@@ -237,7 +238,7 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
     config = head.store.config
     result: dict = {
         "model": model, "steps": steps, "guidance_scale": guidance_scale, "seed": seed, "reference_world": world,
-        "tau": head.tau,
+        "tau": head.tau, "region_clip": region_clip(labeller_params, model),
         "capture": {"cross_resolutions": list(config.cross_resolutions), "self_resolution": config.self_resolution,
                     "timesteps": list(config.timesteps), "blocks": list(config.blocks),
                     "cross_keys": config.cross_keys},
@@ -249,14 +250,14 @@ def labels_benchmark(model: str = "embedded:shapes", images: int = 96, steps: in
     kept, generated = generate_kept(backend, requests, batch_size)
     truths = list(segment(oracle, np.stack([g.image for g in generated])))
     result["txt2img"] = score_heads(generated, truths, [truth_instances(t, min_area) for t in truths], min_area,
-                                  [requests[k] for k in kept], box_heads, head.tau)
+                                  [requests[k] for k in kept], box_heads, head)
 
     requests, scenes = img2img_requests(images, seed, world, backend.size)
     kept, generated = generate_kept(backend, requests, batch_size)
     truths = [scenes[k].semantic for k in kept]
     result["img2img"] = score_heads(generated, truths, [[Instance(i.category, i.mask) for i in scenes[k].instances]
                                                       for k in kept], min_area, [requests[k] for k in kept], box_heads,
-                                  head.tau)
+                                  head)
     result["img2img"]["strength"] = [0.2, 0.35]
     result["img2img"]["oracle_vs_reference_truth"] = _oracle_agreement(oracle, generated, truths)
     result["seconds"] = round(time.time() - started, 1)
@@ -297,6 +298,10 @@ def markdown_tables(result: dict) -> str:
     for name, row in (("tau0", "✓ | | "), (f"tau{tau}", "✓ | ✓ | "), (f"tau{tau}_band", "✓ | ✓ | ✓")):
         share = result["img2img"]["segmentation"][name]["uncertain_share"]
         lines.append(f"| {row} | {miou('txt2img', name)} | {miou('img2img', name)} | {100 * share:.1f}% |")
+    if result.get("region_clip"):  # the head as jobs label: its instances' classes re-chosen by a CLIP (session 14)
+        share = result["img2img"]["segmentation"]["head"]["uncertain_share"]
+        lines.append(f"| ✓ | ✓ | ✓, and classes re-chosen by {result['region_clip']} | {miou('txt2img', 'head')} | "
+                     f"{miou('img2img', 'head')} | {100 * share:.1f}% |")
     lines += ["", "## Table 5a shape: tau (alpha 0.5, beta 0.6, uncertain pixels ignored)", "",
               "| tau | " + " | ".join(str(t) for t in TAUS) + " |", "|---" * (len(TAUS) + 1) + "|"]
     for source in sources:

@@ -221,7 +221,7 @@ class _RegionClassifier:
     = base + novel in that order: ``(out, images) -> out`` rescored."""
 
     def __init__(self, recipe: GroundingRecipe, everything: list[str], size: int, device: str):
-        from ...heads.boxes.regions import clip_class_text
+        from ...heads.clip_regions import clip_class_text
         from ...models.clip_embeddings import load_clip
 
         self.clip = load_clip(recipe.region_clip)
