@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CLIP_TEMPLATE", "CROP_PADDING", "check_region_clip", "clip_class_text", "region_crops", "masked_crops",
+__all__ = ["CLIP_TEMPLATE", "CROP_PADDING", "VILD_WEIGHT", "check_region_clip", "clip_class_text", "region_crops", "masked_crops",
            "clip_probabilities"]
 
 CROP_PADDING = 1.2  # measured best of 1.0, 1.2, 1.4, 1.7 (BENCHMARKS.md)
 CLIP_TEMPLATE = "a photograph of a {}"  # the shapes CLIP's zero-shot prompt (its card)
+VILD_WEIGHT = 2 / 3  # ViLD's lambda: the CLIP's share of the geometric ensemble for what the labeller cannot name
 
 
 def check_region_clip(field: str, value: str) -> str | None:

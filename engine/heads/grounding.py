@@ -27,8 +27,8 @@ from pydantic import Field
 from ..models.shipped import GROUNDING_DIR
 from ..records import normalise_name
 from ..spec import JobSpec
-from .boxes.regions import REGION_NMS_IOU, VILD_WEIGHT
-from .clip_regions import CLIP_TEMPLATE
+from .boxes.regions import REGION_NMS_IOU
+from .clip_regions import CLIP_TEMPLATE, VILD_WEIGHT
 from .trained import TrainedBoxHead, TrainedHeadParams
 
 __all__ = ["GroundingHead"]

@@ -22,6 +22,7 @@ from ...backends.base import ATTENTION_CAPTURE, DIFFUSERS_PIPELINE, STEP_CALLBAC
 from ...records import Generated, ImageRequest, Instance, Labels, category_ids, semantic_dtype
 from ...spec import JobSpec, require_ordered
 from ..base import Head
+from ..clip_regions import VILD_WEIGHT
 
 __all__ = ["AttentionHead", "AttentionCaptureHead", "CaptureParams"]
 
@@ -190,7 +191,7 @@ class AttentionParams(CaptureParams):
                                     "drawing. 'auto': the shapes CLIP on embedded:shapes, none on other models; "
                                     "'none'; 'embedded:clip'; or any CLIPModel folder or hub id. Prompts naming one "
                                     "class are left as they are.")
-    clip_weight: float = Field(default=2 / 3, gt=0, le=1,
+    clip_weight: float = Field(default=VILD_WEIGHT, gt=0, le=1,
                                description="The CLIP's share in the geometric ensemble with the attention's class "
                                            "scores (ViLD's lambda).")
 

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..clip_regions import clip_probabilities, region_crops
+from ..clip_regions import VILD_WEIGHT, clip_probabilities, region_crops
 
-__all__ = ["OBJECTNESS_FLOOR", "REGION_NMS_IOU", "VILD_WEIGHT", "clip_ensemble", "clip_rescored"]
+__all__ = ["OBJECTNESS_FLOOR", "REGION_NMS_IOU", "clip_ensemble", "clip_rescored"]
 
 OBJECTNESS_FLOOR = 0.01  # regions below it are not cropped (scored 0): about 5 per image on the shipped head
-VILD_WEIGHT = 2 / 3
 # Class-wise NMS after the ensemble, ViLD's (and Mask R-CNN's) 0.5 rather than the detector's 0.7: the
 # ensemble lifts the low-scored near-duplicate queries that one-to-one matching had silenced. On the
 # shipped head (160 img2img images, a throwaway script): precision at score 0.3 0.36 -> 0.46, novel AP50
