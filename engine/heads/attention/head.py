@@ -2,7 +2,9 @@
 (Dataset Diffusion): class-prompt cross-attention refined by self-attention raised to tau,
 thresholded at alpha/beta (Eq. 5); instances are the connected components of each class. With a
 ``region_clip`` (by default the shapes CLIP on embedded:shapes), each instance's class is then
-re-chosen among those its prompt names, from a crop of it (``maps.region_classes``; not in the paper).
+re-chosen among those its prompt names, from a crop of it (``maps.region_classes``; not in the paper),
+and the instances are the components of the mask so relabelled: where the attention split one
+object between two classes and the CLIP names both parts alike, the object is one instance.
 
 Works with any backend that offers ``diffusers_pipeline``, ``attention_capture`` and
 ``step_callbacks`` (the ``diffusion`` backend, on any SD-architecture model): the head attaches
@@ -234,22 +236,30 @@ class AttentionHead(AttentionCaptureHead):
             self.clip_text = dict(zip(names, clip_class_text(self.clip, names)))
 
     def label_one(self, generated: Generated) -> Labels:
-        from . import class_maps, components, semantic_mask
+        from . import class_maps, semantic_mask
 
         captured, p = generated.extras[self.extras_key], self.params
         names = captured["classes"]
         maps = class_maps(captured, generated.image.shape[0], self.tau)
         mask, objectness = semantic_mask(maps, [self.category_id[n] for n in names], p.alpha, p.beta,
                                          semantic_dtype(len(self.category_id)))
-        instances = [Instance(name, region, score) for name in names
-                     for region, score in components(mask == self.category_id[name], objectness,
-                                                     self.min_pixels(*generated.image.shape[:2]))]
+        min_pixels = self.min_pixels(*generated.image.shape[:2])
+        instances = self._instances(mask, objectness, names, min_pixels)
         if self.clip is not None and len(names) > 1 and instances:
-            instances, mask = self._reclassified(generated.image, maps, names, instances, mask)
+            mask = self._reclassified(generated.image, maps, names, instances, mask)
+            # one object the attention split between two classes is one instance once its parts agree
+            instances = self._instances(mask, objectness, names, min_pixels)
         return Labels(instances, semantic=mask)
 
+    def _instances(self, mask, objectness, names: list[str], min_pixels: int) -> list[Instance]:
+        """The connected components of each class in ``mask``, scored by their mean objectness."""
+        from . import components
+
+        return [Instance(name, region, score) for name in names
+                for region, score in components(mask == self.category_id[name], objectness, min_pixels)]
+
     def _reclassified(self, image, maps, names: list[str], instances: list[Instance], mask):
-        """``instances`` and ``mask`` with each instance's class re-chosen by the CLIP (``region_classes``)."""
+        """``mask`` with each instance's pixels given the class the CLIP re-chooses (``region_classes``)."""
         import torch
 
         from . import region_classes
@@ -258,8 +268,6 @@ class AttentionHead(AttentionCaptureHead):
         picks = region_classes(image, maps[:len(names)],  # a batch pads its images' maps to its widest class list
                                [i.mask for i in instances], self.clip, text, self.params.clip_weight)
         mask = mask.copy()
-        relabelled = []
         for instance, pick in zip(instances, picks):
-            relabelled.append(Instance(names[pick], instance.mask, instance.score))
             mask[instance.mask] = self.category_id[names[pick]]
-        return relabelled, mask
+        return mask
