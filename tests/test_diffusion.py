@@ -168,3 +168,4 @@ def test_labels_benchmark_takes_img2img_references_from_either_world(tiny_model,
     assert json.load(open(tmp_path / "labels-default-world.json")) == result
     assert "default-world references" in (tmp_path / "labels-default-world.md").read_text()
     assert list(result["txt2img"]["boxes"]) == ["bca", "attention_components"]  # bca on its own capture
+    assert {"head", "head_tau0"} <= set(result["img2img"]["segmentation"])  # the head with and without self-attention

@@ -235,12 +235,14 @@ class AttentionHead(AttentionCaptureHead):
             self.clip[0].to(backend.pipe.device)
             self.clip_text = dict(zip(names, clip_class_text(self.clip, names)))
 
-    def label_one(self, generated: Generated) -> Labels:
+    def label_one(self, generated: Generated, tau: int | None = None) -> Labels:
+        """``tau``: the self-attention exponent, the head's own when None (0 is cross-attention alone,
+        which the labels bench scores beside it)."""
         from . import class_maps, semantic_mask
 
         captured, p = generated.extras[self.extras_key], self.params
         names = captured["classes"]
-        maps = class_maps(captured, generated.image.shape[0], self.tau)
+        maps = class_maps(captured, generated.image.shape[0], self.tau if tau is None else tau)
         mask, objectness = semantic_mask(maps, [self.category_id[n] for n in names], p.alpha, p.beta,
                                          semantic_dtype(len(self.category_id)))
         min_pixels = self.min_pixels(*generated.image.shape[:2])

@@ -112,7 +112,8 @@ def score_heads(generated, truths: list[np.ndarray], instances: list[list[Instan
                 requests: list[ImageRequest], box_heads: dict, head) -> dict:
     """Every head's labels on ``generated`` against the truth: the attention head's semantic masks
     (mIoU per tau and threshold band at ``head``'s tau, ``truths``: (H, W) int class-id masks; and
-    as ``head`` labels, "head": with its region CLIP where it has one) and box AP of each of
+    as ``head`` labels, "head": with its region CLIP where it has one; "head_tau0" the same without
+    self-attention) and box AP of each of
     ``box_heads`` (bca among them, on its own capture) and of ``head``'s instances
     ("attention_components") against ``instances`` (per image)."""
     from ...heads.attention import class_maps, semantic_mask
@@ -130,6 +131,7 @@ def score_heads(generated, truths: list[np.ndarray], instances: list[list[Instan
             scores.add(f"band{alpha}-{beta}", semantic_mask(maps[head.tau], ids, alpha, beta)[0], truth)
         labels = head.label_one(gen)
         scores.add("head", labels.semantic, truth)
+        scores.add("head_tau0", head.label_one(gen, tau=0).semantic, truth)
         attention.append(labels.instances)
     size = truths[0].shape[0]
     boxes = {}
@@ -299,9 +301,11 @@ def markdown_tables(result: dict) -> str:
         share = result["img2img"]["segmentation"][name]["uncertain_share"]
         lines.append(f"| {row} | {miou('txt2img', name)} | {miou('img2img', name)} | {100 * share:.1f}% |")
     if result.get("region_clip"):  # the head as jobs label: its instances' classes re-chosen by a CLIP (session 14)
-        share = result["img2img"]["segmentation"]["head"]["uncertain_share"]
-        lines.append(f"| ✓ | ✓ | ✓, and classes re-chosen by {result['region_clip']} | {miou('txt2img', 'head')} | "
-                     f"{miou('img2img', 'head')} | {100 * share:.1f}% |")
+        for name, row in (("head_tau0", "✓ | | "), ("head", "✓ | ✓ | ")):
+            if name in result["img2img"]["segmentation"]:  # head_tau0 since session 17
+                share = result["img2img"]["segmentation"][name]["uncertain_share"]
+                lines.append(f"| {row}✓, and classes re-chosen by {result['region_clip']} | {miou('txt2img', name)} | "
+                             f"{miou('img2img', name)} | {100 * share:.1f}% |")
     lines += ["", "## Table 5a shape: tau (alpha 0.5, beta 0.6, uncertain pixels ignored)", "",
               "| tau | " + " | ".join(str(t) for t in TAUS) + " |", "|---" * (len(TAUS) + 1) + "|"]
     for source in sources:
